@@ -1,0 +1,13 @@
+//! The formats the modelhost host and its workers speak. This crate does no I/O: it has no files,
+//! sockets, clocks, threads or async runtime among its dependencies. Parsers take `&[u8]` and
+//! return views that borrow it; time, when needed, comes in as an argument.
+//!
+//! - [`gguf`]: the GGUF model format (parser, metadata, split models, writer).
+//! - [`ggml_type`]: the ggml tensor type table.
+//! - [`layers`]: the page-aligned layer regions the host advertises to workers.
+
+pub mod ggml_type;
+pub mod gguf;
+pub mod layers;
+
+pub use ggml_type::GgmlType;
