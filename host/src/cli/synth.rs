@@ -1,0 +1,68 @@
+//! `modelhost synth`: write a synthetic model.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use modelhost_protocol::GgmlType;
+
+use super::CliError;
+use crate::synth::{write_synthetic, SynthSpec};
+use crate::units::{format_bytes, parse_size};
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Output file (with --split N, the shards are named FILE-0000k-of-0000N.gguf).
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Approximate total size, such as 64MiB or 2GiB.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    size: u64,
+    /// Types for the weight matrices, used in turn (any ggml type name: q8_0, f16, q4_k, ...).
+    #[arg(long, default_value = "q8_0", value_delimiter = ',', value_parser = parse_type)]
+    types: Vec<GgmlType>,
+    /// Seed for the random weights; the same seed writes the same bytes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the model as this many shard files.
+    #[arg(long, default_value_t = 1)]
+    split: u16,
+    /// The context length to record in the metadata.
+    #[arg(long, default_value_t = 4096)]
+    ctx: u32,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_type(name: &str) -> Result<GgmlType, String> {
+    GgmlType::from_name(name).ok_or_else(|| {
+        let known: Vec<_> = GgmlType::all().map(|t| t.name()).collect();
+        format!("unknown ggml type {name:?}; known types: {}", known.join(", "))
+    })
+}
+
+pub fn run(args: SynthArgs) -> Result<(), CliError> {
+    let spec = SynthSpec {
+        size: args.size,
+        types: args.types,
+        seed: args.seed,
+        split: args.split,
+        context_length: args.ctx,
+    };
+    let report = write_synthetic(&spec, &args.out)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "wrote {} ({} blocks, width {}, {} tensors) to:",
+            format_bytes(report.total_bytes),
+            report.block_count,
+            report.embedding_length,
+            report.tensor_count
+        );
+        for f in &report.files {
+            println!("  {}", f.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,367 @@
+//! Synthetic llama-shaped models with random weights, for tests, benchmarks and demos.
+//!
+//! The shape scales with the requested size: the widest of a few llama-like configurations that
+//! fits at least two blocks, then as many blocks as fit. Weight matrices take the requested types
+//! in turn; norms are f32. Float tensors hold small random numbers; quantized tensors hold random
+//! bytes, which are valid to load and map but meaningless to run.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use modelhost_protocol::gguf::{
+    shard_file_name, GgufLayout, GgufWriter, OwnedValue, PlacedTensor, TensorSpec, ValueType,
+    WriteError, SPLIT_COUNT_KEY, SPLIT_NO_KEY, SPLIT_TENSORS_COUNT_KEY,
+};
+use modelhost_protocol::GgmlType;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct SynthSpec {
+    /// Approximate total size in bytes; the result is within one block of it.
+    pub size: u64,
+    /// Types for the weight matrices, used in turn.
+    pub types: Vec<GgmlType>,
+    pub seed: u64,
+    /// Number of shard files (1 writes a single file).
+    pub split: u16,
+    pub context_length: u32,
+}
+
+/// What was written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SynthReport {
+    pub files: Vec<PathBuf>,
+    pub total_bytes: u64,
+    pub block_count: u32,
+    pub embedding_length: u32,
+    pub tensor_count: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    #[error("at least one tensor type is needed")]
+    NoTypes,
+    #[error("--split must be at least 1")]
+    ZeroSplit,
+    #[error("cannot split {tensors} tensors into {split} shards")]
+    TooManyShards { tensors: usize, split: u16 },
+    #[error("{path}: the output name must end in .gguf")]
+    NotGgufName { path: PathBuf },
+    #[error(transparent)]
+    Layout(#[from] WriteError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A llama-like configuration: residual width, feed-forward width, heads, KV heads, vocabulary.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    embd: u64,
+    ff: u64,
+    heads: u64,
+    kv_heads: u64,
+    vocab: u64,
+}
+
+/// From narrow to wide; every width is a multiple of 256, the largest ggml block.
+const SHAPES: [Shape; 4] = [
+    Shape {
+        embd: 256,
+        ff: 768,
+        heads: 4,
+        kv_heads: 2,
+        vocab: 4096,
+    },
+    Shape {
+        embd: 1024,
+        ff: 2816,
+        heads: 16,
+        kv_heads: 4,
+        vocab: 32000,
+    },
+    Shape {
+        embd: 2048,
+        ff: 5632,
+        heads: 32,
+        kv_heads: 8,
+        vocab: 32000,
+    },
+    Shape {
+        embd: 4096,
+        ff: 11008,
+        heads: 32,
+        kv_heads: 8,
+        vocab: 32000,
+    },
+];
+
+/// The weight matrices of one block, as (name, dims).
+fn block_matrices(s: Shape) -> [(&'static str, [u64; 2]); 7] {
+    let kv = s.embd / s.heads * s.kv_heads;
+    [
+        ("attn_q", [s.embd, s.embd]),
+        ("attn_k", [s.embd, kv]),
+        ("attn_v", [s.embd, kv]),
+        ("attn_output", [s.embd, s.embd]),
+        ("ffn_gate", [s.embd, s.ff]),
+        ("ffn_up", [s.embd, s.ff]),
+        ("ffn_down", [s.ff, s.embd]),
+    ]
+}
+
+fn bytes(ty: GgmlType, dims: &[u64]) -> u64 {
+    ty.bytes_for(dims.iter().product()).unwrap_or(u64::MAX)
+}
+
+fn block_bytes(s: Shape, types: &[GgmlType]) -> u64 {
+    let norms = 2 * bytes(GgmlType::F32, &[s.embd]);
+    block_matrices(s)
+        .iter()
+        .enumerate()
+        .map(|(i, (_, dims))| bytes(types[i % types.len()], dims))
+        .sum::<u64>()
+        + norms
+}
+
+fn edge_bytes(s: Shape, types: &[GgmlType]) -> u64 {
+    let embd = bytes(types[0], &[s.embd, s.vocab]);
+    let out = bytes(types[types.len() - 1], &[s.embd, s.vocab]);
+    embd + out + bytes(GgmlType::F32, &[s.embd])
+}
+
+/// Picks the widest shape that fits two blocks, and the block count that fills the size.
+fn plan(spec: &SynthSpec) -> (Shape, u64) {
+    let fits = |s: &Shape| edge_bytes(*s, &spec.types) + 2 * block_bytes(*s, &spec.types) <= spec.size;
+    let shape = SHAPES.iter().rev().find(|s| fits(s)).copied().unwrap_or(SHAPES[0]);
+    let edges = edge_bytes(shape, &spec.types);
+    let blocks = (spec.size.saturating_sub(edges) / block_bytes(shape, &spec.types)).max(1);
+    (shape, blocks)
+}
+
+fn model_tensors(shape: Shape, blocks: u64, types: &[GgmlType]) -> Vec<TensorSpec> {
+    let spec = |name: String, dims: &[u64], ty| TensorSpec {
+        name,
+        dims: dims.to_vec(),
+        ty,
+    };
+    let mut tensors = vec![spec(
+        "token_embd.weight".into(),
+        &[shape.embd, shape.vocab],
+        types[0],
+    )];
+    for b in 0..blocks {
+        tensors.push(spec(format!("blk.{b}.attn_norm.weight"), &[shape.embd], GgmlType::F32));
+        for (i, (name, dims)) in block_matrices(shape).iter().enumerate() {
+            tensors.push(spec(format!("blk.{b}.{name}.weight"), dims, types[i % types.len()]));
+        }
+        tensors.push(spec(format!("blk.{b}.ffn_norm.weight"), &[shape.embd], GgmlType::F32));
+    }
+    tensors.push(spec("output_norm.weight".into(), &[shape.embd], GgmlType::F32));
+    tensors.push(spec(
+        "output.weight".into(),
+        &[shape.embd, shape.vocab],
+        types[types.len() - 1],
+    ));
+    tensors
+}
+
+fn model_metadata(spec: &SynthSpec, shape: Shape, blocks: u64) -> Vec<(String, OwnedValue)> {
+    let arch = "llama";
+    let k = |name: &str| format!("{arch}.{name}");
+    let u32v = |v: u64| OwnedValue::U32(v as u32);
+    let type_names: Vec<&str> = spec.types.iter().map(|t| t.name()).collect();
+    vec![
+        ("general.architecture".into(), OwnedValue::string(arch)),
+        (
+            "general.name".into(),
+            OwnedValue::string(format!("modelhost synthetic {}", type_names.join("+"))),
+        ),
+        (k("block_count"), u32v(blocks)),
+        (k("context_length"), OwnedValue::U32(spec.context_length)),
+        (k("embedding_length"), u32v(shape.embd)),
+        (k("feed_forward_length"), u32v(shape.ff)),
+        (k("attention.head_count"), u32v(shape.heads)),
+        (k("attention.head_count_kv"), u32v(shape.kv_heads)),
+        (k("rope.dimension_count"), u32v(shape.embd / shape.heads)),
+        (k("attention.layer_norm_rms_epsilon"), OwnedValue::F32(1e-5)),
+        ("tokenizer.ggml.model".into(), OwnedValue::string("llama")),
+        (
+            "tokenizer.ggml.tokens".into(),
+            OwnedValue::strings((0..shape.vocab).map(|i| format!("<tok{i}>"))),
+        ),
+        (
+            "tokenizer.ggml.scores".into(),
+            OwnedValue::Array(
+                ValueType::F32,
+                (0..shape.vocab).map(|i| OwnedValue::F32(-(i as f32))).collect(),
+            ),
+        ),
+        ("modelhost.synthetic.seed".into(), OwnedValue::U64(spec.seed)),
+    ]
+}
+
+/// Writes a synthetic model to `out` (or, with `split > 1`, to `{out without .gguf}-NNNNN-of-NNNNN.gguf`).
+pub fn write_synthetic(spec: &SynthSpec, out: &Path) -> Result<SynthReport, SynthError> {
+    if spec.types.is_empty() {
+        return Err(SynthError::NoTypes);
+    }
+    if spec.split == 0 {
+        return Err(SynthError::ZeroSplit);
+    }
+    let (shape, blocks) = plan(spec);
+    let tensors = model_tensors(shape, blocks, &spec.types);
+    let metadata = model_metadata(spec, shape, blocks);
+    let tensor_count = tensors.len();
+    let shards = split_tensors(tensors, spec.split)?;
+
+    let paths: Vec<PathBuf> = if spec.split == 1 {
+        vec![out.to_owned()]
+    } else {
+        let text = out.to_string_lossy();
+        let prefix = text.strip_suffix(".gguf").ok_or_else(|| SynthError::NotGgufName {
+            path: out.to_owned(),
+        })?;
+        (0..spec.split)
+            .map(|no| PathBuf::from(shard_file_name(prefix, no, spec.split)))
+            .collect()
+    };
+
+    let mut rng = SplitMix64(spec.seed);
+    let mut total_bytes = 0;
+    for (no, (shard_tensors, path)) in shards.into_iter().zip(&paths).enumerate() {
+        let mut writer = GgufWriter::new();
+        if no == 0 {
+            for (key, value) in &metadata {
+                writer.add_metadata(key.clone(), value.clone());
+            }
+        }
+        if spec.split > 1 {
+            writer.add_metadata(SPLIT_NO_KEY, OwnedValue::U16(no as u16));
+            writer.add_metadata(SPLIT_COUNT_KEY, OwnedValue::U16(spec.split));
+            writer.add_metadata(SPLIT_TENSORS_COUNT_KEY, OwnedValue::I32(tensor_count as i32));
+        }
+        for t in &shard_tensors {
+            writer.add_tensor(t.name.clone(), &t.dims, t.ty);
+        }
+        let layout = writer.layout()?;
+        write_file(&layout, path, &mut rng).map_err(|source| SynthError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        total_bytes += layout.total_len;
+    }
+    Ok(SynthReport {
+        files: paths,
+        total_bytes,
+        block_count: blocks as u32,
+        embedding_length: shape.embd as u32,
+        tensor_count,
+    })
+}
+
+/// Splits tensors, in order, into `split` runs of roughly equal bytes.
+fn split_tensors(tensors: Vec<TensorSpec>, split: u16) -> Result<Vec<Vec<TensorSpec>>, SynthError> {
+    if tensors.len() < usize::from(split) {
+        return Err(SynthError::TooManyShards {
+            tensors: tensors.len(),
+            split,
+        });
+    }
+    let total: u64 = tensors.iter().map(|t| bytes(t.ty, &t.dims)).sum();
+    let per_shard = total.div_ceil(u64::from(split));
+    let mut shards: Vec<Vec<TensorSpec>> = vec![Vec::new()];
+    let mut in_current = 0u64;
+    let count = tensors.len();
+    for (i, t) in tensors.into_iter().enumerate() {
+        let remaining_tensors = count - i;
+        let remaining_shards = usize::from(split) - shards.len();
+        let current_nonempty = !shards[shards.len() - 1].is_empty();
+        // Start a new shard when this one is full, or when every later shard still needs a tensor.
+        if current_nonempty
+            && remaining_shards > 0
+            && (in_current >= per_shard || remaining_tensors == remaining_shards)
+        {
+            shards.push(Vec::new());
+            in_current = 0;
+        }
+        in_current += bytes(t.ty, &t.dims);
+        if let Some(last) = shards.last_mut() {
+            last.push(t);
+        }
+    }
+    Ok(shards)
+}
+
+fn write_file(layout: &GgufLayout, path: &Path, rng: &mut SplitMix64) -> io::Result<()> {
+    let file = File::create(path)?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut buf = vec![0u8; 1 << 20];
+    layout.write(&mut out, |tensor: &PlacedTensor, sink: &mut dyn Write| {
+        let mut left = tensor.size;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            fill_random(tensor.spec.ty, &mut buf[..n], rng);
+            sink.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    })?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_data()
+}
+
+/// Fills `buf` with random weights: small finite numbers for float types, random bits otherwise.
+fn fill_random(ty: GgmlType, buf: &mut [u8], rng: &mut SplitMix64) {
+    let width = match ty.id() {
+        0 => 4,      // f32
+        1 | 30 => 2, // f16, bf16
+        28 => 8,     // f64
+        _ => 0,
+    };
+    for chunk in buf.chunks_mut(8) {
+        let r = rng.next();
+        match width {
+            // Sign, a small exponent and random mantissa bits: finite, below 1 in magnitude.
+            4 => {
+                for half in chunk.chunks_mut(4) {
+                    let bits = 0x3800_0000 | (r as u32 & 0x807f_ffff);
+                    half.copy_from_slice(&bits.to_le_bytes()[..half.len()]);
+                }
+            }
+            2 if ty == GgmlType::F16 => {
+                for (i, h) in chunk.chunks_mut(2).enumerate() {
+                    let bits = 0x2000 | ((r >> (16 * i)) as u16 & 0x83ff);
+                    h.copy_from_slice(&bits.to_le_bytes()[..h.len()]);
+                }
+            }
+            2 => {
+                for (i, h) in chunk.chunks_mut(2).enumerate() {
+                    let bits = 0x3c00 | ((r >> (16 * i)) as u16 & 0x807f);
+                    h.copy_from_slice(&bits.to_le_bytes()[..h.len()]);
+                }
+            }
+            8 => {
+                let bits = 0x3f00_0000_0000_0000 | (r & 0x800f_ffff_ffff_ffff);
+                chunk.copy_from_slice(&bits.to_le_bytes()[..chunk.len()]);
+            }
+            _ => chunk.copy_from_slice(&r.to_le_bytes()[..chunk.len()]),
+        }
+    }
+}
+
+/// A small, fast, seedable generator (Steele, Lea and Flood's SplitMix64).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
