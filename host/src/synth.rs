@@ -1,7 +1,7 @@
 //! Synthetic llama-shaped models with random weights, for tests, benchmarks and demos.
 //!
 //! The shape scales with the requested size: the widest of a few llama-like configurations that
-//! fits at least two blocks, then as many blocks as fit. Weight matrices take the requested types
+//! fits a realistic depth of 16 blocks (else the narrowest), then as many blocks as fit. Weight matrices take the requested types
 //! in turn; norms are f32. Float tensors hold small random numbers; quantized tensors hold random
 //! bytes, which are valid to load and map but meaningless to run.
 
@@ -134,9 +134,14 @@ fn edge_bytes(s: Shape, types: &[GgmlType]) -> u64 {
     embd + out + bytes(GgmlType::F32, &[s.embd])
 }
 
-/// Picks the widest shape that fits two blocks, and the block count that fills the size.
+/// Blocks a shape must fit to be chosen: a shallow, very wide model is not llama-shaped.
+const MIN_BLOCKS: u64 = 16;
+
+/// Picks the widest shape that fits MIN_BLOCKS blocks, and the block count that fills the size.
 fn plan(spec: &SynthSpec) -> (Shape, u64) {
-    let fits = |s: &Shape| edge_bytes(*s, &spec.types) + 2 * block_bytes(*s, &spec.types) <= spec.size;
+    let fits = |s: &Shape| {
+        edge_bytes(*s, &spec.types) + MIN_BLOCKS * block_bytes(*s, &spec.types) <= spec.size
+    };
     let shape = SHAPES.iter().rev().find(|s| fits(s)).copied().unwrap_or(SHAPES[0]);
     let edges = edge_bytes(shape, &spec.types);
     let blocks = (spec.size.saturating_sub(edges) / block_bytes(shape, &spec.types)).max(1);
