@@ -26,6 +26,9 @@ pub struct SynthSpec {
     /// Number of shard files (1 writes a single file).
     pub split: u16,
     pub context_length: u32,
+    /// Also write one `modelhost.values.*` key of every metadata value type, arrays of each
+    /// scalar type and nested arrays: a fixture for checking readers against each other.
+    pub every_value_type: bool,
 }
 
 /// What was written.
@@ -118,12 +121,19 @@ fn bytes(ty: GgmlType, dims: &[u64]) -> u64 {
     ty.bytes_for(dims.iter().product()).unwrap_or(u64::MAX)
 }
 
-fn block_bytes(s: Shape, types: &[GgmlType]) -> u64 {
+/// The type of weight matrix `role` of block `block`: types cycle over all matrices in file
+/// order, so a long type list is covered even though a block has only seven matrices.
+fn matrix_type(types: &[GgmlType], block: u64, role: usize) -> GgmlType {
+    let index = block as usize * 7 + role;
+    types[index % types.len()]
+}
+
+fn block_bytes(s: Shape, types: &[GgmlType], block: u64) -> u64 {
     let norms = 2 * bytes(GgmlType::F32, &[s.embd]);
     block_matrices(s)
         .iter()
         .enumerate()
-        .map(|(i, (_, dims))| bytes(types[i % types.len()], dims))
+        .map(|(role, (_, dims))| bytes(matrix_type(types, block, role), dims))
         .sum::<u64>()
         + norms
 }
@@ -134,17 +144,32 @@ fn edge_bytes(s: Shape, types: &[GgmlType]) -> u64 {
     embd + out + bytes(GgmlType::F32, &[s.embd])
 }
 
+/// How many blocks fit in `budget` bytes.
+fn blocks_within(s: Shape, types: &[GgmlType], budget: u64) -> u64 {
+    let mut used = 0u64;
+    let mut blocks = 0u64;
+    loop {
+        used = used.saturating_add(block_bytes(s, types, blocks));
+        if used > budget {
+            return blocks;
+        }
+        blocks += 1;
+    }
+}
+
 /// Blocks a shape must fit to be chosen: a shallow, very wide model is not llama-shaped.
 const MIN_BLOCKS: u64 = 16;
 
 /// Picks the widest shape that fits MIN_BLOCKS blocks, and the block count that fills the size.
 fn plan(spec: &SynthSpec) -> (Shape, u64) {
-    let fits = |s: &Shape| {
-        edge_bytes(*s, &spec.types) + MIN_BLOCKS * block_bytes(*s, &spec.types) <= spec.size
-    };
-    let shape = SHAPES.iter().rev().find(|s| fits(s)).copied().unwrap_or(SHAPES[0]);
-    let edges = edge_bytes(shape, &spec.types);
-    let blocks = (spec.size.saturating_sub(edges) / block_bytes(shape, &spec.types)).max(1);
+    let budget = |s: &Shape| spec.size.saturating_sub(edge_bytes(*s, &spec.types));
+    let shape = SHAPES
+        .iter()
+        .rev()
+        .find(|s| blocks_within(**s, &spec.types, budget(s)) >= MIN_BLOCKS)
+        .copied()
+        .unwrap_or(SHAPES[0]);
+    let blocks = blocks_within(shape, &spec.types, budget(&shape)).max(1);
     (shape, blocks)
 }
 
@@ -161,8 +186,9 @@ fn model_tensors(shape: Shape, blocks: u64, types: &[GgmlType]) -> Vec<TensorSpe
     )];
     for b in 0..blocks {
         tensors.push(spec(format!("blk.{b}.attn_norm.weight"), &[shape.embd], GgmlType::F32));
-        for (i, (name, dims)) in block_matrices(shape).iter().enumerate() {
-            tensors.push(spec(format!("blk.{b}.{name}.weight"), dims, types[i % types.len()]));
+        for (role, (name, dims)) in block_matrices(shape).iter().enumerate() {
+            let ty = matrix_type(types, b, role);
+            tensors.push(spec(format!("blk.{b}.{name}.weight"), dims, ty));
         }
         tensors.push(spec(format!("blk.{b}.ffn_norm.weight"), &[shape.embd], GgmlType::F32));
     }
@@ -210,6 +236,54 @@ fn model_metadata(spec: &SynthSpec, shape: Shape, blocks: u64) -> Vec<(String, O
     ]
 }
 
+/// One key per value type, extreme values included, then arrays and nested arrays.
+fn every_value_type() -> Vec<(String, OwnedValue)> {
+    use OwnedValue as V;
+    let scalars = vec![
+        ("u8", V::U8(u8::MAX)),
+        ("i8", V::I8(i8::MIN)),
+        ("u16", V::U16(u16::MAX)),
+        ("i16", V::I16(i16::MIN)),
+        ("u32", V::U32(u32::MAX)),
+        ("i32", V::I32(i32::MIN)),
+        ("f32", V::F32(-1.5e-7)),
+        ("bool", V::Bool(true)),
+        ("string", V::string("grüße, 世界 🦀")),
+        ("u64", V::U64(u64::MAX)),
+        ("i64", V::I64(i64::MIN)),
+        ("f64", V::F64(std::f64::consts::PI)),
+    ];
+    let mut out: Vec<(String, OwnedValue)> = Vec::new();
+    for (name, value) in &scalars {
+        out.push((format!("modelhost.values.{name}"), value.clone()));
+        let ty = value.value_type();
+        out.push((
+            format!("modelhost.values.array_of_{name}"),
+            V::Array(ty, vec![value.clone(); 3]),
+        ));
+    }
+    out.push((
+        "modelhost.values.array_of_arrays".into(),
+        V::Array(
+            ValueType::Array,
+            vec![
+                V::Array(ValueType::I32, vec![V::I32(1), V::I32(-2)]),
+                V::Array(ValueType::I32, vec![V::I32(3)]),
+            ],
+        ),
+    ));
+    out.push((
+        "modelhost.values.array_of_arrays_of_strings".into(),
+        V::Array(
+            ValueType::Array,
+            vec![V::strings(["a", "bc"]), V::strings(["", "d"])],
+        ),
+    ));
+    out.push(("modelhost.values.empty_array".into(), V::Array(ValueType::U32, vec![])));
+    out.push(("modelhost.values.empty_string".into(), V::string("")));
+    out
+}
+
 /// Writes a synthetic model to `out` (or, with `split > 1`, to `{out without .gguf}-NNNNN-of-NNNNN.gguf`).
 pub fn write_synthetic(spec: &SynthSpec, out: &Path) -> Result<SynthReport, SynthError> {
     if spec.types.is_empty() {
@@ -220,7 +294,10 @@ pub fn write_synthetic(spec: &SynthSpec, out: &Path) -> Result<SynthReport, Synt
     }
     let (shape, blocks) = plan(spec);
     let tensors = model_tensors(shape, blocks, &spec.types);
-    let metadata = model_metadata(spec, shape, blocks);
+    let mut metadata = model_metadata(spec, shape, blocks);
+    if spec.every_value_type {
+        metadata.extend(every_value_type());
+    }
     let tensor_count = tensors.len();
     let shards = split_tensors(tensors, spec.split)?;
 

@@ -17,9 +17,13 @@ pub struct SynthArgs {
     /// Approximate total size, such as 64MiB or 2GiB.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     size: u64,
-    /// Types for the weight matrices, used in turn (any ggml type name: q8_0, f16, q4_k, ...).
-    #[arg(long, default_value = "q8_0", value_delimiter = ',', value_parser = parse_type)]
-    types: Vec<GgmlType>,
+    /// Types for the weight matrices, used in turn: ggml type names (q8_0, f16, q4_k, ...), or
+    /// `all` for every type ggml has.
+    #[arg(long, default_value = "q8_0", value_delimiter = ',')]
+    types: Vec<String>,
+    /// Also write a `modelhost.values.*` key of every metadata value type, nested arrays included.
+    #[arg(long)]
+    every_value_type: bool,
     /// Seed for the random weights; the same seed writes the same bytes.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -34,20 +38,33 @@ pub struct SynthArgs {
     json: bool,
 }
 
-fn parse_type(name: &str) -> Result<GgmlType, String> {
-    GgmlType::from_name(name).ok_or_else(|| {
-        let known: Vec<_> = GgmlType::all().map(|t| t.name()).collect();
-        format!("unknown ggml type {name:?}; known types: {}", known.join(", "))
-    })
+fn parse_types(names: &[String]) -> Result<Vec<GgmlType>, CliError> {
+    let mut types = Vec::new();
+    for name in names {
+        if name.eq_ignore_ascii_case("all") {
+            types.extend(GgmlType::all());
+            continue;
+        }
+        let ty = GgmlType::from_name(name).ok_or_else(|| {
+            let known: Vec<_> = GgmlType::all().map(|t| t.name()).collect();
+            CliError(format!(
+                "unknown ggml type {name:?} in --types; known types: all, {}",
+                known.join(", ")
+            ))
+        })?;
+        types.push(ty);
+    }
+    Ok(types)
 }
 
 pub fn run(args: SynthArgs) -> Result<(), CliError> {
     let spec = SynthSpec {
         size: args.size,
-        types: args.types,
+        types: parse_types(&args.types)?,
         seed: args.seed,
         split: args.split,
         context_length: args.ctx,
+        every_value_type: args.every_value_type,
     };
     let report = write_synthetic(&spec, &args.out)?;
     if args.json {
