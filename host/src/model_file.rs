@@ -100,11 +100,16 @@ impl MappedModel {
                 no: info.no,
                 count: info.count,
             };
-            let file_name = path.file_name().and_then(|n| n.to_str()).ok_or_else(unnamed)?;
+            let file_name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(unnamed)?;
             let prefix = shard_prefix(file_name, info.no, info.count).ok_or_else(unnamed)?;
             let dir = path.parent().unwrap_or(Path::new("."));
             for no in (0..info.count).filter(|&no| no != info.no) {
-                files.push(MappedFile::open(&dir.join(shard_file_name(prefix, no, info.count)))?);
+                files.push(MappedFile::open(
+                    &dir.join(shard_file_name(prefix, no, info.count)),
+                )?);
             }
         }
         Ok(MappedModel { files })
@@ -113,7 +118,10 @@ impl MappedModel {
     /// Parses the mapped files into one model.
     pub fn model(&self) -> Result<GgufModel<'_>, OpenError> {
         if let [only] = self.files.as_slice() {
-            return Ok(GgufModel::single(only.path.display().to_string(), only.parse()?)?);
+            return Ok(GgufModel::single(
+                only.path.display().to_string(),
+                only.parse()?,
+            )?);
         }
         let shards = self
             .files

@@ -185,14 +185,26 @@ fn model_tensors(shape: Shape, blocks: u64, types: &[GgmlType]) -> Vec<TensorSpe
         types[0],
     )];
     for b in 0..blocks {
-        tensors.push(spec(format!("blk.{b}.attn_norm.weight"), &[shape.embd], GgmlType::F32));
+        tensors.push(spec(
+            format!("blk.{b}.attn_norm.weight"),
+            &[shape.embd],
+            GgmlType::F32,
+        ));
         for (role, (name, dims)) in block_matrices(shape).iter().enumerate() {
             let ty = matrix_type(types, b, role);
             tensors.push(spec(format!("blk.{b}.{name}.weight"), dims, ty));
         }
-        tensors.push(spec(format!("blk.{b}.ffn_norm.weight"), &[shape.embd], GgmlType::F32));
+        tensors.push(spec(
+            format!("blk.{b}.ffn_norm.weight"),
+            &[shape.embd],
+            GgmlType::F32,
+        ));
     }
-    tensors.push(spec("output_norm.weight".into(), &[shape.embd], GgmlType::F32));
+    tensors.push(spec(
+        "output_norm.weight".into(),
+        &[shape.embd],
+        GgmlType::F32,
+    ));
     tensors.push(spec(
         "output.weight".into(),
         &[shape.embd, shape.vocab],
@@ -229,10 +241,15 @@ fn model_metadata(spec: &SynthSpec, shape: Shape, blocks: u64) -> Vec<(String, O
             "tokenizer.ggml.scores".into(),
             OwnedValue::Array(
                 ValueType::F32,
-                (0..shape.vocab).map(|i| OwnedValue::F32(-(i as f32))).collect(),
+                (0..shape.vocab)
+                    .map(|i| OwnedValue::F32(-(i as f32)))
+                    .collect(),
             ),
         ),
-        ("modelhost.synthetic.seed".into(), OwnedValue::U64(spec.seed)),
+        (
+            "modelhost.synthetic.seed".into(),
+            OwnedValue::U64(spec.seed),
+        ),
     ]
 }
 
@@ -279,7 +296,10 @@ fn every_value_type() -> Vec<(String, OwnedValue)> {
             vec![V::strings(["a", "bc"]), V::strings(["", "d"])],
         ),
     ));
-    out.push(("modelhost.values.empty_array".into(), V::Array(ValueType::U32, vec![])));
+    out.push((
+        "modelhost.values.empty_array".into(),
+        V::Array(ValueType::U32, vec![]),
+    ));
     out.push(("modelhost.values.empty_string".into(), V::string("")));
     out
 }
@@ -305,9 +325,11 @@ pub fn write_synthetic(spec: &SynthSpec, out: &Path) -> Result<SynthReport, Synt
         vec![out.to_owned()]
     } else {
         let text = out.to_string_lossy();
-        let prefix = text.strip_suffix(".gguf").ok_or_else(|| SynthError::NotGgufName {
-            path: out.to_owned(),
-        })?;
+        let prefix = text
+            .strip_suffix(".gguf")
+            .ok_or_else(|| SynthError::NotGgufName {
+                path: out.to_owned(),
+            })?;
         (0..spec.split)
             .map(|no| PathBuf::from(shard_file_name(prefix, no, spec.split)))
             .collect()
@@ -325,7 +347,10 @@ pub fn write_synthetic(spec: &SynthSpec, out: &Path) -> Result<SynthReport, Synt
         if spec.split > 1 {
             writer.add_metadata(SPLIT_NO_KEY, OwnedValue::U16(no as u16));
             writer.add_metadata(SPLIT_COUNT_KEY, OwnedValue::U16(spec.split));
-            writer.add_metadata(SPLIT_TENSORS_COUNT_KEY, OwnedValue::I32(tensor_count as i32));
+            writer.add_metadata(
+                SPLIT_TENSORS_COUNT_KEY,
+                OwnedValue::I32(tensor_count as i32),
+            );
         }
         for t in &shard_tensors {
             writer.add_tensor(t.name.clone(), &t.dims, t.ty);

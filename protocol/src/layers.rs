@@ -205,16 +205,31 @@ mod tests {
 
     #[test]
     fn groups_come_from_names() {
-        assert_eq!(LayerGroup::of_tensor("blk.17.attn_q.weight"), LayerGroup::Block(17));
-        assert_eq!(LayerGroup::of_tensor("token_embd.weight"), LayerGroup::TokenEmbedding);
-        assert_eq!(LayerGroup::of_tensor("output_norm.weight"), LayerGroup::OutputNorm);
+        assert_eq!(
+            LayerGroup::of_tensor("blk.17.attn_q.weight"),
+            LayerGroup::Block(17)
+        );
+        assert_eq!(
+            LayerGroup::of_tensor("token_embd.weight"),
+            LayerGroup::TokenEmbedding
+        );
+        assert_eq!(
+            LayerGroup::of_tensor("output_norm.weight"),
+            LayerGroup::OutputNorm
+        );
         assert_eq!(LayerGroup::of_tensor("output.weight"), LayerGroup::Output);
         assert_eq!(
             LayerGroup::of_tensor("rope_freqs.weight"),
             LayerGroup::Other("rope_freqs".into())
         );
-        assert_eq!(LayerGroup::of_tensor("blk.+1.x"), LayerGroup::Other("blk".into()));
-        assert_eq!(LayerGroup::of_tensor("blk"), LayerGroup::Other("blk".into()));
+        assert_eq!(
+            LayerGroup::of_tensor("blk.+1.x"),
+            LayerGroup::Other("blk".into())
+        );
+        assert_eq!(
+            LayerGroup::of_tensor("blk"),
+            LayerGroup::Other("blk".into())
+        );
     }
 
     #[test]

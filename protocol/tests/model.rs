@@ -54,17 +54,35 @@ fn typed_accessors_convert_integers_that_fit() {
             expected: "u32"
         })
     );
-    assert!(matches!(f.u32("x.big"), Err(MetadataError::OutOfRange { value, .. }) if value == 1 << 40));
+    assert!(
+        matches!(f.u32("x.big"), Err(MetadataError::OutOfRange { value, .. }) if value == 1 << 40)
+    );
     assert!(matches!(
         f.str("x.f"),
-        Err(MetadataError::WrongType { found: ValueType::F32, expected: "string", .. })
+        Err(MetadataError::WrongType {
+            found: ValueType::F32,
+            expected: "string",
+            ..
+        })
     ));
-    assert!(matches!(f.str("x.bytes"), Err(MetadataError::NotUtf8 { .. })));
-    assert!(matches!(f.bool("x.f"), Err(MetadataError::WrongType { .. })));
-    assert!(matches!(f.array("x.f"), Err(MetadataError::WrongType { .. })));
+    assert!(matches!(
+        f.str("x.bytes"),
+        Err(MetadataError::NotUtf8 { .. })
+    ));
+    assert!(matches!(
+        f.bool("x.f"),
+        Err(MetadataError::WrongType { .. })
+    ));
+    assert!(matches!(
+        f.array("x.f"),
+        Err(MetadataError::WrongType { .. })
+    ));
     assert!(matches!(f.f64("x.b"), Err(MetadataError::WrongType { .. })));
     let message = f.u32("x.neg").unwrap_err().to_string();
-    assert!(message.contains("x.neg") && message.contains(&format!("byte {offset}")), "{message}");
+    assert!(
+        message.contains("x.neg") && message.contains(&format!("byte {offset}")),
+        "{message}"
+    );
 }
 
 #[test]
@@ -73,15 +91,25 @@ fn hyper_params_read_defaults_and_per_layer_arrays() {
     llama_metadata(&mut w);
     w.add_metadata(
         "llama.feed_forward_length",
-        OwnedValue::Array(ValueType::U32, vec![OwnedValue::U32(512), OwnedValue::U32(768)]),
+        OwnedValue::Array(
+            ValueType::U32,
+            vec![OwnedValue::U32(512), OwnedValue::U32(768)],
+        ),
     );
     let bytes = build(&w);
     let h = HyperParams::from_gguf(&GgufFile::parse(&bytes).unwrap()).unwrap();
     assert_eq!(h.block_count, 2);
     assert_eq!(h.head_count, PerLayer::Uniform(4));
     assert_eq!(h.head_count_kv, PerLayer::Uniform(2));
-    assert_eq!((h.key_length, h.value_length), (64, 64), "defaults to embd / heads");
-    assert_eq!(h.feed_forward_length, Some(PerLayer::Varying(vec![512, 768])));
+    assert_eq!(
+        (h.key_length, h.value_length),
+        (64, 64),
+        "defaults to embd / heads"
+    );
+    assert_eq!(
+        h.feed_forward_length,
+        Some(PerLayer::Varying(vec![512, 768]))
+    );
     assert_eq!(h.sliding_window, None);
 
     let mut w = GgufWriter::new();
@@ -92,7 +120,17 @@ fn hyper_params_read_defaults_and_per_layer_arrays() {
     );
     let bytes = build(&w);
     let err = HyperParams::from_gguf(&GgufFile::parse(&bytes).unwrap()).unwrap_err();
-    assert!(matches!(err, MetadataError::WrongLength { expected: 2, found: 1, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            MetadataError::WrongLength {
+                expected: 2,
+                found: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 /// A shard of a split model with `tensors` one-block q8_0 tensors named `{prefix}{i}`.
@@ -123,7 +161,11 @@ fn assemble(files: &[(&str, &[u8])]) -> Result<usize, ModelError> {
 
 #[test]
 fn split_models_assemble_in_any_order() {
-    let (a, b, c) = (shard(0, 3, 5, "blk.0.", 2), shard(1, 3, 5, "blk.1.", 2), shard(2, 3, 5, "output", 1));
+    let (a, b, c) = (
+        shard(0, 3, 5, "blk.0.", 2),
+        shard(1, 3, 5, "blk.1.", 2),
+        shard(2, 3, 5, "output", 1),
+    );
     assert_eq!(assemble(&[("c", &c), ("a", &a), ("b", &b)]), Ok(5));
     let shards = [("a", &a), ("b", &b), ("c", &c)]
         .iter()
@@ -134,7 +176,10 @@ fn split_models_assemble_in_any_order() {
         .collect();
     let model = GgufModel::from_shards(shards).unwrap();
     assert_eq!(model.metadata().architecture(), Ok("llama"));
-    assert_eq!(model.split_summary().unwrap().tensors_per_shard, vec![2, 2, 1]);
+    assert_eq!(
+        model.split_summary().unwrap().tensors_per_shard,
+        vec![2, 2, 1]
+    );
     let shards_of_blocks: Vec<_> = model.tensors().map(|(s, _)| s).collect();
     assert_eq!(shards_of_blocks, vec![0, 0, 1, 1, 2]);
 }
@@ -192,7 +237,10 @@ fn split_model_errors_are_named() {
         Err(ModelError::ZeroShardCount { shard: "z".into() })
     );
     assert_eq!(
-        assemble(&[("a", &shard(0, 2, 3, "a", 1)), ("b", &shard(1, 2, 3, "b", 1))]),
+        assemble(&[
+            ("a", &shard(0, 2, 3, "a", 1)),
+            ("b", &shard(1, 2, 3, "b", 1))
+        ]),
         Err(ModelError::TensorCountMismatch {
             declared: 3,
             found: 2
@@ -228,7 +276,14 @@ fn layer_regions_group_tensors_and_align_extents_to_pages() {
     let mut w = GgufWriter::new();
     llama_metadata(&mut w);
     // 4352 bytes each (256 x 16 q8_0 rows of 272 bytes), so groups straddle page boundaries.
-    for name in ["token_embd.weight", "blk.0.attn_q.weight", "blk.0.ffn_up.weight", "blk.1.attn_q.weight", "output_norm.weight", "rope_freqs.weight"] {
+    for name in [
+        "token_embd.weight",
+        "blk.0.attn_q.weight",
+        "blk.0.ffn_up.weight",
+        "blk.1.attn_q.weight",
+        "output_norm.weight",
+        "rope_freqs.weight",
+    ] {
         w.add_tensor(name, &[256, 16], GgmlType::Q8_0);
     }
     // Interleave: blk.0 has a tensor after blk.1's, far enough to need a second extent.
@@ -259,7 +314,9 @@ fn layer_regions_group_tensors_and_align_extents_to_pages() {
         }
         for t in &r.tensors {
             assert!(
-                r.extents.iter().any(|e| e.start <= t.offset && t.offset + t.size <= e.end),
+                r.extents
+                    .iter()
+                    .any(|e| e.start <= t.offset && t.offset + t.size <= e.end),
                 "{} not covered",
                 t.name
             );
@@ -268,13 +325,23 @@ fn layer_regions_group_tensors_and_align_extents_to_pages() {
     let blk0 = &regions[1];
     assert_eq!(blk0.tensors.len(), 3);
     assert_eq!(blk0.extents.len(), 2, "{:?}", blk0.extents);
-    assert_eq!(regions[0].extents, vec![Extent { shard: 0, start: 0, end: 8192 }]);
+    assert_eq!(
+        regions[0].extents,
+        vec![Extent {
+            shard: 0,
+            start: 0,
+            end: 8192
+        }]
+    );
 }
 
 #[test]
 fn writer_refuses_what_would_not_parse() {
     let mut w = GgufWriter::new();
-    w.add_metadata("a", OwnedValue::Array(ValueType::U8, vec![OwnedValue::U16(1)]));
+    w.add_metadata(
+        "a",
+        OwnedValue::Array(ValueType::U8, vec![OwnedValue::U16(1)]),
+    );
     assert_eq!(
         w.layout().unwrap_err(),
         WriteError::MixedArray {
@@ -295,15 +362,24 @@ fn writer_refuses_what_would_not_parse() {
 
     let mut w = GgufWriter::new();
     w.add_tensor("t", &[1, 1, 1, 1, 1], GgmlType::F32);
-    assert!(matches!(w.layout().unwrap_err(), WriteError::TooManyDims { n_dims: 5, .. }));
+    assert!(matches!(
+        w.layout().unwrap_err(),
+        WriteError::TooManyDims { n_dims: 5, .. }
+    ));
 
     let mut w = GgufWriter::new();
     w.add_tensor("t", &[16], GgmlType::Q4_K);
-    assert!(matches!(w.layout().unwrap_err(), WriteError::RowNotBlockMultiple { ne0: 16, .. }));
+    assert!(matches!(
+        w.layout().unwrap_err(),
+        WriteError::RowNotBlockMultiple { ne0: 16, .. }
+    ));
 
     let mut w = GgufWriter::new();
     w.add_tensor("t", &[1 << 40, 1 << 40], GgmlType::F32);
-    assert!(matches!(w.layout().unwrap_err(), WriteError::SizeOverflow { .. }));
+    assert!(matches!(
+        w.layout().unwrap_err(),
+        WriteError::SizeOverflow { .. }
+    ));
 
     let mut w = GgufWriter::new();
     w.add_tensor("t", &[8], GgmlType::F32);

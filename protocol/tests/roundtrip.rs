@@ -7,7 +7,10 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 fn float32() -> impl Strategy<Value = f32> {
-    prop::num::f32::NORMAL | prop::num::f32::ZERO | prop::num::f32::SUBNORMAL | prop::num::f32::INFINITE
+    prop::num::f32::NORMAL
+        | prop::num::f32::ZERO
+        | prop::num::f32::SUBNORMAL
+        | prop::num::f32::INFINITE
 }
 
 fn float64() -> impl Strategy<Value = f64> {

@@ -1,1 +1,64 @@
-//! tests
+//! Helpers for the multi-process integration tests: finding the built binaries and the reference
+//! model, and running commands.
+//!
+//! These tests run the real `modelhost` binaries. `cargo test --workspace` builds them before it
+//! runs any test, because the host package has integration tests of its own; a lone
+//! `cargo test -p modelhost-tests` may not, and then the helpers say what to build.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits inside the workspace")
+        .to_owned()
+}
+
+/// The path of a workspace binary in the same target profile as this test.
+pub fn binary(name: &str) -> PathBuf {
+    // The test executable lives in target/<profile>/deps/; binaries live in target/<profile>/.
+    let exe = std::env::current_exe().expect("current test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable inside target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace --bins` (or `cargo test --workspace`) first",
+        path.display()
+    );
+    path
+}
+
+/// The reference model: `$MODELHOST_GEMMA`, else `models/gemma-3-270m-q4_k_m.gguf`.
+///
+/// Tests that need it fail, rather than skip, when it is absent: a skipped test proves nothing.
+pub fn gemma_model() -> PathBuf {
+    let path = std::env::var_os("MODELHOST_GEMMA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("models/gemma-3-270m-q4_k_m.gguf"));
+    assert!(
+        path.exists(),
+        "{} is missing; run scripts/fetch-models.sh",
+        path.display()
+    );
+    path
+}
+
+/// Runs `modelhost` with `args` and returns its output, failing the test if it fails.
+pub fn modelhost_ok(args: &[&str]) -> String {
+    let out = run(Command::new(binary("modelhost")).args(args));
+    assert!(
+        out.status.success(),
+        "modelhost {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("spawn command")
+}

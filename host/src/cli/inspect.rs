@@ -307,8 +307,13 @@ fn render(r: &Report) -> String {
     let _ = writeln!(
         o,
         "model         {} {}",
-        r.architecture.as_deref().unwrap_or("(no general.architecture)"),
-        r.name.as_deref().map(|n| format!("{n:?}")).unwrap_or_default()
+        r.architecture
+            .as_deref()
+            .unwrap_or("(no general.architecture)"),
+        r.name
+            .as_deref()
+            .map(|n| format!("{n:?}"))
+            .unwrap_or_default()
     );
     match (&r.hyper_params, &r.hyper_params_error) {
         (Some(h), _) => {
@@ -336,7 +341,9 @@ fn render(r: &Report) -> String {
         }
         (None, None) => {}
     }
-    let vocab = r.vocab_size.map_or("unknown".into(), |v| format!("{v} tokens"));
+    let vocab = r
+        .vocab_size
+        .map_or("unknown".into(), |v| format!("{v} tokens"));
     let _ = writeln!(o, "vocabulary    {vocab}");
     let split = match &r.split {
         None => "single file".to_owned(),
@@ -361,7 +368,13 @@ fn render(r: &Report) -> String {
     );
     let _ = writeln!(o, "\n  {:<10} {:>7} {:>12}", "type", "tensors", "bytes");
     for t in &r.tensor_types {
-        let _ = writeln!(o, "  {:<10} {:>7} {:>12}", t.name, t.count, format_bytes(t.bytes));
+        let _ = writeln!(
+            o,
+            "  {:<10} {:>7} {:>12}",
+            t.name,
+            t.count,
+            format_bytes(t.bytes)
+        );
     }
     let _ = writeln!(
         o,
@@ -392,7 +405,12 @@ fn render(r: &Report) -> String {
             "tensor", "type", "shape", "shard", "offset", "bytes"
         );
         for t in tensors {
-            let shape = t.dims.iter().map(u64::to_string).collect::<Vec<_>>().join(" x ");
+            let shape = t
+                .dims
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" x ");
             let _ = writeln!(
                 o,
                 "  {:<40} {:<8} {:<24} {:>5} {:>12} {:>12}",

@@ -46,16 +46,30 @@ pub enum Field {
     TensorCount,
     MetadataCount,
     /// The key of the metadata entry with this index.
-    MetadataKey { index: u64 },
+    MetadataKey {
+        index: u64,
+    },
     /// The value-type tag of a metadata entry.
-    MetadataType { key: String },
+    MetadataType {
+        key: String,
+    },
     /// The value of a metadata entry (or an element inside it).
-    MetadataValue { key: String },
+    MetadataValue {
+        key: String,
+    },
     /// The name of the tensor descriptor with this index.
-    TensorName { index: u64 },
-    TensorDims { tensor: String },
-    TensorType { tensor: String },
-    TensorOffset { tensor: String },
+    TensorName {
+        index: u64,
+    },
+    TensorDims {
+        tensor: String,
+    },
+    TensorType {
+        tensor: String,
+    },
+    TensorOffset {
+        tensor: String,
+    },
     /// The padding between the tensor descriptors and the data section.
     DataSection,
 }

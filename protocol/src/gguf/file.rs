@@ -225,12 +225,15 @@ impl<'a> Parser<'a> {
         .map_err(|kind| at(metadata_count_pos, Field::MetadataCount, kind))?;
 
         let metadata = self.metadata(metadata_count)?;
-        let keys_sorted = sorted_unique(&metadata, |e| e.key, |e| e.offset, |key, first| {
-            ErrorKind::DuplicateKey {
+        let keys_sorted = sorted_unique(
+            &metadata,
+            |e| e.key,
+            |e| e.offset,
+            |key, first| ErrorKind::DuplicateKey {
                 key: key.to_owned(),
                 first_offset: first,
-            }
-        })
+            },
+        )
         .map_err(|(e, kind)| {
             at(
                 e.offset as usize,
@@ -345,7 +348,10 @@ impl<'a> Parser<'a> {
 
     fn count_field(&mut self, field: Field) -> Result<u64, GgufError> {
         let pos = self.cur.pos();
-        self.cur.u64().map_err(|e| eof_at(pos)(e)).map_err(located(|| field))
+        self.cur
+            .u64()
+            .map_err(|e| eof_at(pos)(e))
+            .map_err(located(|| field))
     }
 
     fn metadata(&mut self, count: u64) -> Result<Vec<MetadataEntry<'a>>, GgufError> {
@@ -379,11 +385,10 @@ impl<'a> Parser<'a> {
                 )
             })?;
             let value_offset = self.cur.pos();
-            let value = read_value(&mut self.cur, ty, 0).map_err(located(|| {
-                Field::MetadataValue {
+            let value =
+                read_value(&mut self.cur, ty, 0).map_err(located(|| Field::MetadataValue {
                     key: key.to_owned(),
-                }
-            }))?;
+                }))?;
             entries.push(MetadataEntry {
                 key,
                 value,
@@ -514,13 +519,13 @@ impl<'a> Parser<'a> {
             .ok_or_else(|| at(type_pos, type_field(), ErrorKind::SizeOverflow))?;
 
         let offset_pos = self.cur.pos();
-        let relative_offset = self
-            .cur
-            .u64()
-            .map_err(|e| eof_at(offset_pos)(e))
-            .map_err(located(|| Field::TensorOffset {
-                tensor: name.to_owned(),
-            }))?;
+        let relative_offset =
+            self.cur
+                .u64()
+                .map_err(|e| eof_at(offset_pos)(e))
+                .map_err(located(|| Field::TensorOffset {
+                    tensor: name.to_owned(),
+                }))?;
 
         Ok(TensorInfo {
             name,
@@ -543,12 +548,12 @@ fn metadata_index(entries: &[MetadataEntry<'_>], entry: &MetadataEntry<'_>) -> u
 }
 
 /// Sorts item indices by name and fails on the first duplicate, reporting the later occurrence.
-fn sorted_unique<'a, T>(
-    items: &'a [T],
+fn sorted_unique<T>(
+    items: &[T],
     name: impl Fn(&T) -> &str,
     offset: impl Fn(&T) -> u64,
     duplicate: impl Fn(&str, u64) -> ErrorKind,
-) -> Result<Vec<u32>, (&'a T, ErrorKind)> {
+) -> Result<Vec<u32>, (&T, ErrorKind)> {
     // Counts are capped far below u32::MAX (MAX_TENSORS, MAX_METADATA_ENTRIES).
     let mut order: Vec<u32> = (0..items.len() as u32).collect();
     // Stable sort keeps file order among equal names, so the second of a pair is the later one.

@@ -143,7 +143,12 @@ impl<'a> GgufModel<'a> {
         let shards = placed
             .into_iter()
             .enumerate()
-            .map(|(no, s)| s.ok_or(ModelError::MissingShard { no: no as u16, count }))
+            .map(|(no, s)| {
+                s.ok_or(ModelError::MissingShard {
+                    no: no as u16,
+                    count,
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let model = GgufModel { shards, split };
         model.check_tensors()?;
@@ -151,7 +156,11 @@ impl<'a> GgufModel<'a> {
     }
 
     fn check_tensors(&self) -> Result<(), ModelError> {
-        let found: u64 = self.shards.iter().map(|s| s.file.tensors().len() as u64).sum();
+        let found: u64 = self
+            .shards
+            .iter()
+            .map(|s| s.file.tensors().len() as u64)
+            .sum();
         if let Some(split) = self.split {
             if found != split.tensors_count {
                 return Err(ModelError::TensorCountMismatch {
@@ -216,7 +225,10 @@ impl<'a> GgufModel<'a> {
     }
 
     pub fn tensor_count(&self) -> u64 {
-        self.shards.iter().map(|s| s.file.tensors().len() as u64).sum()
+        self.shards
+            .iter()
+            .map(|s| s.file.tensors().len() as u64)
+            .sum()
     }
 
     /// Total bytes of tensor data, without padding.
@@ -248,7 +260,11 @@ fn check_single_shard(shard: &Shard<'_>, info: SplitInfo) -> Result<(), ModelErr
     Ok(())
 }
 
-fn check_agreement(shard: &Shard<'_>, expected: SplitInfo, info: SplitInfo) -> Result<(), ModelError> {
+fn check_agreement(
+    shard: &Shard<'_>,
+    expected: SplitInfo,
+    info: SplitInfo,
+) -> Result<(), ModelError> {
     let label = || shard.label.clone();
     if info.count == 0 {
         return Err(ModelError::ZeroShardCount { shard: label() });

@@ -193,9 +193,10 @@ impl<'a> Value<'a> {
             Value::F32(v) => OwnedValue::F32(v),
             Value::Bool(v) => OwnedValue::Bool(v),
             Value::String(s) => OwnedValue::String(s.as_bytes().to_vec()),
-            Value::Array(a) => {
-                OwnedValue::Array(a.elem_type(), a.iter().map(|v| v.to_owned_value()).collect())
-            }
+            Value::Array(a) => OwnedValue::Array(
+                a.elem_type(),
+                a.iter().map(|v| v.to_owned_value()).collect(),
+            ),
             Value::U64(v) => OwnedValue::U64(v),
             Value::I64(v) => OwnedValue::I64(v),
             Value::F64(v) => OwnedValue::F64(v),

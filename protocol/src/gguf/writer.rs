@@ -33,7 +33,11 @@ pub enum WriteError {
     TooManyDims { name: String, n_dims: usize },
     /// A tensor's first dimension is not a whole number of blocks of its type.
     #[error("tensor {name:?}: first dimension {ne0} is not a multiple of {ty}'s block size")]
-    RowNotBlockMultiple { name: String, ne0: u64, ty: GgmlType },
+    RowNotBlockMultiple {
+        name: String,
+        ne0: u64,
+        ty: GgmlType,
+    },
     /// A tensor's size overflows 64 bits.
     #[error("tensor {name:?} is too large")]
     SizeOverflow { name: String },
@@ -137,7 +141,8 @@ impl GgufWriter {
                         name: spec.name.clone(),
                     })?;
         }
-        let data_offset = align_up(header.len() as u64, alignment).ok_or(WriteError::BadAlignment)?;
+        let data_offset =
+            align_up(header.len() as u64, alignment).ok_or(WriteError::BadAlignment)?;
         header.resize(data_offset as usize, 0);
         Ok(GgufLayout {
             header,
