@@ -29,6 +29,8 @@ pub struct SynthSpec {
     /// Also write one `modelhost.values.*` key of every metadata value type, arrays of each
     /// scalar type and nested arrays: a fixture for checking readers against each other.
     pub every_value_type: bool,
+    /// Vocabulary size; by default the chosen shape's (4096 for small models, else 32000).
+    pub vocab: Option<u64>,
 }
 
 /// What was written.
@@ -162,13 +164,17 @@ const MIN_BLOCKS: u64 = 16;
 
 /// Picks the widest shape that fits MIN_BLOCKS blocks, and the block count that fills the size.
 fn plan(spec: &SynthSpec) -> (Shape, u64) {
+    let shapes = SHAPES.map(|s| Shape {
+        vocab: spec.vocab.unwrap_or(s.vocab),
+        ..s
+    });
     let budget = |s: &Shape| spec.size.saturating_sub(edge_bytes(*s, &spec.types));
-    let shape = SHAPES
+    let shape = shapes
         .iter()
         .rev()
         .find(|s| blocks_within(**s, &spec.types, budget(s)) >= MIN_BLOCKS)
         .copied()
-        .unwrap_or(SHAPES[0]);
+        .unwrap_or(shapes[0]);
     let blocks = blocks_within(shape, &spec.types, budget(&shape)).max(1);
     (shape, blocks)
 }

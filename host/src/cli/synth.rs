@@ -30,6 +30,9 @@ pub struct SynthArgs {
     /// Write the model as this many shard files.
     #[arg(long, default_value_t = 1)]
     split: u16,
+    /// Vocabulary size (default: 4096 for models under about 300 MiB, else 32000).
+    #[arg(long)]
+    vocab: Option<u64>,
     /// The context length to record in the metadata.
     #[arg(long, default_value_t = 4096)]
     ctx: u32,
@@ -65,6 +68,7 @@ pub fn run(args: SynthArgs) -> Result<(), CliError> {
         split: args.split,
         context_length: args.ctx,
         every_value_type: args.every_value_type,
+        vocab: args.vocab,
     };
     let report = write_synthetic(&spec, &args.out)?;
     if args.json {

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs one cargo-fuzz target for a while, seeded with real and synthetic files.
+#
+#   scripts/fuzz.sh gguf_parse 600      # ten minutes
+#
+# Needs cargo-fuzz (`cargo install cargo-fuzz`). The toolchain here is stable; cargo-fuzz's
+# sanitizer flags are nightly-only, so RUSTC_BOOTSTRAP=1 unlocks them on stable rustc.
+set -euo pipefail
+target=${1:?usage: scripts/fuzz.sh TARGET SECONDS}
+seconds=${2:?usage: scripts/fuzz.sh TARGET SECONDS}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export RUSTC_BOOTSTRAP=1
+
+corpus=fuzz/corpus/$target
+mkdir -p "$corpus"
+if [ -z "$(ls -A "$corpus")" ]; then
+    case $target in
+    gguf_parse)
+        # Seeds: small, complete synthetic models (a vocabulary of 64 keeps them under 1 MiB)
+        # covering every tensor type and value type, split shards, and the real model's header
+        # (its first 1 MiB: metadata and tensor descriptors, cut off inside the data).
+        cargo build --release --quiet -p modelhost-host
+        bin=target/release/modelhost
+        seeds=$(mktemp -d)
+        synth() { "$bin" synth --vocab 64 --size 1KiB "$@" >/dev/null; }
+        synth --out "$seeds/tiny.gguf" --types q4_0
+        synth --out "$seeds/values.gguf" --types iq1_s --every-value-type
+        synth --out "$seeds/split.gguf" --split 3 --types q2_K
+        for group in f32,f16,q4_0,q4_1,q5_0,q5_1,q8_0 q8_1,q2_K,q3_K,q4_K,q5_K,q6_K,q8_K \
+            iq2_xxs,iq2_xs,iq3_xxs,iq1_s,iq4_nl,iq3_s,iq2_s iq4_xs,i8,i16,i32,i64,f64,iq1_m \
+            bf16,tq1_0,tq2_0,mxfp4,nvfp4,q1_0,q2_0; do
+            synth --out "$seeds/types-${group%%,*}.gguf" --types "$group"
+        done
+        find "$seeds" -name '*.gguf' -size -1024k -exec cp {} "$corpus/" \;
+        if [ -f models/gemma-3-270m-q4_k_m.gguf ]; then
+            head -c 1048576 models/gemma-3-270m-q4_k_m.gguf > "$corpus/gemma-header.gguf"
+        fi
+        rm -rf "$seeds"
+        ;;
+    esac
+fi
+
+cargo fuzz run "$target" "$corpus" -- -max_total_time="$seconds" -max_len=1048576 -print_final_stats=1

