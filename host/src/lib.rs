@@ -1,8 +1,16 @@
-//! The modelhost host: the only process that opens model files. Today it holds the model-file
-//! opener, the synthetic model writer and the `modelhost` CLI; the daemon, registry, planner and
-//! supervisor follow (see ARCHITECTURE.md).
+//! The modelhost host: the only process that opens model files. It holds the daemon (registry,
+//! control server, signals, notify), the model-file opener, the synthetic model writer and the
+//! `modelhost` CLI. See ARCHITECTURE.md for the map.
 
 pub mod cli;
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod events;
 pub mod model_file;
+pub mod notify;
+pub mod pages;
+pub mod registry;
 pub mod synth;
 pub mod units;

@@ -1,9 +1,19 @@
-//! The `modelhost` command line: one file per command.
+//! The `modelhost` command line: one file per command (or per family of small commands).
 
+mod events;
 mod inspect;
+mod load;
+mod models;
+mod serve;
+mod status;
 mod synth;
 
-use clap::{Parser, Subcommand};
+use std::future::Future;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::default_socket_path;
 
 /// Share one copy of a GGUF model between many inference workers.
 #[derive(Debug, Parser)]
@@ -15,10 +25,39 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the host daemon: map models once and serve the control socket.
+    Serve(serve::ServeArgs),
+    /// Load a model into the running host, with a progress bar.
+    Load(load::LoadArgs),
+    /// Unload a model from the running host.
+    Unload(models::UnloadArgs),
+    /// List the host's models.
+    Ls(models::LsArgs),
+    /// List the host's processes and their memory.
+    Ps(status::PsArgs),
+    /// Show the host's status; exits non-zero when the host is unreachable.
+    Status(status::StatusArgs),
+    /// Follow the host's event stream.
+    Events(events::EventsArgs),
     /// Print what a GGUF model holds: architecture, hyper-parameters, tensors, layers, split.
     Inspect(inspect::InspectArgs),
     /// Write a llama-shaped GGUF model with random weights, for tests, benchmarks and demos.
     Synth(synth::SynthArgs),
+}
+
+/// How a client command reaches the host.
+#[derive(Debug, Args)]
+pub(crate) struct ConnectArgs {
+    /// The control socket (default: $MODELHOST_SOCKET, /run/modelhost/control.sock as root,
+    /// else $XDG_RUNTIME_DIR/modelhost/control.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    pub(crate) fn client(&self) -> crate::client::Client {
+        crate::client::Client::new(&self.socket.clone().unwrap_or_else(default_socket_path))
+    }
 }
 
 /// A command failed; the message is for the person at the terminal.
@@ -42,9 +81,24 @@ impl<E: std::error::Error> From<E> for CliError {
     }
 }
 
+/// Runs a client command's future on a small runtime of its own.
+pub(crate) fn block_on<F: Future>(future: F) -> Result<F::Output, CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(future))
+}
+
 impl Cli {
     pub fn run(self) -> Result<(), CliError> {
         match self.command {
+            Command::Serve(args) => serve::run(args),
+            Command::Load(args) => load::run(args),
+            Command::Unload(args) => models::unload(args),
+            Command::Ls(args) => models::ls(args),
+            Command::Ps(args) => status::ps(args),
+            Command::Status(args) => status::status(args),
+            Command::Events(args) => events::run(args),
             Command::Inspect(args) => inspect::run(args),
             Command::Synth(args) => synth::run(args),
         }

@@ -99,8 +99,9 @@ pub enum ErrorKind {
     /// The file ends inside a field.
     #[error("file ends early: field needs {needed} bytes, {available} remain")]
     UnexpectedEof { needed: u64, available: u64 },
-    /// The first four bytes are not `GGUF`.
-    #[error("not a GGUF file: magic is {found:02x?}, expected \"GGUF\"")]
+    /// The first four bytes are not `GGUF`. The message does not echo them: a daemon reporting
+    /// this to a client must not reveal the contents of files the client could not read.
+    #[error("not a GGUF file: the first 4 bytes are not \"GGUF\"")]
     BadMagic { found: [u8; 4] },
     /// GGUF version 1 used 32-bit counts and is not supported.
     #[error("GGUF version 1 is not supported (it predates 64-bit counts); re-convert the model")]

@@ -1,0 +1,77 @@
+//! `modelhost ls` and `modelhost unload`.
+
+use clap::Args;
+
+use super::{block_on, CliError, ConnectArgs};
+use crate::control::types::{ModelInfo, ModelState};
+use crate::units::format_bytes;
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UnloadArgs {
+    /// The model's name.
+    name: String,
+    /// Unload even while workers are attached.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+fn state_name(state: ModelState) -> &'static str {
+    match state {
+        ModelState::Loading => "loading",
+        ModelState::Ready => "ready",
+        ModelState::Failed => "failed",
+    }
+}
+
+pub fn ls(args: LsArgs) -> Result<(), CliError> {
+    let client = args.connect.client();
+    let models: Vec<ModelInfo> = block_on(client.get("/v1/models"))??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&models)?);
+        return Ok(());
+    }
+    println!(
+        "{:<28} {:<8} {:>11} {:>11} {:>11} {:<7} {:>7}  PATH",
+        "NAME", "STATE", "SIZE", "RESIDENT", "LOCKED", "MODE", "WORKERS"
+    );
+    for m in &models {
+        println!(
+            "{:<28} {:<8} {:>11} {:>11} {:>11} {:<7} {:>7}  {}",
+            m.name,
+            state_name(m.state),
+            format_bytes(m.file_bytes),
+            format_bytes(m.residency.resident_bytes),
+            format_bytes(m.residency.locked_bytes),
+            if m.copy { "copy" } else { "mmap" },
+            m.workers,
+            m.path.display()
+        );
+        if let Some(error) = &m.error {
+            println!("    error: {error}");
+        }
+    }
+    Ok(())
+}
+
+pub fn unload(args: UnloadArgs) -> Result<(), CliError> {
+    let client = args.connect.client();
+    let path = format!(
+        "/v1/models/{}{}",
+        args.name,
+        if args.force { "?force=true" } else { "" }
+    );
+    let _: serde_json::Value = block_on(client.delete(&path))??;
+    println!("unloaded {}", args.name);
+    Ok(())
+}

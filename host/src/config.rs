@@ -1,0 +1,217 @@
+//! The daemon's configuration: a TOML file, flags on top, reloaded on SIGHUP.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::control::types::LoadRequest;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The config file, as written. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    socket: Option<PathBuf>,
+    allow_group: Option<String>,
+    #[serde(default)]
+    model_dirs: Vec<PathBuf>,
+    max_body_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    shutdown_timeout_ms: Option<u64>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    models: Vec<LoadRequest>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The control socket path.
+    pub socket: PathBuf,
+    /// A group whose members may use the control socket besides the daemon's own user.
+    pub allow_gid: Option<u32>,
+    /// When not empty, models may only be loaded from inside these directories.
+    pub model_dirs: Vec<PathBuf>,
+    pub max_body_bytes: usize,
+    pub max_connections: usize,
+    /// How long a client has to send its request headers.
+    pub request_timeout: Duration,
+    /// How long shutdown waits for open connections before closing them.
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    /// Models to load at start (and on SIGHUP, those not yet loaded).
+    pub models: Vec<LoadRequest>,
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config: allow_group {0:?} is not a group on this system")]
+    UnknownGroup(String),
+    #[error("config: model_dirs entry {0} must be an absolute path")]
+    RelativeModelDir(PathBuf),
+}
+
+/// Values given on the command line; they override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub socket: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Reads `path` (if given) and applies `overrides`.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file = match path {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?
+            }
+        };
+        let allow_gid = match &file.allow_group {
+            None => None,
+            Some(group) => Some(resolve_group(group)?),
+        };
+        for dir in &file.model_dirs {
+            if !dir.is_absolute() {
+                return Err(ConfigError::RelativeModelDir(dir.clone()));
+            }
+        }
+        Ok(Config {
+            socket: overrides
+                .socket
+                .clone()
+                .or(file.socket)
+                .unwrap_or_else(default_socket_path),
+            allow_gid,
+            model_dirs: file.model_dirs.iter().map(|d| normalize(d)).collect(),
+            max_body_bytes: file.max_body_bytes.unwrap_or(1 << 20),
+            max_connections: file.max_connections.unwrap_or(256),
+            request_timeout: Duration::from_millis(file.request_timeout_ms.unwrap_or(10_000)),
+            shutdown_timeout: Duration::from_millis(file.shutdown_timeout_ms.unwrap_or(5_000)),
+            log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
+            models: file.models,
+        })
+    }
+}
+
+fn resolve_group(group: &str) -> Result<u32, ConfigError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(ConfigError::UnknownGroup(group.to_owned())),
+    }
+}
+
+/// The control socket path: `$MODELHOST_SOCKET`; else `/run/modelhost/control.sock` for root;
+/// else `$XDG_RUNTIME_DIR/modelhost/control.sock`; else `/tmp/modelhost-$UID/control.sock`.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("MODELHOST_SOCKET") {
+        return PathBuf::from(path);
+    }
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/modelhost/control.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("modelhost/control.sock"),
+        _ => PathBuf::from(format!("/tmp/modelhost-{uid}/control.sock")),
+    }
+}
+
+/// Resolves `.` and `..` without touching the filesystem, so a path can be checked against the
+/// allow-list before anything reveals whether it exists.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_resolves_dots_lexically() {
+        assert_eq!(
+            normalize(Path::new("/srv/models/../etc/./passwd")),
+            Path::new("/srv/etc/passwd")
+        );
+        assert_eq!(normalize(Path::new("/../..")), Path::new("/"));
+    }
+
+    #[test]
+    fn config_files_are_strict_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("modelhost-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "socket = \"/x/s.sock\"\nmodel_dirs = [\"/srv/models\"]\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(c.socket, Path::new("/x/s.sock"));
+        assert_eq!(c.log_format, LogFormat::Json);
+        let c = Config::load(
+            Some(&path),
+            &Overrides {
+                socket: Some("/y.sock".into()),
+                log_format: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(c.socket, Path::new("/y.sock"));
+
+        std::fs::write(&path, "sockett = 1\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("sockett"), "{err}");
+        std::fs::write(&path, "model_dirs = [\"models\"]\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&path), &Overrides::default()),
+            Err(ConfigError::RelativeModelDir(_))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

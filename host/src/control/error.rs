@@ -1,0 +1,88 @@
+//! API errors: one place maps every failure to an HTTP status and a stable code.
+
+use hyper::StatusCode;
+
+use super::types::{ErrorBody, ErrorDetail};
+use crate::model_file::OpenError;
+use crate::registry::{LoadError, UnloadError};
+
+/// An error response: status, a stable code for scripts, and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message.clone(),
+            },
+        }
+    }
+}
+
+/// The message with its whole source chain.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = s.source();
+    }
+    message
+}
+
+impl From<LoadError> for ApiError {
+    fn from(e: LoadError) -> ApiError {
+        use std::io::ErrorKind as Io;
+        let message = chain(&e);
+        let (status, code) = match &e {
+            LoadError::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+            LoadError::RelativePath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
+            LoadError::NotAllowed { .. } => (StatusCode::FORBIDDEN, "path_not_allowed"),
+            LoadError::Duplicate(_) => (StatusCode::CONFLICT, "model_exists"),
+            LoadError::Open(open) => match open {
+                OpenError::Io { source, .. } if source.kind() == Io::NotFound => {
+                    (StatusCode::NOT_FOUND, "file_not_found")
+                }
+                OpenError::Io { source, .. } if source.kind() == Io::PermissionDenied => {
+                    (StatusCode::FORBIDDEN, "permission_denied")
+                }
+                OpenError::Io { .. } | OpenError::Copy { .. } | OpenError::Cancelled { .. } => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "io_error")
+                }
+                OpenError::NotAFile { .. } => (StatusCode::BAD_REQUEST, "not_a_file"),
+                OpenError::Parse { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_gguf"),
+                OpenError::UnnamedShard { .. } | OpenError::Model(_) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model")
+                }
+            },
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+impl From<UnloadError> for ApiError {
+    fn from(e: UnloadError) -> ApiError {
+        let (status, code) = match &e {
+            UnloadError::NotFound(_) => (StatusCode::NOT_FOUND, "model_not_found"),
+            UnloadError::InUse { .. } => (StatusCode::CONFLICT, "model_in_use"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}

@@ -1,0 +1,66 @@
+//! Binding the control socket safely: an owner-only directory and socket, and a stale socket from
+//! a dead daemon replaced only after checking that nobody answers on it.
+
+use std::fs::{DirBuilder, Permissions};
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener as StdListener, UnixStream as StdStream};
+use std::path::{Path, PathBuf};
+
+use tokio::net::UnixListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("{path}: another modelhost is already serving on this socket")]
+    AlreadyRunning { path: PathBuf },
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds `path` with mode 0600, creating its directory with mode 0700 if needed.
+pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let io = |source| BindError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match StdStream::connect(path) {
+            Ok(_) => {
+                return Err(BindError::AlreadyRunning {
+                    path: path.to_owned(),
+                })
+            }
+            // Nobody listens: a socket left behind by a daemon that died. Replace it.
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                tracing::info!(path = %path.display(), "removing a stale control socket");
+                std::fs::remove_file(path).map_err(io)?;
+            }
+            Err(e) => return Err(io(e)),
+        },
+        Ok(_) => {
+            return Err(BindError::NotASocket {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let listener = StdListener::bind(path).map_err(io)?;
+    // The directory is 0700, so nobody else can reach the socket between bind and chmod.
+    std::fs::set_permissions(path, Permissions::from_mode(0o600)).map_err(io)?;
+    listener.set_nonblocking(true).map_err(io)?;
+    UnixListener::from_std(listener).map_err(io)
+}

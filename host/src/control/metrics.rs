@@ -1,0 +1,98 @@
+//! `GET /metrics`: Prometheus text exposition.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use super::types::ModelState;
+use super::AppState;
+use crate::pages;
+
+pub fn render_metrics(state: &AppState) -> String {
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let models = state.registry.list();
+    let per_model = |f: &dyn Fn(&super::types::ModelInfo) -> f64| -> Vec<(String, f64)> {
+        models
+            .iter()
+            .map(|m| (format!("{{model=\"{}\"}}", m.name), f(m)))
+            .collect()
+    };
+    gauge(
+        "modelhost_up",
+        "1 while the host is serving.",
+        &[(String::new(), 1.0)],
+    );
+    gauge(
+        "modelhost_uptime_seconds",
+        "Seconds since the host started.",
+        &[(String::new(), state.started.elapsed().as_secs_f64())],
+    );
+    let count = |s: ModelState| models.iter().filter(|m| m.state == s).count() as f64;
+    gauge(
+        "modelhost_models",
+        "Loaded models by state.",
+        &[
+            ("{state=\"loading\"}".into(), count(ModelState::Loading)),
+            ("{state=\"ready\"}".into(), count(ModelState::Ready)),
+            ("{state=\"failed\"}".into(), count(ModelState::Failed)),
+        ],
+    );
+    gauge(
+        "modelhost_model_ready",
+        "1 when the model is ready to serve.",
+        &per_model(&|m| f64::from(u8::from(m.state == ModelState::Ready))),
+    );
+    gauge(
+        "modelhost_model_mapped_bytes",
+        "Bytes of the model's files mapped by the host.",
+        &per_model(&|m| m.residency.mapped_bytes as f64),
+    );
+    gauge(
+        "modelhost_model_resident_bytes",
+        "Bytes of the model's mapping resident in RAM (mincore).",
+        &per_model(&|m| m.residency.resident_bytes as f64),
+    );
+    gauge(
+        "modelhost_model_locked_bytes",
+        "Bytes of the model's mapping locked with mlock.",
+        &per_model(&|m| m.residency.locked_bytes as f64),
+    );
+    gauge(
+        "modelhost_model_workers",
+        "Workers attached to the model.",
+        &per_model(&|m| f64::from(m.workers)),
+    );
+    let memory = pages::process_memory(None).unwrap_or_default();
+    gauge(
+        "modelhost_host_rss_bytes",
+        "Resident set size of the host.",
+        &[(String::new(), memory.rss_bytes as f64)],
+    );
+    gauge(
+        "modelhost_host_pss_bytes",
+        "Proportional set size of the host.",
+        &[(String::new(), memory.pss_bytes as f64)],
+    );
+    let c = &state.counters;
+    let _ = writeln!(
+        out,
+        "# HELP modelhost_http_requests_total Control API requests answered.\n# TYPE modelhost_http_requests_total counter\nmodelhost_http_requests_total {}",
+        c.requests.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP modelhost_http_errors_total Control API requests answered with an error.\n# TYPE modelhost_http_errors_total counter\nmodelhost_http_errors_total {}",
+        c.errors.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP modelhost_connections_refused_total Control connections refused for their peer credentials.\n# TYPE modelhost_connections_refused_total counter\nmodelhost_connections_refused_total {}",
+        c.refused.load(Ordering::Relaxed)
+    );
+    out
+}

@@ -1,0 +1,260 @@
+//! The control server: HTTP/1.1 + JSON over a Unix socket. It checks every peer's credentials,
+//! caps connections, header sizes, body sizes and header read time, and shuts down gracefully.
+
+mod error;
+mod events;
+pub mod listener;
+mod metrics;
+mod routes;
+pub mod types;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+pub use error::ApiError;
+pub use routes::{OPENAPI, ROUTES};
+
+use crate::config::Config;
+use crate::registry::Registry;
+
+/// A response with any body: a whole JSON document or a stream.
+pub type Response = hyper::Response<BoxBody<Bytes, Infallible>>;
+
+/// Counters for /metrics.
+#[derive(Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// What every request handler can reach.
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    config: RwLock<Arc<Config>>,
+    pub started: Instant,
+    pub shutdown: watch::Receiver<bool>,
+    pub counters: Counters,
+}
+
+impl AppState {
+    pub fn new(
+        registry: Arc<Registry>,
+        config: Config,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<AppState> {
+        Arc::new(AppState {
+            registry,
+            config: RwLock::new(Arc::new(config)),
+            started: Instant::now(),
+            shutdown,
+            counters: Counters::default(),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the configuration (SIGHUP).
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+}
+
+pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    text_response(status, "application/json", body)
+}
+
+pub fn text_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response {
+    let mut response = Response::new(Full::new(body.into()).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+fn error_response(e: &ApiError) -> Response {
+    json_response(e.status, &e.body())
+}
+
+/// Whether a peer may use the control socket: the daemon's own user, root, or (when configured)
+/// a member of the allowed group.
+fn peer_allowed(stream: &UnixStream, config: &Config) -> Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read peer credentials: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let uid = cred.uid();
+    if uid == me || uid == 0 {
+        return Ok(());
+    }
+    if let Some(gid) = config.allow_gid {
+        let in_group = cred.gid() == gid
+            || cred
+                .pid()
+                .is_some_and(|pid| supplementary_groups(pid).contains(&gid));
+        if in_group {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "uid {uid} may not use this socket: it accepts uid {me}{}",
+        config
+            .allow_gid
+            .map(|g| format!(" and members of group {g}"))
+            .unwrap_or_default()
+    ))
+}
+
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|groups| {
+                    groups
+                        .split_whitespace()
+                        .filter_map(|g| g.parse().ok())
+                        .collect()
+                })
+        })
+        .unwrap_or_default()
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    refused: Option<Arc<str>>,
+) -> Result<Response, Infallible> {
+    state.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let result = match refused {
+        Some(reason) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "peer_not_allowed",
+            reason.to_string(),
+        )),
+        None => routes::dispatch(Arc::clone(&state), req).await,
+    };
+    Ok(match result {
+        Ok(response) => {
+            tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
+            response
+        }
+        Err(e) => {
+            state.counters.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%method, %path, status = e.status.as_u16(), code = e.code, message = %e.message, "request refused");
+            error_response(&e)
+        }
+    })
+}
+
+async fn serve_connection(stream: UnixStream, state: Arc<AppState>, refused: Option<Arc<str>>) {
+    let config = state.config();
+    let mut shutdown = state.shutdown.clone();
+    let service_state = Arc::clone(&state);
+    let service = service_fn(move |req| handle(Arc::clone(&service_state), req, refused.clone()));
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.request_timeout)
+        .max_buf_size(16 * 1024)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "control connection ended with an error");
+            }
+        }
+        _ = shutdown.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, then waits up to the shutdown timeout for
+/// open connections to finish and aborts the rest.
+pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
+    let config = state.config();
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut connections = JoinSet::new();
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+            // Reap finished connections as we go, so the set does not grow without bound.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(
+                limit = config.max_connections,
+                "connection limit reached; dropping a connection"
+            );
+            continue;
+        };
+        let refused = match peer_allowed(&stream, &state.config()) {
+            Ok(()) => None,
+            Err(reason) => {
+                state.counters.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(reason = %reason, "control connection refused");
+                Some(Arc::from(reason))
+            }
+        };
+        let state = Arc::clone(&state);
+        connections.spawn(async move {
+            serve_connection(stream, state, refused).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(config.shutdown_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "closing connections still open at the shutdown deadline"
+        );
+        connections.shutdown().await;
+    }
+}

@@ -1,0 +1,199 @@
+//! The routing table and the handlers: one entry per route, dispatched by method and path.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
+
+use super::error::ApiError;
+use super::events::event_stream;
+use super::metrics::render_metrics;
+use super::types::{LoadRequest, Status};
+use super::{json_response, text_response, AppState, Response};
+use crate::pages;
+
+/// Every route: method and path template. The OpenAPI document must describe exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/status"),
+    ("GET", "/v1/models"),
+    ("POST", "/v1/models"),
+    ("GET", "/v1/models/{name}"),
+    ("DELETE", "/v1/models/{name}"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/openapi.json"),
+];
+
+/// The OpenAPI 3 description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Routes a request to its handler.
+pub async fn dispatch(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response, ApiError> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => Ok(text_response(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "ok\n",
+        )),
+        (&Method::GET, ["metrics"]) => Ok(text_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render_metrics(&state),
+        )),
+        (&Method::GET, ["v1", "status"]) => Ok(json_response(StatusCode::OK, &status(&state))),
+        (&Method::GET, ["v1", "models"]) => {
+            Ok(json_response(StatusCode::OK, &state.registry.list()))
+        }
+        (&Method::POST, ["v1", "models"]) => load(state, req).await,
+        (&Method::GET, ["v1", "models", name]) => match state.registry.get(name) {
+            Some(info) => Ok(json_response(StatusCode::OK, &info)),
+            None => Err(not_found(name)),
+        },
+        (&Method::DELETE, ["v1", "models", name]) => {
+            let force = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv == "force=true" || kv == "force=1"));
+            state.registry.unload(name, force)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "unloaded": name }),
+            ))
+        }
+        (&Method::GET, ["v1", "events"]) => Ok(event_stream(&state)),
+        (&Method::GET, ["v1", "openapi.json"]) => {
+            Ok(text_response(StatusCode::OK, "application/json", OPENAPI))
+        }
+        _ => Err(no_route(&method, &segments)),
+    }
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "model_not_found",
+        format!("no model named {name:?}"),
+    )
+}
+
+/// 405 when the path exists under another method, else 404.
+fn no_route(method: &Method, segments: &[&str]) -> ApiError {
+    let matches = |template: &str| {
+        let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+        parts.len() == segments.len()
+            && parts
+                .iter()
+                .zip(segments)
+                .all(|(t, s)| t.starts_with('{') || t == s)
+    };
+    let allowed: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(_, template)| matches(template))
+        .map(|(m, _)| *m)
+        .collect();
+    if allowed.is_empty() {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_such_route",
+            format!("no route for {method} /{}", segments.join("/")),
+        )
+    } else {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed here; use {}", allowed.join(" or ")),
+        )
+    }
+}
+
+/// Reads a JSON body of at most `max_body_bytes`, refusing larger ones before reading them.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
+    let max = state.config().max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies are limited to {max} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    if let Some(ct) = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        if !ct.starts_with("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected application/json, got {ct}"),
+            ));
+        }
+    }
+    let bytes: Bytes = match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("reading the body: {e}"),
+            ))
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("request body: {e}"),
+        )
+    })
+}
+
+async fn load(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response, ApiError> {
+    let request: LoadRequest = json_body(&state, req).await?;
+    let registry = Arc::clone(&state.registry);
+    // Opening, mapping and parsing do blocking I/O; keep them off the async workers.
+    let info = tokio::task::spawn_blocking(move || registry.load(request))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("load task: {e}"),
+            )
+        })??;
+    Ok(json_response(StatusCode::CREATED, &info))
+}
+
+fn status(state: &AppState) -> Status {
+    let (models, models_ready, mapped_bytes, resident_bytes) = state.registry.totals();
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        uptime_s: state.started.elapsed().as_secs(),
+        socket: state.config().socket.clone(),
+        models,
+        models_ready,
+        mapped_bytes,
+        resident_bytes,
+        host_memory: pages::process_memory(None).unwrap_or_default(),
+    }
+}

@@ -1,0 +1,134 @@
+//! The control API's request and response bodies, shared by the daemon and the CLI.
+
+use std::path::PathBuf;
+
+use modelhost_protocol::gguf::{HyperParams, SplitSummary};
+use serde::{Deserialize, Serialize};
+
+use crate::pages::ProcessMemory;
+
+/// Where a model is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelState {
+    /// Mapped and validated; copying, prefaulting or locking is under way.
+    Loading,
+    /// Ready to serve.
+    Ready,
+    /// The load failed after validation (the copy, prefault or mlock); see `error`.
+    Failed,
+}
+
+/// How `mlock` is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlockMode {
+    /// Do not lock.
+    #[default]
+    Off,
+    /// Lock, and fail the load if the pages cannot be locked.
+    On,
+    /// Lock if possible; otherwise warn and go on unlocked.
+    Try,
+}
+
+/// `POST /v1/models`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadRequest {
+    /// An absolute path to the GGUF file (for a split model, any shard).
+    pub path: PathBuf,
+    /// The name to serve it under; by default the file name without `.gguf`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Read every page once after mapping, with progress (default true).
+    #[serde(default = "default_true")]
+    pub prefault: bool,
+    #[serde(default)]
+    pub mlock: MlockMode,
+    /// Copy into a sealed memfd so that changes to the file on disk cannot reach the mapping.
+    #[serde(default)]
+    pub copy: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Residency of one model's pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Residency {
+    /// Bytes mapped (all files).
+    pub mapped_bytes: u64,
+    /// Bytes of those in RAM now, by mincore.
+    pub resident_bytes: u64,
+    /// Bytes locked with mlock.
+    pub locked_bytes: u64,
+}
+
+/// One layer region as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerSummary {
+    pub name: String,
+    pub tensor_count: usize,
+    pub tensor_bytes: u64,
+    pub mapped_bytes: u64,
+}
+
+/// A model as `GET /v1/models/{name}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub files: Vec<PathBuf>,
+    pub state: ModelState,
+    /// Why the load failed, or a warning (an mlock fallback).
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    pub architecture: Option<String>,
+    pub hyper_params: Option<HyperParams>,
+    pub tensor_count: u64,
+    pub file_bytes: u64,
+    pub split: Option<SplitSummary>,
+    pub copy: bool,
+    pub prefault: bool,
+    pub mlock: MlockMode,
+    /// Another loaded model whose mapping this one shares (same file, same mode).
+    #[serde(default)]
+    pub shares_mapping_with: Option<String>,
+    pub residency: Residency,
+    /// Workers attached to this model (workers arrive with the workers issue).
+    pub workers: u32,
+    /// Seconds since the Unix epoch when the load started, and how long it took.
+    pub loaded_at: u64,
+    pub load_ms: Option<u64>,
+    pub layers: Vec<LayerSummary>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_s: u64,
+    pub socket: PathBuf,
+    pub models: usize,
+    pub models_ready: usize,
+    pub mapped_bytes: u64,
+    pub resident_bytes: u64,
+    pub host_memory: ProcessMemory,
+}
+
+/// An error body: a stable machine-readable code and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}

@@ -1,0 +1,178 @@
+//! `modelhost serve`: the daemon's life from start to exit.
+//!
+//! Start: read the config, bind the control socket, load the configured models, notify READY=1.
+//! SIGHUP: re-read the config (allow-list, allowed group, limits, models to load).
+//! SIGTERM/SIGINT: notify STOPPING=1, stop accepting, let open requests finish within the
+//! shutdown timeout, release the models, remove the socket, exit 0.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigError, LogFormat, Overrides};
+use crate::control::listener::{bind, BindError};
+use crate::control::{serve, AppState};
+use crate::events::EventBus;
+use crate::notify::Notifier;
+use crate::registry::{Policy, Registry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("starting the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Sets up logging on stderr: human-readable lines, or JSON objects.
+pub fn init_logging(format: LogFormat, level: tracing::Level) {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false);
+    // A second call (tests, SIGHUP) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+fn policy(config: &Config) -> Policy {
+    Policy {
+        model_dirs: config.model_dirs.clone(),
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+    level: tracing::Level,
+) -> Result<(), DaemonError> {
+    let config = Config::load(config_path.as_deref(), &overrides)?;
+    init_logging(config.log_format, level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("modelhost-io")
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    runtime.block_on(run_async(config, config_path, overrides))
+}
+
+async fn run_async(
+    config: Config,
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+) -> Result<(), DaemonError> {
+    let notifier = Notifier::from_env();
+    let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+
+    let socket = config.socket.clone();
+    let listener = bind(&socket)?;
+    let events = Arc::new(EventBus::new());
+    let registry = Registry::new(events, policy(&config));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let preload = config.models.clone();
+    let state = AppState::new(Arc::clone(&registry), config, shutdown_rx);
+    let server = tokio::spawn(serve(listener, Arc::clone(&state)));
+    tracing::info!(socket = %socket.display(), pid = std::process::id(), "modelhost serving");
+
+    load_configured(&registry, preload).await;
+    notifier.notify(&format!("READY=1\nSTATUS=serving on {}", socket.display()));
+
+    let watchdog = notifier.watchdog_interval().map(|every| {
+        let notifier = Notifier::from_env();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                notifier.notify("WATCHDOG=1");
+            }
+        })
+    });
+
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = interrupt.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hangup.recv() => reload(&state, config_path.as_deref(), &overrides, &notifier).await,
+        }
+    }
+
+    notifier.notify("STOPPING=1\nSTATUS=shutting down");
+    let _ = shutdown_tx.send(true);
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    // serve() bounds its own wait by the shutdown timeout.
+    let _ = server.await;
+    registry.unload_all();
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::warn!(error = %e, socket = %socket.display(), "could not remove the control socket");
+    }
+    tracing::info!("modelhost stopped");
+    Ok(())
+}
+
+/// Loads the models a config file declares that are not loaded yet. Failures are logged: one
+/// bad entry does not stop the others or the daemon.
+async fn load_configured(
+    registry: &Arc<Registry>,
+    models: Vec<crate::control::types::LoadRequest>,
+) {
+    for request in models {
+        let registry = Arc::clone(registry);
+        let path = request.path.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let name_taken = request
+                .name
+                .as_deref()
+                .is_some_and(|n| registry.contains(n));
+            if name_taken {
+                return Ok(None);
+            }
+            registry.load(request).map(Some)
+        })
+        .await;
+        match result {
+            Ok(Ok(Some(info))) => tracing::info!(model = %info.name, "configured model registered"),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(path = %path.display(), error = %e, "configured model failed to load")
+            }
+            Err(e) => tracing::error!(error = %e, "configured model load task failed"),
+        }
+    }
+}
+
+async fn reload(
+    state: &Arc<AppState>,
+    path: Option<&Path>,
+    overrides: &Overrides,
+    notifier: &Notifier,
+) {
+    notifier.notify("RELOADING=1");
+    match Config::load(path, overrides) {
+        Ok(config) => {
+            if config.socket != state.config().socket {
+                tracing::warn!("SIGHUP: the socket path changed; that takes a restart");
+            }
+            state.registry.set_policy(policy(&config));
+            let models = config.models.clone();
+            state.set_config(config);
+            load_configured(&state.registry, models).await;
+            tracing::info!("SIGHUP: configuration reloaded");
+        }
+        Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the old configuration"),
+    }
+    notifier.notify("READY=1");
+}

@@ -1,0 +1,377 @@
+//! Loading: validate and map synchronously, then copy, prefault and lock on a job thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use modelhost_protocol::gguf::HyperParams;
+use modelhost_protocol::layers::{layer_regions, PageSize};
+
+use super::{info, unix_now, Entry, Registry, Summary};
+use crate::config::normalize;
+use crate::control::types::{LayerSummary, LoadRequest, MlockMode, ModelInfo, ModelState};
+use crate::events::{Event, Phase, ProgressThrottle};
+use crate::model_file::{MappedModel, OpenError};
+use crate::pages;
+
+/// Why a load was refused before it started.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("invalid model name {0:?}: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'")]
+    InvalidName(String),
+    #[error("model path {0:?} must be absolute")]
+    RelativePath(PathBuf),
+    #[error("{path} is outside the allowed model directories ({allowed})")]
+    NotAllowed { path: PathBuf, allowed: String },
+    #[error("a model named {0:?} is already loaded")]
+    Duplicate(String),
+    #[error(transparent)]
+    Open(#[from] OpenError),
+}
+
+const MAX_NAME_LEN: usize = 64;
+
+/// Model names become URL path segments and log fields: keep them plain.
+fn validate_name(name: &str) -> Result<(), LoadError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(LoadError::InvalidName(name.to_owned()))
+    }
+}
+
+/// The default name: the file name without `.gguf` (and without a shard suffix).
+fn default_name(path: &Path) -> String {
+    let stem = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("model")
+        .trim_end_matches(".gguf");
+    // "model-00001-of-00003" names the model, not the shard.
+    match stem.rsplit_once("-of-") {
+        Some((head, count)) if count.len() == 5 && head.len() > 6 => {
+            let (prefix, no) = head.split_at(head.len() - 6);
+            if no.starts_with('-') && no[1..].bytes().all(|b| b.is_ascii_digit()) {
+                return prefix.to_owned();
+            }
+            stem.to_owned()
+        }
+        _ => stem.to_owned(),
+    }
+}
+
+fn summarize(mapped: &MappedModel) -> Result<Summary, OpenError> {
+    let model = mapped.model()?;
+    let meta = model.metadata();
+    let page = PageSize::new(pages::page_size() as u64).unwrap_or(PageSize::FOUR_KIB);
+    Ok(Summary {
+        architecture: meta.architecture().ok().map(str::to_owned),
+        hyper_params: HyperParams::from_gguf(meta).ok(),
+        tensor_count: model.tensor_count(),
+        file_bytes: model.file_bytes(),
+        split: model.split_summary(),
+        layers: layer_regions(&model, page)
+            .into_iter()
+            .map(|r| LayerSummary {
+                name: r.group.to_string(),
+                tensor_count: r.tensors.len(),
+                tensor_bytes: r.tensor_bytes,
+                mapped_bytes: r.mapped_bytes(),
+            })
+            .collect(),
+    })
+}
+
+struct Job {
+    name: String,
+    mapping: Arc<MappedModel>,
+    copy: bool,
+    prefault: bool,
+    mlock: MlockMode,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Registry {
+    fn check_allowed(&self, path: &Path) -> Result<(), LoadError> {
+        let dirs = self.policy().model_dirs;
+        if dirs.is_empty() || dirs.iter().any(|d| path.starts_with(d)) {
+            return Ok(());
+        }
+        Err(LoadError::NotAllowed {
+            path: path.to_owned(),
+            allowed: dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    /// Validates, maps and registers a model, and starts its copy/prefault/lock job. Returns the
+    /// model as registered: `loading` while the job runs, else `ready`.
+    pub fn load(self: &Arc<Self>, req: LoadRequest) -> Result<ModelInfo, LoadError> {
+        let started = Instant::now();
+        let name = req.name.clone().unwrap_or_else(|| default_name(&req.path));
+        validate_name(&name)?;
+        if !req.path.is_absolute() {
+            return Err(LoadError::RelativePath(req.path));
+        }
+        // Check the allow-list before touching the filesystem, so refusals reveal nothing about
+        // what exists outside it; check again after resolving symlinks.
+        let lexical = normalize(&req.path);
+        self.check_allowed(&lexical)?;
+        if self.contains(&name) {
+            return Err(LoadError::Duplicate(name));
+        }
+        let canonical = std::fs::canonicalize(&lexical).map_err(|source| OpenError::Io {
+            path: lexical.clone(),
+            source,
+        })?;
+        self.check_allowed(&canonical)?;
+
+        let fresh = MappedModel::open(&canonical)?;
+        let summary = summarize(&fresh)?;
+        let identity = fresh.files()[0].identity();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let needs_job = req.copy || req.prefault || req.mlock != MlockMode::Off;
+
+        let mut models = self.lock();
+        if models.contains_key(&name) {
+            return Err(LoadError::Duplicate(name));
+        }
+        // The same file in the same mode shares one mapping, so its pages are mapped once.
+        let shared = models
+            .values()
+            .find(|e| e.identity == identity && e.copy == req.copy && e.state != ModelState::Failed)
+            .map(|e| (e.name.clone(), Arc::clone(&e.mapping)));
+        let (mapping, shares_mapping_with) = match shared {
+            Some((other, mapping)) => (mapping, Some(other)),
+            None => (Arc::new(fresh), None),
+        };
+        let state = if needs_job {
+            ModelState::Loading
+        } else {
+            ModelState::Ready
+        };
+        let entry = Entry {
+            name: name.clone(),
+            path: canonical,
+            mapping: Arc::clone(&mapping),
+            identity,
+            summary,
+            state,
+            error: None,
+            warnings: Vec::new(),
+            copy: req.copy,
+            prefault: req.prefault,
+            mlock: req.mlock,
+            locked: false,
+            shares_mapping_with,
+            workers: 0,
+            cancel: Arc::clone(&cancel),
+            started,
+            loaded_at: unix_now(),
+            load_ms: (!needs_job).then(|| started.elapsed().as_millis() as u64),
+        };
+        let registered = info(&entry);
+        models.insert(name.clone(), entry);
+        drop(models);
+
+        tracing::info!(model = %name, path = %registered.path.display(), bytes = registered.file_bytes, ?state, "model registered");
+        self.events.publish(Event::ModelState {
+            model: name.clone(),
+            state,
+            error: None,
+        });
+        if needs_job {
+            let job = Job {
+                name: name.clone(),
+                mapping,
+                copy: req.copy,
+                prefault: req.prefault,
+                mlock: req.mlock,
+                cancel,
+            };
+            let registry = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name(format!("load-{name}"))
+                .spawn(move || registry.run_job(job));
+            if let Err(e) = spawned {
+                self.finish(
+                    &name,
+                    None,
+                    Err(format!("cannot start the load thread: {e}")),
+                    false,
+                    Vec::new(),
+                );
+            }
+        }
+        Ok(registered)
+    }
+
+    fn progress(
+        &self,
+        name: &str,
+        phase: Phase,
+        done: u64,
+        total: u64,
+        throttle: &mut ProgressThrottle,
+    ) {
+        if throttle.should_report(done, total) {
+            self.events.publish(Event::Progress {
+                model: name.to_owned(),
+                phase,
+                done_bytes: done,
+                total_bytes: total,
+            });
+        }
+    }
+
+    fn run_job(self: Arc<Self>, job: Job) {
+        let name = job.name.as_str();
+        let cancelled = || job.cancel.load(Ordering::Relaxed);
+        let total = job.mapping.total_bytes();
+        let mut mapping = Arc::clone(&job.mapping);
+        let mut warnings = Vec::new();
+
+        if job.copy && !mapping.files().iter().all(|f| f.is_copy()) {
+            let mut throttle = ProgressThrottle::new();
+            let copied = mapping.copy_sealed(&mut |done| {
+                self.progress(name, Phase::Copy, done, total, &mut throttle);
+                !cancelled()
+            });
+            // Validate the copy itself: it, not the file on disk, is what will be served.
+            let copied = copied.and_then(|c| summarize(&c).map(|_| c));
+            match copied {
+                Ok(c) => mapping = Arc::new(c),
+                Err(e) => return self.finish(name, None, Err(e.to_string()), false, warnings),
+            }
+        }
+
+        if job.prefault {
+            let mut throttle = ProgressThrottle::new();
+            let mut base = 0u64;
+            for map in mapping.files().iter().filter_map(|f| f.mapping()) {
+                let result = pages::prefault(map, &mut |done| {
+                    self.progress(name, Phase::Prefault, base + done, total, &mut throttle);
+                    !cancelled()
+                });
+                match result {
+                    Ok(true) => base += map.len() as u64,
+                    Ok(false) => return, // unloaded while prefaulting
+                    Err(e) => {
+                        return self.finish(
+                            name,
+                            Some(mapping),
+                            Err(format!("prefault: {e}")),
+                            false,
+                            warnings,
+                        )
+                    }
+                }
+            }
+            if total == 0 {
+                self.progress(name, Phase::Prefault, 0, 0, &mut throttle);
+            }
+        }
+
+        let mut locked = false;
+        if job.mlock != MlockMode::Off {
+            let mut throttle = ProgressThrottle::new();
+            let result = mapping
+                .files()
+                .iter()
+                .filter_map(|f| f.mapping())
+                .try_for_each(pages::lock);
+            match (result, job.mlock) {
+                (Ok(()), _) => {
+                    locked = true;
+                    self.progress(name, Phase::Lock, total, total, &mut throttle);
+                }
+                (Err(e), MlockMode::Try) => {
+                    tracing::warn!(model = name, error = %e, "mlock failed; serving unlocked");
+                    warnings.push(format!("not locked: {e}"));
+                }
+                (Err(e), _) => {
+                    return self.finish(name, Some(mapping), Err(e.to_string()), false, warnings)
+                }
+            }
+        }
+        if cancelled() {
+            return;
+        }
+        self.finish(name, Some(mapping), Ok(()), locked, warnings);
+    }
+
+    /// Records the end of a load job, unless the model was unloaded (or replaced) meanwhile.
+    fn finish(
+        &self,
+        name: &str,
+        mapping: Option<Arc<MappedModel>>,
+        outcome: Result<(), String>,
+        locked: bool,
+        warnings: Vec<String>,
+    ) {
+        let mut models = self.lock();
+        let Some(entry) = models.get_mut(name) else {
+            return;
+        };
+        if entry.cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(mapping) = mapping {
+            entry.mapping = mapping;
+        }
+        entry.locked = locked;
+        entry.warnings = warnings;
+        entry.load_ms = Some(entry.started.elapsed().as_millis() as u64);
+        let (state, error) = match outcome {
+            Ok(()) => (ModelState::Ready, None),
+            Err(e) => (ModelState::Failed, Some(e)),
+        };
+        entry.state = state;
+        entry.error = error.clone();
+        drop(models);
+        match &error {
+            None => tracing::info!(model = name, "model ready"),
+            Some(e) => tracing::error!(model = name, error = %e, "model failed to load"),
+        }
+        self.events.publish(Event::ModelState {
+            model: name.to_owned(),
+            state,
+            error,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_plain() {
+        for ok in ["gemma", "gemma-3-270m_q4.k", "a"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".hidden", "../etc", "a/b", "a b", "é", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_names_drop_extension_and_shard_suffix() {
+        assert_eq!(
+            default_name(Path::new("/m/gemma-3-270m-q4_k_m.gguf")),
+            "gemma-3-270m-q4_k_m"
+        );
+        assert_eq!(default_name(Path::new("/m/big-00002-of-00003.gguf")), "big");
+        assert_eq!(default_name(Path::new("/m/odd-of-x.gguf")), "odd-of-x");
+    }
+}

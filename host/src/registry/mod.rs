@@ -1,0 +1,216 @@
+//! The model registry: every loaded model, its mapping, its state and its load job.
+//!
+//! A load validates synchronously (open, map, parse: milliseconds) so that bad input is refused
+//! in the response; copying, prefaulting and locking then run on a thread of their own, reported
+//! on the event stream. The same file loaded twice under two names shares one mapping.
+
+mod load;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+pub use load::LoadError;
+
+use crate::control::types::{LayerSummary, MlockMode, ModelInfo, ModelState, Residency};
+use crate::events::{Event, EventBus};
+use crate::model_file::{FileIdentity, MappedModel};
+use crate::pages;
+use modelhost_protocol::gguf::{HyperParams, SplitSummary};
+
+/// What is derived from a parse once, so the mapping need not be parsed again to describe it.
+#[derive(Debug, Clone)]
+struct Summary {
+    architecture: Option<String>,
+    hyper_params: Option<HyperParams>,
+    tensor_count: u64,
+    file_bytes: u64,
+    split: Option<SplitSummary>,
+    layers: Vec<LayerSummary>,
+}
+
+struct Entry {
+    name: String,
+    path: PathBuf,
+    mapping: Arc<MappedModel>,
+    identity: FileIdentity,
+    summary: Summary,
+    state: ModelState,
+    error: Option<String>,
+    warnings: Vec<String>,
+    copy: bool,
+    prefault: bool,
+    mlock: MlockMode,
+    locked: bool,
+    shares_mapping_with: Option<String>,
+    workers: u32,
+    cancel: Arc<AtomicBool>,
+    started: Instant,
+    loaded_at: u64,
+    load_ms: Option<u64>,
+}
+
+/// Why an unload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UnloadError {
+    #[error("no model named {0:?}")]
+    NotFound(String),
+    #[error(
+        "model {name:?} has {workers} worker(s) attached; stop them first or unload with force"
+    )]
+    InUse { name: String, workers: u32 },
+}
+
+/// Policy that SIGHUP can change.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// When not empty, loads must come from inside these (normalized, absolute) directories.
+    pub model_dirs: Vec<PathBuf>,
+}
+
+/// All loaded models.
+pub struct Registry {
+    models: Mutex<BTreeMap<String, Entry>>,
+    events: Arc<EventBus>,
+    policy: RwLock<Policy>,
+}
+
+impl Registry {
+    pub fn new(events: Arc<EventBus>, policy: Policy) -> Arc<Registry> {
+        Arc::new(Registry {
+            models: Mutex::new(BTreeMap::new()),
+            events,
+            policy: RwLock::new(policy),
+        })
+    }
+
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.events
+    }
+
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+    }
+
+    fn policy(&self) -> Policy {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.models.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every model, by name.
+    pub fn list(&self) -> Vec<ModelInfo> {
+        self.lock().values().map(info).collect()
+    }
+
+    /// One model.
+    pub fn get(&self, name: &str) -> Option<ModelInfo> {
+        self.lock().get(name).map(info)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
+    }
+
+    /// Unloads a model. Its pages are released when the last user of its mapping lets go.
+    pub fn unload(&self, name: &str, force: bool) -> Result<(), UnloadError> {
+        let mut models = self.lock();
+        let entry = models
+            .get(name)
+            .ok_or_else(|| UnloadError::NotFound(name.to_owned()))?;
+        if entry.workers > 0 && !force {
+            return Err(UnloadError::InUse {
+                name: name.to_owned(),
+                workers: entry.workers,
+            });
+        }
+        if let Some(entry) = models.remove(name) {
+            // Stops a load job still copying or prefaulting this model.
+            entry.cancel.store(true, Ordering::Relaxed);
+        }
+        drop(models);
+        tracing::info!(model = name, "unloaded");
+        self.events.publish(Event::ModelUnloaded {
+            model: name.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Unloads everything (shutdown).
+    pub fn unload_all(&self) {
+        let names: Vec<String> = self.lock().keys().cloned().collect();
+        for name in names {
+            let _ = self.unload(&name, true);
+        }
+    }
+
+    /// Totals over all models: (count, ready, mapped bytes, resident bytes).
+    pub fn totals(&self) -> (usize, usize, u64, u64) {
+        let models = self.lock();
+        let ready = models
+            .values()
+            .filter(|e| e.state == ModelState::Ready)
+            .count();
+        let (mapped, resident) = models
+            .values()
+            .filter(|e| e.shares_mapping_with.is_none())
+            .map(|e| residency(e))
+            .fold((0, 0), |(m, r), x| {
+                (m + x.mapped_bytes, r + x.resident_bytes)
+            });
+        (models.len(), ready, mapped, resident)
+    }
+}
+
+fn residency(e: &Entry) -> Residency {
+    let mut r = Residency::default();
+    for f in e.mapping.files() {
+        if let Some(map) = f.mapping() {
+            r.mapped_bytes += map.len() as u64;
+            r.resident_bytes += pages::resident_bytes(map).unwrap_or(0);
+        }
+    }
+    if e.locked {
+        r.locked_bytes = r.mapped_bytes;
+    }
+    r
+}
+
+fn info(e: &Entry) -> ModelInfo {
+    ModelInfo {
+        name: e.name.clone(),
+        path: e.path.clone(),
+        files: e.mapping.paths().map(PathBuf::from).collect(),
+        state: e.state,
+        error: e.error.clone(),
+        warnings: e.warnings.clone(),
+        architecture: e.summary.architecture.clone(),
+        hyper_params: e.summary.hyper_params.clone(),
+        tensor_count: e.summary.tensor_count,
+        file_bytes: e.summary.file_bytes,
+        split: e.summary.split.clone(),
+        copy: e.copy,
+        prefault: e.prefault,
+        mlock: e.mlock,
+        shares_mapping_with: e.shares_mapping_with.clone(),
+        residency: residency(e),
+        workers: e.workers,
+        loaded_at: e.loaded_at,
+        load_ms: e.load_ms,
+        layers: e.summary.layers.clone(),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
