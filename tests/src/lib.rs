@@ -62,3 +62,37 @@ pub fn modelhost_ok(args: &[&str]) -> String {
 fn run(command: &mut Command) -> Output {
     command.output().expect("spawn command")
 }
+
+pub mod daemon;
+pub mod http;
+
+/// A scratch directory removed on drop, world-traversable so a daemon running as another user can
+/// use it.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("mh-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `modelhost` with `args` and returns its output, whatever the exit status.
+pub fn modelhost(args: &[&str]) -> Output {
+    run(Command::new(binary("modelhost")).args(args))
+}

@@ -56,7 +56,7 @@ impl From<LoadError> for ApiError {
             LoadError::RelativePath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
             LoadError::NotAllowed { .. } => (StatusCode::FORBIDDEN, "path_not_allowed"),
             LoadError::Duplicate(_) => (StatusCode::CONFLICT, "model_exists"),
-            LoadError::Open(open) => match open {
+            LoadError::Open(open) => match open.as_ref() {
                 OpenError::Io { source, .. } if source.kind() == Io::NotFound => {
                     (StatusCode::NOT_FOUND, "file_not_found")
                 }

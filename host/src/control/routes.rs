@@ -197,3 +197,161 @@ fn status(state: &AppState) -> Status {
         host_memory: pages::process_memory(None).unwrap_or_default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::control::types::{
+        ErrorBody, ErrorDetail, MlockMode, ModelInfo, ModelState, Residency,
+    };
+    use crate::events::{Envelope, Event, Phase};
+
+    fn openapi() -> Value {
+        serde_json::from_str(OPENAPI).expect("openapi.json is JSON")
+    }
+
+    fn keys(v: &Value) -> BTreeSet<String> {
+        v.as_object().expect("an object").keys().cloned().collect()
+    }
+
+    fn schema_properties(name: &str) -> BTreeSet<String> {
+        keys(&openapi()["components"]["schemas"][name]["properties"])
+    }
+
+    #[test]
+    fn openapi_describes_exactly_the_routing_table() {
+        let doc = openapi();
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| *k != "parameters")
+            {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        let routed: BTreeSet<_> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(documented, routed);
+    }
+
+    #[test]
+    fn openapi_schemas_match_the_serialized_types() {
+        let load = LoadRequest {
+            path: "/m.gguf".into(),
+            name: Some("m".into()),
+            prefault: true,
+            mlock: MlockMode::Try,
+            copy: false,
+        };
+        assert_eq!(
+            keys(&serde_json::to_value(&load).unwrap()),
+            schema_properties("LoadRequest")
+        );
+
+        let status = Status {
+            version: "0".into(),
+            pid: 1,
+            uptime_s: 0,
+            socket: "/s".into(),
+            models: 0,
+            models_ready: 0,
+            mapped_bytes: 0,
+            resident_bytes: 0,
+            host_memory: Default::default(),
+        };
+        let status = serde_json::to_value(&status).unwrap();
+        assert_eq!(keys(&status), schema_properties("Status"));
+        assert_eq!(
+            keys(&status["host_memory"]),
+            keys(
+                &openapi()["components"]["schemas"]["Status"]["properties"]["host_memory"]
+                    ["properties"]
+            )
+        );
+
+        let model = ModelInfo {
+            name: "m".into(),
+            path: "/m".into(),
+            files: vec![],
+            state: ModelState::Ready,
+            error: None,
+            warnings: vec![],
+            architecture: None,
+            hyper_params: None,
+            tensor_count: 0,
+            file_bytes: 0,
+            split: None,
+            copy: false,
+            prefault: true,
+            mlock: MlockMode::Off,
+            shares_mapping_with: None,
+            residency: Residency::default(),
+            workers: 0,
+            loaded_at: 0,
+            load_ms: None,
+            layers: vec![],
+        };
+        let model = serde_json::to_value(&model).unwrap();
+        assert_eq!(keys(&model), schema_properties("ModelInfo"));
+        let required: BTreeSet<String> = openapi()["components"]["schemas"]["ModelInfo"]
+            ["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(keys(&model), required);
+        assert_eq!(keys(&model["residency"]), schema_properties("Residency"));
+
+        let error = ErrorBody {
+            error: ErrorDetail {
+                code: "c".into(),
+                message: "m".into(),
+            },
+        };
+        assert_eq!(
+            keys(&serde_json::to_value(&error).unwrap()),
+            schema_properties("Error")
+        );
+    }
+
+    #[test]
+    fn openapi_event_schema_covers_every_event() {
+        let events = [
+            Event::ModelState {
+                model: "m".into(),
+                state: ModelState::Failed,
+                error: Some("e".into()),
+            },
+            Event::Progress {
+                model: "m".into(),
+                phase: Phase::Prefault,
+                done_bytes: 1,
+                total_bytes: 2,
+            },
+            Event::ModelUnloaded { model: "m".into() },
+            Event::Lagged { missed: 3 },
+        ];
+        let props = schema_properties("Event");
+        let kinds = &openapi()["components"]["schemas"]["Event"]["properties"]["type"]["enum"];
+        for event in events {
+            let v = serde_json::to_value(Envelope {
+                seq: 1,
+                time_ms: 2,
+                event,
+            })
+            .unwrap();
+            assert!(keys(&v).is_subset(&props), "{v}");
+            assert!(kinds.as_array().unwrap().contains(&v["type"]), "{v}");
+        }
+    }
+}

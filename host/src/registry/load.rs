@@ -26,8 +26,15 @@ pub enum LoadError {
     NotAllowed { path: PathBuf, allowed: String },
     #[error("a model named {0:?} is already loaded")]
     Duplicate(String),
+    /// Boxed: an open error carries paths and a parse error, and loads return `LoadError` often.
     #[error(transparent)]
-    Open(#[from] OpenError),
+    Open(Box<OpenError>),
+}
+
+impl From<OpenError> for LoadError {
+    fn from(e: OpenError) -> LoadError {
+        LoadError::Open(Box::new(e))
+    }
 }
 
 const MAX_NAME_LEN: usize = 64;

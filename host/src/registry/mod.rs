@@ -162,7 +162,7 @@ impl Registry {
         let (mapped, resident) = models
             .values()
             .filter(|e| e.shares_mapping_with.is_none())
-            .map(|e| residency(e))
+            .map(residency)
             .fold((0, 0), |(m, r), x| {
                 (m + x.mapped_bytes, r + x.resident_bytes)
             });

@@ -109,7 +109,7 @@ impl<'a> GgufModel<'a> {
             })?;
             infos.push(info);
         }
-        if shards.len() == 1 && infos[0].map_or(true, |i| i.count == 1) {
+        if shards.len() == 1 && infos[0].is_none_or(|i| i.count == 1) {
             let split = infos[0];
             if let Some(info) = split {
                 check_single_shard(&shards[0], info)?;
