@@ -181,6 +181,28 @@ mod tests {
         assert_eq!(normalize(Path::new("/../..")), Path::new("/"));
     }
 
+    /// The shipped example must stay loadable, with its commented options switched on too.
+    #[test]
+    fn the_example_config_parses_with_every_option_enabled() {
+        let example = include_str!("../../deploy/config.example.toml");
+        assert!(toml::from_str::<FileConfig>(example).is_ok());
+        let enabled: String = example
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|rest| rest.contains(" = ") || rest.starts_with("[["))
+                    .unwrap_or(l)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file: FileConfig =
+            toml::from_str(&enabled).unwrap_or_else(|e| panic!("{e}\n{enabled}"));
+        assert_eq!(file.allow_group.as_deref(), Some("modelhost"));
+        assert_eq!(file.models.len(), 1);
+        assert_eq!(file.models[0].name.as_deref(), Some("gemma"));
+        assert_eq!(file.max_connections, Some(256));
+    }
+
     #[test]
     fn config_files_are_strict_and_flags_win() {
         let dir = std::env::temp_dir().join(format!("modelhost-config-{}", std::process::id()));

@@ -578,3 +578,96 @@ fn the_cli_and_curl_drive_the_daemon() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach modelhost"));
 }
+
+/// A daemon that cannot lock memory: as root, one running as nobody (no CAP_IPC_LOCK, the default
+/// RLIMIT_MEMLOCK of a few MiB); otherwise this user, whose limit is checked to be too low.
+fn unprivileged_daemon(dir: &Scratch) -> Option<(Daemon, std::path::PathBuf)> {
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let model = dir.path("gemma.gguf");
+    std::fs::copy(gemma_model(), &model).unwrap();
+    let uid = nix::unistd::geteuid().is_root().then_some(65534);
+    if uid.is_none() {
+        let (soft, _) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK).unwrap();
+        if soft >= std::fs::metadata(&model).unwrap().len() {
+            return None; // this user may lock the whole model; nothing to refuse
+        }
+    }
+    let daemon = Daemon::start(
+        &dir.path("run/control.sock"),
+        DaemonOptions {
+            uid,
+            ..Default::default()
+        },
+    );
+    Some((daemon, model))
+}
+
+#[test]
+fn mlock_beyond_the_limit_fails_clearly_or_falls_back_when_asked() {
+    let dir = Scratch::new("mlock");
+    let Some((daemon, model)) = unprivileged_daemon(&dir) else {
+        panic!("this user can lock 253 MB; run the tests as root or with a lower RLIMIT_MEMLOCK");
+    };
+    let events = subscribe(&daemon.socket);
+
+    load(
+        &daemon.socket,
+        json!({ "path": model, "name": "strict", "mlock": "on", "prefault": false }),
+    );
+    let settled = until_settled(&events, "strict");
+    let last = settled.last().unwrap();
+    assert_eq!(last["state"], "failed", "{settled:?}");
+    let error = last["error"].as_str().unwrap();
+    assert!(
+        error.contains("RLIMIT_MEMLOCK") && error.contains("LimitMEMLOCK"),
+        "{error}"
+    );
+    let strict = get(&daemon.socket, "/v1/models/strict").json();
+    assert_eq!(strict["state"], "failed");
+    assert_eq!(strict["error"], error);
+
+    load(
+        &daemon.socket,
+        json!({ "path": model, "name": "lenient", "mlock": "try", "prefault": false }),
+    );
+    let settled = until_settled(&events, "lenient");
+    assert_eq!(settled.last().unwrap()["state"], "ready");
+    let lenient = get(&daemon.socket, "/v1/models/lenient").json();
+    assert_eq!(lenient["residency"]["locked_bytes"], 0);
+    assert!(
+        lenient["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("not locked"),
+        "{lenient}"
+    );
+}
+
+#[test]
+fn the_watchdog_is_fed_when_systemd_asks() {
+    let dir = Scratch::new("watchdog");
+    let notify_path = dir.path("notify.sock");
+    let listener = UnixDatagram::bind(&notify_path).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let _daemon = Daemon::start(
+        &dir.path("control.sock"),
+        DaemonOptions {
+            env: vec![
+                ("NOTIFY_SOCKET", notify_path.display().to_string()),
+                ("WATCHDOG_USEC", "200000".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    let mut buf = [0u8; 512];
+    let mut pings = 0;
+    while pings < 3 {
+        let n = listener.recv(&mut buf).expect("notifications keep coming");
+        if &buf[..n] == b"WATCHDOG=1" {
+            pings += 1;
+        }
+    }
+}
