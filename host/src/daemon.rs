@@ -32,8 +32,10 @@ pub enum DaemonError {
 
 /// Sets up logging on stderr: human-readable lines, or JSON objects.
 pub fn init_logging(format: LogFormat, level: tracing::Level) {
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_max_level(level)
         .with_target(false);
     // A second call (tests, SIGHUP) keeps the first subscriber.
