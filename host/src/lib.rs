@@ -11,6 +11,7 @@ pub mod events;
 pub mod model_file;
 pub mod notify;
 pub mod pages;
+pub mod placement;
 pub mod registry;
 pub mod synth;
 pub mod units;

@@ -5,9 +5,15 @@
 //! - [`gguf`]: the GGUF model format (parser, metadata, split models, writer).
 //! - [`ggml_type`]: the ggml tensor type table.
 //! - [`layers`]: the page-aligned layer regions the host advertises to workers.
+//! - [`manifest`]: the model manifest the planner and the workers receive.
+//! - [`placement`]: the placement planner.
+//! - [`units`]: byte sizes for people.
 
 pub mod ggml_type;
 pub mod gguf;
 pub mod layers;
+pub mod manifest;
+pub mod placement;
+pub mod units;
 
 pub use ggml_type::GgmlType;

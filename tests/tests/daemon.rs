@@ -671,3 +671,97 @@ fn the_watchdog_is_fed_when_systemd_asks() {
         }
     }
 }
+
+#[test]
+fn loads_are_planned_with_the_same_planner_and_refused_when_nothing_fits() {
+    let dir = Scratch::new("planned");
+    let daemon = Daemon::start(&dir.path("control.sock"), DaemonOptions::default());
+    let socket = &daemon.socket;
+    let model = gemma_model();
+
+    let info = load(
+        socket,
+        json!({ "path": model, "name": "planned", "prefault": false, "devices": ["cuda:0=24GiB"], "placement": { "ctx": 8192 } }),
+    );
+    let plan = &info["plan"];
+    assert_eq!(
+        plan["replicas"][0]["devices"][0]["layers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        18
+    );
+    assert_eq!(
+        plan["replicas"][0]["devices"][0]["kv_bytes"],
+        3 * 8192 * 1024 + 15 * 1024 * 1024
+    );
+    assert_eq!(
+        get(socket, "/v1/models/planned").json()["plan"],
+        *plan,
+        "the plan shows in the status"
+    );
+
+    let too_big = request(
+        socket,
+        "POST",
+        "/v1/models",
+        Some(&json!({ "path": model, "name": "big", "devices": ["cpu=64MiB"] })),
+    );
+    assert_eq!(
+        (too_big.status, too_big.error_code().as_str()),
+        (422, "plan_failed")
+    );
+    assert!(too_big.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("bytes short"));
+
+    let bad = request(
+        socket,
+        "POST",
+        "/v1/models",
+        Some(&json!({ "path": model, "name": "bad", "devices": ["gpu0"] })),
+    );
+    assert_eq!(
+        (bad.status, bad.error_code().as_str()),
+        (400, "invalid_device")
+    );
+
+    if !modelhost_worker::devices::cuda_driver_present() {
+        let no_gpu = request(
+            socket,
+            "POST",
+            "/v1/models",
+            Some(&json!({ "path": model, "name": "gpu", "devices": ["cuda:0"] })),
+        );
+        assert_eq!(
+            (no_gpu.status, no_gpu.error_code().as_str()),
+            (422, "device_unavailable")
+        );
+        assert!(no_gpu.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no CUDA driver"));
+        let out = modelhost(&[
+            "load",
+            model.to_str().unwrap(),
+            "--name",
+            "gpu",
+            "--devices",
+            "cuda:0",
+            "--socket",
+            socket.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr.contains("cuda:0: no CUDA driver on this machine")
+                && stderr.contains("device_unavailable"),
+            "{stderr}"
+        );
+    }
+    assert!(
+        get(socket, "/v1/models/big").status == 404 && get(socket, "/v1/models/gpu").status == 404
+    );
+    assert_eq!(get(socket, "/v1/models/planned").json()["state"], "ready");
+}

@@ -1,7 +1,10 @@
-//! The modelhost worker: attaches to the pages the host mapped, through the file descriptor it is
-//! passed, and uploads its assigned layers to its device.
+//! The modelhost worker library: attaches to the pages the host mapped, through the file
+//! descriptor it is passed, and uploads its assigned layers to its device.
 //!
-//! Not built yet: the attach path, the device backends and the `modelhost-worker` binary are the
-//! subject of the workers issue. This crate exists so the workspace has its final shape and the
-//! invariant "the worker never parses GGUF" has a home: it depends on `modelhost-protocol` only
-//! for the manifest and wire types.
+//! Built so far: [`devices`], the device inventory (CUDA through cudarc with dynamic loading, CPU
+//! and NUMA nodes), which the host's planner uses and which a worker will report in its Hello.
+//! The attach path, the device backends and the `modelhost-worker` binary are the subject of the
+//! workers issue. The worker never parses GGUF: it depends on `modelhost-protocol` only for the
+//! manifest and wire types.
+
+pub mod devices;

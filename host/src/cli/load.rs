@@ -27,6 +27,15 @@ pub struct LoadArgs {
     /// Copy into a sealed memfd, so changes to the file on disk cannot reach the mapping.
     #[arg(long)]
     copy: bool,
+    /// Devices to plan the placement for, comma-separated (cuda:0, cuda:1=24GiB, cpu, cpu:1).
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<String>,
+    /// Context length per sequence, for the plan (default: the model's).
+    #[arg(long)]
+    ctx: Option<u32>,
+    /// Sequences served in parallel, for the plan.
+    #[arg(long)]
+    parallel: Option<u32>,
     /// Print the loaded model as JSON instead of a progress bar and summary.
     #[arg(long)]
     json: bool,
@@ -54,6 +63,12 @@ pub fn run(args: LoadArgs) -> Result<(), CliError> {
             MlockArg::Try => MlockMode::Try,
         },
         copy: args.copy,
+        devices: args.devices.clone(),
+        placement: crate::placement::PlacementRequest {
+            ctx: args.ctx,
+            parallel: args.parallel,
+            ..Default::default()
+        },
     };
     let client = args.connect.client();
     let info = block_on(async {
@@ -141,6 +156,9 @@ pub fn run(args: LoadArgs) -> Result<(), CliError> {
     );
     for warning in &info.warnings {
         println!("  warning: {warning}");
+    }
+    if let Some(plan) = &info.plan {
+        print!("\n{}", super::plan::render(&info.name, plan));
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ mod events;
 mod inspect;
 mod load;
 mod models;
+pub(crate) mod plan;
 mod serve;
 mod status;
 mod synth;
@@ -39,6 +40,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Follow the host's event stream.
     Events(events::EventsArgs),
+    /// Show which layers would go to which device, without loading anything.
+    Plan(plan::PlanArgs),
     /// Print what a GGUF model holds: architecture, hyper-parameters, tensors, layers, split.
     Inspect(inspect::InspectArgs),
     /// Write a llama-shaped GGUF model with random weights, for tests, benchmarks and demos.
@@ -99,6 +102,7 @@ impl Cli {
             Command::Ps(args) => status::ps(args),
             Command::Status(args) => status::status(args),
             Command::Events(args) => events::run(args),
+            Command::Plan(args) => plan::run(args),
             Command::Inspect(args) => inspect::run(args),
             Command::Synth(args) => synth::run(args),
         }

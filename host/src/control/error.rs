@@ -4,6 +4,7 @@ use hyper::StatusCode;
 
 use super::types::{ErrorBody, ErrorDetail};
 use crate::model_file::OpenError;
+use crate::placement::PlacementError;
 use crate::registry::{LoadError, UnloadError};
 
 /// An error response: status, a stable code for scripts, and a message for people.
@@ -56,6 +57,18 @@ impl From<LoadError> for ApiError {
             LoadError::RelativePath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
             LoadError::NotAllowed { .. } => (StatusCode::FORBIDDEN, "path_not_allowed"),
             LoadError::Duplicate(_) => (StatusCode::CONFLICT, "model_exists"),
+            LoadError::Placement(PlacementError::BadDevice { .. }) => {
+                (StatusCode::BAD_REQUEST, "invalid_device")
+            }
+            LoadError::Placement(PlacementError::BadOption(_)) => {
+                (StatusCode::BAD_REQUEST, "invalid_placement")
+            }
+            LoadError::Placement(PlacementError::Device(_)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "device_unavailable")
+            }
+            LoadError::Plan(_) | LoadError::NoManifest(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "plan_failed")
+            }
             LoadError::Open(open) => match open.as_ref() {
                 OpenError::Io { source, .. } if source.kind() == Io::NotFound => {
                     (StatusCode::NOT_FOUND, "file_not_found")

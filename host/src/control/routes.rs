@@ -251,6 +251,8 @@ mod tests {
             prefault: true,
             mlock: MlockMode::Try,
             copy: false,
+            devices: vec!["cpu".into()],
+            placement: Default::default(),
         };
         assert_eq!(
             keys(&serde_json::to_value(&load).unwrap()),
@@ -299,6 +301,7 @@ mod tests {
             loaded_at: 0,
             load_ms: None,
             layers: vec![],
+            plan: None,
         };
         let model = serde_json::to_value(&model).unwrap();
         assert_eq!(keys(&model), schema_properties("ModelInfo"));

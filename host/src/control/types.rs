@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 
 use modelhost_protocol::gguf::{HyperParams, SplitSummary};
+use modelhost_protocol::placement::Plan;
 use serde::{Deserialize, Serialize};
 
 use crate::pages::ProcessMemory;
+use crate::placement::PlacementRequest;
 
 /// Where a model is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +51,13 @@ pub struct LoadRequest {
     /// Copy into a sealed memfd so that changes to the file on disk cannot reach the mapping.
     #[serde(default)]
     pub copy: bool,
+    /// Devices to place the model on (cuda:N, cpu, cpu:N, each optionally =SIZE). When given,
+    /// the host plans the placement at load time and refuses a model that fits nowhere.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Placement options for the plan.
+    #[serde(default)]
+    pub placement: PlacementRequest,
 }
 
 fn default_true() -> bool {
@@ -105,6 +114,9 @@ pub struct ModelInfo {
     pub loaded_at: u64,
     pub load_ms: Option<u64>,
     pub layers: Vec<LayerSummary>,
+    /// The placement planned at load time, when devices were given.
+    #[serde(default)]
+    pub plan: Option<Plan>,
 }
 
 /// `GET /v1/status`.

@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use modelhost_protocol::gguf::HyperParams;
 use modelhost_protocol::layers::{layer_regions, PageSize};
+use modelhost_protocol::manifest::ModelManifest;
+use modelhost_protocol::placement::{plan, Plan, PlanError};
 
 use super::{info, unix_now, Entry, Registry, Summary};
 use crate::config::normalize;
@@ -14,6 +16,7 @@ use crate::control::types::{LayerSummary, LoadRequest, MlockMode, ModelInfo, Mod
 use crate::events::{Event, Phase, ProgressThrottle};
 use crate::model_file::{MappedModel, OpenError};
 use crate::pages;
+use crate::placement::{device_spec, host_available, PlacementError};
 
 /// Why a load was refused before it started.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,12 @@ pub enum LoadError {
     NotAllowed { path: PathBuf, allowed: String },
     #[error("a model named {0:?} is already loaded")]
     Duplicate(String),
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+    #[error("placement: {0}")]
+    Plan(#[from] PlanError),
+    #[error("placement needs the model's hyper-parameters: {0}")]
+    NoManifest(String),
     /// Boxed: an open error carries paths and a parse error, and loads return `LoadError` often.
     #[error(transparent)]
     Open(Box<OpenError>),
@@ -78,7 +87,9 @@ fn summarize(mapped: &MappedModel) -> Result<Summary, OpenError> {
     let model = mapped.model()?;
     let meta = model.metadata();
     let page = PageSize::new(pages::page_size() as u64).unwrap_or(PageSize::FOUR_KIB);
+    let manifest = ModelManifest::from_model(&model, page).ok().map(Arc::new);
     Ok(Summary {
+        manifest,
         architecture: meta.architecture().ok().map(str::to_owned),
         hyper_params: HyperParams::from_gguf(meta).ok(),
         tensor_count: model.tensor_count(),
@@ -145,6 +156,7 @@ impl Registry {
 
         let fresh = MappedModel::open(&canonical)?;
         let summary = summarize(&fresh)?;
+        let plan = self.plan_for(&req, &summary, &fresh)?;
         let identity = fresh.files()[0].identity();
         let cancel = Arc::new(AtomicBool::new(false));
         let needs_job = req.copy || req.prefault || req.mlock != MlockMode::Off;
@@ -181,6 +193,7 @@ impl Registry {
             mlock: req.mlock,
             locked: false,
             shares_mapping_with,
+            plan,
             workers: 0,
             cancel: Arc::clone(&cancel),
             started,
@@ -221,6 +234,35 @@ impl Registry {
             }
         }
         Ok(registered)
+    }
+
+    /// Plans the placement when the request names devices, with the same planner as
+    /// `modelhost plan`.
+    fn plan_for(
+        &self,
+        req: &LoadRequest,
+        summary: &Summary,
+        mapped: &MappedModel,
+    ) -> Result<Option<Plan>, LoadError> {
+        if req.devices.is_empty() {
+            return Ok(None);
+        }
+        let manifest = summary.manifest.as_ref().ok_or_else(|| {
+            LoadError::NoManifest(
+                summary
+                    .architecture
+                    .clone()
+                    .unwrap_or_else(|| "no general.architecture".into()),
+            )
+        })?;
+        let devices = req
+            .devices
+            .iter()
+            .map(|d| device_spec(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut options = req.placement.options()?;
+        options.host_available_bytes = host_available(&devices, mapped)?;
+        Ok(Some(plan(manifest, &devices, &options)?))
     }
 
     fn progress(

@@ -19,6 +19,8 @@ use crate::events::{Event, EventBus};
 use crate::model_file::{FileIdentity, MappedModel};
 use crate::pages;
 use modelhost_protocol::gguf::{HyperParams, SplitSummary};
+use modelhost_protocol::manifest::ModelManifest;
+use modelhost_protocol::placement::Plan;
 
 /// What is derived from a parse once, so the mapping need not be parsed again to describe it.
 #[derive(Debug, Clone)]
@@ -29,6 +31,8 @@ struct Summary {
     file_bytes: u64,
     split: Option<SplitSummary>,
     layers: Vec<LayerSummary>,
+    /// For placement and, later, for the workers; `None` when the hyper-parameters are unreadable.
+    manifest: Option<Arc<ModelManifest>>,
 }
 
 struct Entry {
@@ -45,6 +49,7 @@ struct Entry {
     mlock: MlockMode,
     locked: bool,
     shares_mapping_with: Option<String>,
+    plan: Option<Plan>,
     workers: u32,
     cancel: Arc<AtomicBool>,
     started: Instant,
@@ -206,6 +211,7 @@ fn info(e: &Entry) -> ModelInfo {
         loaded_at: e.loaded_at,
         load_ms: e.load_ms,
         layers: e.summary.layers.clone(),
+        plan: e.plan.clone(),
     }
 }
 

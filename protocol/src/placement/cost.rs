@@ -1,0 +1,113 @@
+//! What things cost in bytes: the KV cache per layer, scratch (compute) buffers, device budgets.
+
+use crate::manifest::ModelManifest;
+use crate::GgmlType;
+
+use super::{DeviceSpec, PlanOptions};
+
+/// Sliding-window pattern of architectures that do not store one: every `n`th layer attends to
+/// the whole context and the others to the window (as llama.cpp configures them).
+fn known_swa_pattern(architecture: &str) -> Option<u32> {
+    match architecture {
+        "gemma2" => Some(2),
+        "gemma3" => Some(6),
+        "cohere2" | "llama4" => Some(4),
+        _ => None,
+    }
+}
+
+/// Per-layer KV cache sizes for a model under some options.
+pub(crate) struct KvCosts {
+    per_layer: Vec<u64>,
+    /// Layers sized to the sliding window.
+    pub swa_layers: u32,
+    pub full_cells: u64,
+    pub swa_cells: u64,
+    pub pattern_unknown: bool,
+}
+
+impl KvCosts {
+    pub fn new(manifest: &ModelManifest, options: &PlanOptions, context: u32) -> KvCosts {
+        let h = &manifest.hyper_params;
+        let sequences = u64::from(options.parallel.max(1));
+        let full_cells = u64::from(context) * sequences;
+        let pattern = known_swa_pattern(&h.architecture);
+        let window = h.sliding_window.filter(|w| *w > 0);
+        // llama.cpp keeps window × sequences + one batch of cells for windowed layers, padded
+        // to 256, and never more than the full context.
+        let swa_cells = window.map_or(full_cells, |w| {
+            (u64::from(w) * sequences + u64::from(options.batch))
+                .next_multiple_of(256)
+                .min(full_cells)
+        });
+        let mut swa_layers = 0;
+        let per_layer = (0..h.block_count)
+            .map(|layer| {
+                let windowed = match (window, pattern) {
+                    (Some(_), Some(n)) => (layer + 1) % n != 0,
+                    _ => false,
+                };
+                swa_layers += u32::from(windowed);
+                let cells = if windowed { swa_cells } else { full_cells };
+                let heads = u64::from(h.head_count_kv.get(layer));
+                let k = kv_bytes(options.kv_type, cells * heads * u64::from(h.key_length));
+                let v = kv_bytes(options.kv_type, cells * heads * u64::from(h.value_length));
+                k + v
+            })
+            .collect();
+        KvCosts {
+            per_layer,
+            swa_layers,
+            full_cells,
+            swa_cells,
+            pattern_unknown: window.is_some() && pattern.is_none(),
+        }
+    }
+
+    pub fn layer(&self, layer: u32) -> u64 {
+        self.per_layer.get(layer as usize).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.per_layer.iter().sum()
+    }
+}
+
+/// Bytes for `elements` values of the KV type, rounded up to whole blocks.
+fn kv_bytes(ty: GgmlType, elements: u64) -> u64 {
+    let block = u64::from(ty.block_size());
+    elements.div_ceil(block) * u64::from(ty.type_size())
+}
+
+/// Scratch a backend needs to run blocks: f32 activations for one batch, the larger of the
+/// attention scores (cells × heads per token) and the feed-forward intermediates, reused from
+/// layer to layer.
+pub(crate) fn block_scratch(manifest: &ModelManifest, options: &PlanOptions, cells: u64) -> u64 {
+    let h = &manifest.hyper_params;
+    let batch = u64::from(options.batch);
+    let attention = cells * u64::from(h.head_count.max());
+    let ff = h
+        .feed_forward_length
+        .as_ref()
+        .map_or(0, |f| u64::from(f.max()));
+    let embd = u64::from(h.embedding_length);
+    4 * batch * (attention.max(2 * ff) + 4 * embd)
+}
+
+/// Scratch for the output stage: f32 logits for every sequence, plus one batch of hidden states.
+pub(crate) fn output_scratch(manifest: &ModelManifest, options: &PlanOptions) -> u64 {
+    let sequences = u64::from(options.parallel.max(1));
+    4 * manifest.vocab_size * sequences
+        + 4 * u64::from(options.batch) * u64::from(manifest.hyper_params.embedding_length)
+}
+
+/// What a GPU may hold: the smaller of free memory and its configured limit, less the reserve
+/// (headroom that stays free) and the backend's fixed overhead.
+pub(crate) fn gpu_budget(device: &DeviceSpec, options: &PlanOptions) -> u64 {
+    let usable = device
+        .limit_bytes
+        .map_or(device.free_bytes, |l| l.min(device.free_bytes));
+    usable
+        .saturating_sub(options.gpu_reserve_bytes)
+        .saturating_sub(options.gpu_overhead_bytes)
+}
