@@ -8,6 +8,7 @@
 //! - [`manifest`]: the model manifest the planner and the workers receive.
 //! - [`placement`]: the placement planner.
 //! - [`units`]: byte sizes for people.
+//! - [`wire`]: the host↔worker protocol.
 
 pub mod ggml_type;
 pub mod gguf;
@@ -15,5 +16,6 @@ pub mod layers;
 pub mod manifest;
 pub mod placement;
 pub mod units;
+pub mod wire;
 
 pub use ggml_type::GgmlType;

@@ -1,0 +1,136 @@
+//! The host↔worker messages. A worker says Hello; the host answers Attach (with the model's file
+//! descriptors alongside); the worker reports Progress, LayerReady in layer order, then Ready or
+//! Failed, and Heartbeats until it is told to Shutdown or Detach.
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::ModelManifest;
+use crate::placement::{DeviceId, DeviceSpec};
+
+/// Every message, in both directions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Worker → host, first: who the worker is and what its device has.
+    Hello(Hello),
+    /// Host → worker: what to attach and what to do with it. One descriptor per model file
+    /// travels with this message (SCM_RIGHTS).
+    Attach(Box<Attach>),
+    /// Worker → host: at least every 100 ms during long work.
+    Progress(Progress),
+    /// Worker → host: this block is on the device (or resident, for the CPU), in layer order.
+    LayerReady { layer: u32 },
+    /// Worker → host: every assigned layer and the KV cache are in place.
+    Ready(ReadyStats),
+    /// Worker → host: the attach failed; the worker exits after sending this.
+    Failed { error: String },
+    /// Either way: I am alive.
+    Heartbeat { seq: u64 },
+    /// Host → worker: release everything and exit.
+    Shutdown,
+    /// Host → worker: the model is being unloaded; release it and exit.
+    Detach,
+}
+
+/// What a worker reports about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// A name for logs: the worker's slot in the host, or what a process manager called it.
+    pub worker_id: String,
+    pub pid: u32,
+    /// The device this worker drives.
+    pub device: DeviceId,
+    /// Its inventory of that device.
+    pub inventory: Vec<DeviceSpec>,
+    /// For a worker started by a process manager: the model it wants to serve.
+    pub model: Option<String>,
+}
+
+/// One model file as the host validated it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileCheck {
+    /// The file's size; the worker's mapping must have exactly this many bytes.
+    pub len: u64,
+    /// How many leading bytes (header, metadata, descriptors) `header_hash` covers.
+    pub header_len: u64,
+    /// FNV-1a 64 of those bytes.
+    pub header_hash: u64,
+}
+
+/// What a worker should do on its device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub device: DeviceId,
+    /// Blocks to place, in order.
+    pub layers: Vec<u32>,
+    /// Whether this worker runs the output stage.
+    pub output: bool,
+    /// KV cache bytes to allocate.
+    pub kv_bytes: u64,
+    /// Scratch bytes to reserve.
+    pub scratch_bytes: u64,
+}
+
+/// Options for how a worker attaches.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WorkerOptions {
+    /// Lock the assigned pages in RAM (CPU).
+    pub mlock: bool,
+    /// Read every assigned byte and checksum it, rather than only faulting pages in.
+    pub verify: bool,
+    /// CUDA: register the shared mapping with the driver and copy from it without staging.
+    pub registered_upload: bool,
+}
+
+/// The attach instructions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attach {
+    pub model: String,
+    pub manifest: ModelManifest,
+    /// One per descriptor sent, in shard order.
+    pub files: Vec<FileCheck>,
+    pub assignment: Assignment,
+    pub options: WorkerOptions,
+    /// How often the worker must send a Heartbeat.
+    pub heartbeat_ms: u32,
+}
+
+/// What a worker is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerPhase {
+    /// Mapping and checking the files.
+    Attach,
+    /// Placing the assigned layers on the device.
+    Upload,
+    /// Allocating the KV cache and scratch.
+    Kv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub phase: WorkerPhase,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    pub layers_done: u32,
+    pub layers_total: u32,
+}
+
+/// What a ready worker holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ReadyStats {
+    /// Weight bytes on the device (for the CPU: used in place from the shared pages).
+    pub weights_bytes: u64,
+    pub kv_bytes: u64,
+    pub scratch_bytes: u64,
+    /// From receiving Attach to Ready.
+    pub elapsed_ms: u64,
+}
+
+/// FNV-1a 64: a small, stable hash both sides compute the same way across builds.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
