@@ -44,6 +44,32 @@ pub enum Event {
     },
     /// A model was unloaded and its mapping released.
     ModelUnloaded { model: String },
+    /// A worker changed state (or was restarted under a new pid).
+    WorkerState {
+        model: String,
+        worker: String,
+        device: String,
+        state: crate::supervisor::machine::WorkerState,
+        pid: Option<u32>,
+        restarts: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A worker has this block in place (in layer order), so an engine can begin its warm-up.
+    WorkerLayerReady {
+        model: String,
+        worker: String,
+        layer: u32,
+    },
+    /// A worker's attach made progress.
+    WorkerProgress {
+        model: String,
+        worker: String,
+        done_bytes: u64,
+        total_bytes: u64,
+        layers_done: u32,
+        layers_total: u32,
+    },
     /// This subscriber fell behind and missed `missed` events.
     Lagged { missed: u64 },
 }

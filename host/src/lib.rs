@@ -13,5 +13,6 @@ pub mod notify;
 pub mod pages;
 pub mod placement;
 pub mod registry;
+pub mod supervisor;
 pub mod synth;
 pub mod units;

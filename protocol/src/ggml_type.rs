@@ -191,7 +191,7 @@ impl GgmlType {
     /// number of blocks or the product overflows.
     pub fn bytes_for(self, elements: u64) -> Option<u64> {
         let block = u64::from(self.block_size());
-        if elements % block != 0 {
+        if !elements.is_multiple_of(block) {
             return None;
         }
         (elements / block).checked_mul(u64::from(self.type_size()))

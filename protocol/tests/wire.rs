@@ -1,8 +1,8 @@
 //! The wire protocol: every violation from literal bytes, and round trips through the decoder.
 
 use modelhost_protocol::wire::{
-    check_preamble, decode_payload, encode, preamble, FrameDecoder, Message, Progress, ReadyStats, WireError, WorkerPhase,
-    MAX_FRAME_LEN,
+    check_preamble, decode_payload, encode, preamble, FrameDecoder, Message, Progress, ReadyStats,
+    WireError, WorkerPhase, MAX_FRAME_LEN,
 };
 use proptest::prelude::*;
 
@@ -27,8 +27,14 @@ fn frame_error(bytes: &[u8]) -> WireError {
 #[test]
 fn every_violation_from_literal_bytes() {
     let cases: Vec<(WireError, &str)> = vec![
-        (check_preamble(b"HTTP\x01\x00\x00\x00").unwrap_err(), "BadMagic"),
-        (check_preamble(b"MHWK\x02\x00\x00\x00").unwrap_err(), "VersionMismatch"),
+        (
+            check_preamble(b"HTTP\x01\x00\x00\x00").unwrap_err(),
+            "BadMagic",
+        ),
+        (
+            check_preamble(b"MHWK\x02\x00\x00\x00").unwrap_err(),
+            "VersionMismatch",
+        ),
         (frame_error(b"\x01\x00\x00\x01"), "FrameTooLarge"),
         // Variant index 0x7f: no such message.
         (frame_error(b"\x01\x00\x00\x00\x7f"), "UnknownMessage"),
@@ -43,20 +49,90 @@ fn every_violation_from_literal_bytes() {
         seen.insert(*name);
     }
     assert_eq!(seen.len(), 6);
-    assert_eq!(check_preamble(b"HTTP\x01\x00\x00\x00").unwrap_err(), WireError::BadMagic { found: u32::from_le_bytes(*b"HTTP") });
-    assert_eq!(check_preamble(b"MHWK\x02\x00\x00\x00").unwrap_err(), WireError::VersionMismatch { theirs: 2 });
-    assert_eq!(frame_error(b"\x01\x00\x00\x01"), WireError::FrameTooLarge { len: 0x0100_0001, max: MAX_FRAME_LEN });
+    assert_eq!(
+        check_preamble(b"HTTP\x01\x00\x00\x00").unwrap_err(),
+        WireError::BadMagic {
+            found: u32::from_le_bytes(*b"HTTP")
+        }
+    );
+    assert_eq!(
+        check_preamble(b"MHWK\x02\x00\x00\x00").unwrap_err(),
+        WireError::VersionMismatch { theirs: 2 }
+    );
+    assert_eq!(
+        frame_error(b"\x01\x00\x00\x01"),
+        WireError::FrameTooLarge {
+            len: 0x0100_0001,
+            max: MAX_FRAME_LEN
+        }
+    );
     assert!(check_preamble(&preamble()).is_ok());
     // The last variant still decodes: LAST_VARIANT is right.
     assert_eq!(decode_payload(b"\x08"), Ok(Message::Detach));
+}
+
+/// An Attach with a real manifest crosses the wire intact (postcard needs every type in it to be
+/// self-describing-free: no untagged or flattened serde forms).
+#[test]
+fn an_attach_with_a_manifest_round_trips() {
+    use modelhost_protocol::gguf::{GgufFile, GgufModel, GgufWriter, OwnedValue, ValueType};
+    use modelhost_protocol::layers::PageSize;
+    use modelhost_protocol::manifest::ModelManifest;
+    use modelhost_protocol::placement::DeviceId;
+    use modelhost_protocol::wire::{Assignment, Attach, FileCheck, WorkerOptions};
+    use modelhost_protocol::GgmlType;
+
+    let mut w = GgufWriter::new();
+    w.add_metadata("general.architecture", OwnedValue::string("llama"))
+        .add_metadata("llama.block_count", OwnedValue::U32(2))
+        .add_metadata("llama.context_length", OwnedValue::U32(64))
+        .add_metadata("llama.embedding_length", OwnedValue::U32(32))
+        .add_metadata(
+            "llama.attention.head_count",
+            OwnedValue::Array(ValueType::U32, vec![OwnedValue::U32(4), OwnedValue::U32(2)]),
+        )
+        .add_metadata("llama.attention.head_count_kv", OwnedValue::U32(1))
+        .add_tensor("blk.0.w", &[32], GgmlType::Q8_0)
+        .add_tensor("blk.1.w", &[32], GgmlType::Q8_0);
+    let bytes = w.layout().unwrap().to_bytes(|_, _| {});
+    let model = GgufModel::single("m", GgufFile::parse(&bytes).unwrap()).unwrap();
+    let manifest = ModelManifest::from_model(&model, PageSize::FOUR_KIB).unwrap();
+    let attach = Message::Attach(Box::new(Attach {
+        model: "m".into(),
+        manifest,
+        files: vec![FileCheck {
+            len: bytes.len() as u64,
+            header_len: 10,
+            header_hash: 7,
+        }],
+        assignment: Assignment {
+            device: DeviceId::cuda(1),
+            layers: vec![0, 1],
+            output: true,
+            kv_bytes: 5,
+            scratch_bytes: 6,
+        },
+        options: WorkerOptions::default(),
+        heartbeat_ms: 500,
+    }));
+    let mut decoder = FrameDecoder::new();
+    decoder.push(&encode(&attach));
+    assert_eq!(decoder.next_message(), Ok(Some(attach)));
 }
 
 #[test]
 fn a_huge_length_is_refused_before_its_bytes_arrive() {
     let mut decoder = FrameDecoder::new();
     decoder.push(&u32::MAX.to_le_bytes());
-    assert!(matches!(decoder.next_message(), Err(WireError::FrameTooLarge { .. })));
-    assert_eq!(decoder.pending(), 4, "nothing was allocated for the frame's body");
+    assert!(matches!(
+        decoder.next_message(),
+        Err(WireError::FrameTooLarge { .. })
+    ));
+    assert_eq!(
+        decoder.pending(),
+        4,
+        "nothing was allocated for the frame's body"
+    );
 }
 
 #[test]
@@ -68,7 +144,10 @@ fn partial_frames_wait_for_more_bytes() {
         assert_eq!(decoder.next_message(), Ok(None));
     }
     decoder.push(&frame[frame.len() - 1..]);
-    assert_eq!(decoder.next_message(), Ok(Some(Message::Heartbeat { seq: 300 })));
+    assert_eq!(
+        decoder.next_message(),
+        Ok(Some(Message::Heartbeat { seq: 300 }))
+    );
     assert_eq!(decoder.pending(), 0);
 }
 
@@ -79,14 +158,21 @@ fn message() -> impl Strategy<Value = Message> {
         ".{0,40}".prop_map(|error| Message::Failed { error }),
         Just(Message::Shutdown),
         Just(Message::Detach),
-        (any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(d, t, l, lt)| Message::Progress(Progress {
-            phase: WorkerPhase::Upload,
-            done_bytes: d,
-            total_bytes: t,
-            layers_done: l,
-            layers_total: lt,
+        (any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(d, t, l, lt)| {
+            Message::Progress(Progress {
+                phase: WorkerPhase::Upload,
+                done_bytes: d,
+                total_bytes: t,
+                layers_done: l,
+                layers_total: lt,
+            })
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(w, k)| Message::Ready(ReadyStats {
+            weights_bytes: w,
+            kv_bytes: k,
+            scratch_bytes: 1,
+            elapsed_ms: 2
         })),
-        (any::<u64>(), any::<u64>()).prop_map(|(w, k)| Message::Ready(ReadyStats { weights_bytes: w, kv_bytes: k, scratch_bytes: 1, elapsed_ms: 2 })),
     ]
 }
 

@@ -7,4 +7,7 @@
 //! workers issue. The worker never parses GGUF: it depends on `modelhost-protocol` only for the
 //! manifest and wire types.
 
+pub mod attach;
+pub mod backend;
+pub mod channel;
 pub mod devices;

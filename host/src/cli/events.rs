@@ -46,6 +46,42 @@ pub fn run(args: EventsArgs) -> Result<(), CliError> {
                     format_bytes(*total_bytes)
                 ),
                 Event::ModelUnloaded { model } => format!("{model}: unloaded"),
+                Event::WorkerState {
+                    model,
+                    worker,
+                    device,
+                    state,
+                    pid,
+                    restarts,
+                    error,
+                } => format!(
+                    "{model}: worker {worker} on {device}: {}{}{}{}",
+                    serde_json::to_value(state)?.as_str().unwrap_or("?"),
+                    pid.map(|p| format!(", pid {p}")).unwrap_or_default(),
+                    if *restarts > 0 {
+                        format!(", {restarts} restarts")
+                    } else {
+                        String::new()
+                    },
+                    error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                ),
+                Event::WorkerLayerReady {
+                    model,
+                    worker,
+                    layer,
+                } => format!("{model}: worker {worker}: block {layer} ready"),
+                Event::WorkerProgress {
+                    model,
+                    worker,
+                    done_bytes,
+                    total_bytes,
+                    layers_done,
+                    layers_total,
+                } => format!(
+                    "{model}: worker {worker}: {} / {}, {layers_done}/{layers_total} blocks",
+                    format_bytes(*done_bytes),
+                    format_bytes(*total_bytes)
+                ),
                 Event::Lagged { missed } => format!("(missed {missed} events)"),
             };
             println!("#{} {line}", envelope.seq);

@@ -69,6 +69,7 @@ pub fn run(args: LoadArgs) -> Result<(), CliError> {
             parallel: args.parallel,
             ..Default::default()
         },
+        spawn_workers: false,
     };
     let client = args.connect.client();
     let info = block_on(async {

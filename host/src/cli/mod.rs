@@ -8,6 +8,7 @@ pub(crate) mod plan;
 mod serve;
 mod status;
 mod synth;
+mod up;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ pub struct Cli {
 enum Command {
     /// Run the host daemon: map models once and serve the control socket.
     Serve(serve::ServeArgs),
+    /// Start N workers sharing one model: starts a host if none runs, loads, attaches, reports.
+    Up(up::UpArgs),
     /// Load a model into the running host, with a progress bar.
     Load(load::LoadArgs),
     /// Unload a model from the running host.
@@ -58,6 +61,10 @@ pub(crate) struct ConnectArgs {
 }
 
 impl ConnectArgs {
+    pub(crate) fn socket_path(&self) -> Option<PathBuf> {
+        self.socket.clone()
+    }
+
     pub(crate) fn client(&self) -> crate::client::Client {
         crate::client::Client::new(&self.socket.clone().unwrap_or_else(default_socket_path))
     }
@@ -96,6 +103,7 @@ impl Cli {
     pub fn run(self) -> Result<(), CliError> {
         match self.command {
             Command::Serve(args) => serve::run(args),
+            Command::Up(args) => up::run(args),
             Command::Load(args) => load::run(args),
             Command::Unload(args) => models::unload(args),
             Command::Ls(args) => models::ls(args),

@@ -54,7 +54,7 @@ pub fn ls(args: LsArgs) -> Result<(), CliError> {
             format_bytes(m.residency.resident_bytes),
             format_bytes(m.residency.locked_bytes),
             if m.copy { "copy" } else { "mmap" },
-            m.workers,
+            m.workers.len(),
             m.path.display()
         );
         if let Some(error) = &m.error {

@@ -69,6 +69,7 @@ impl From<LoadError> for ApiError {
             LoadError::Plan(_) | LoadError::NoManifest(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "plan_failed")
             }
+            LoadError::WorkersWithoutDevices => (StatusCode::BAD_REQUEST, "invalid_placement"),
             LoadError::Open(open) => match open.as_ref() {
                 OpenError::Io { source, .. } if source.kind() == Io::NotFound => {
                     (StatusCode::NOT_FOUND, "file_not_found")

@@ -64,8 +64,13 @@ pub fn render_metrics(state: &AppState) -> String {
     );
     gauge(
         "modelhost_model_workers",
-        "Workers attached to the model.",
-        &per_model(&|m| f64::from(m.workers)),
+        "Workers of the model that are ready.",
+        &per_model(&|m| {
+            m.workers
+                .iter()
+                .filter(|w| w.state == crate::supervisor::machine::WorkerState::Ready)
+                .count() as f64
+        }),
     );
     let memory = pages::process_memory(None).unwrap_or_default();
     gauge(

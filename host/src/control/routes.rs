@@ -253,6 +253,7 @@ mod tests {
             copy: false,
             devices: vec!["cpu".into()],
             placement: Default::default(),
+            spawn_workers: false,
         };
         assert_eq!(
             keys(&serde_json::to_value(&load).unwrap()),
@@ -297,7 +298,7 @@ mod tests {
             mlock: MlockMode::Off,
             shares_mapping_with: None,
             residency: Residency::default(),
-            workers: 0,
+            workers: vec![],
             loaded_at: 0,
             load_ms: None,
             layers: vec![],
@@ -342,6 +343,28 @@ mod tests {
                 total_bytes: 2,
             },
             Event::ModelUnloaded { model: "m".into() },
+            Event::WorkerState {
+                model: "m".into(),
+                worker: "m-0".into(),
+                device: "cpu".into(),
+                state: crate::supervisor::machine::WorkerState::Ready,
+                pid: Some(1),
+                restarts: 0,
+                error: Some("e".into()),
+            },
+            Event::WorkerLayerReady {
+                model: "m".into(),
+                worker: "m-0".into(),
+                layer: 3,
+            },
+            Event::WorkerProgress {
+                model: "m".into(),
+                worker: "m-0".into(),
+                done_bytes: 1,
+                total_bytes: 2,
+                layers_done: 0,
+                layers_total: 1,
+            },
             Event::Lagged { missed: 3 },
         ];
         let props = schema_properties("Event");

@@ -58,6 +58,10 @@ pub struct LoadRequest {
     /// Placement options for the plan.
     #[serde(default)]
     pub placement: PlacementRequest,
+    /// Spawn one `modelhost-worker` per device in the plan once the model is ready (needs
+    /// `devices`).
+    #[serde(default)]
+    pub spawn_workers: bool,
 }
 
 fn default_true() -> bool {
@@ -108,8 +112,8 @@ pub struct ModelInfo {
     #[serde(default)]
     pub shares_mapping_with: Option<String>,
     pub residency: Residency,
-    /// Workers attached to this model (workers arrive with the workers issue).
-    pub workers: u32,
+    /// The model's workers: device, state, pid, layers, bytes, memory, restarts.
+    pub workers: Vec<crate::supervisor::WorkerInfo>,
     /// Seconds since the Unix epoch when the load started, and how long it took.
     pub loaded_at: u64,
     pub load_ms: Option<u64>,

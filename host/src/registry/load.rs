@@ -9,6 +9,7 @@ use modelhost_protocol::gguf::HyperParams;
 use modelhost_protocol::layers::{layer_regions, PageSize};
 use modelhost_protocol::manifest::ModelManifest;
 use modelhost_protocol::placement::{plan, Plan, PlanError};
+use modelhost_protocol::wire::{fnv1a64, Assignment, Attach, FileCheck, WorkerOptions};
 
 use super::{info, unix_now, Entry, Registry, Summary};
 use crate::config::normalize;
@@ -35,6 +36,8 @@ pub enum LoadError {
     Plan(#[from] PlanError),
     #[error("placement needs the model's hyper-parameters: {0}")]
     NoManifest(String),
+    #[error("spawn_workers needs devices to plan for")]
+    WorkersWithoutDevices,
     /// Boxed: an open error carries paths and a parse error, and loads return `LoadError` often.
     #[error(transparent)]
     Open(Box<OpenError>),
@@ -85,11 +88,31 @@ fn default_name(path: &Path) -> String {
 
 fn summarize(mapped: &MappedModel) -> Result<Summary, OpenError> {
     let model = mapped.model()?;
+    // Workers get the files in shard order, the order the manifest's extents number them.
+    let shards = model
+        .shards()
+        .iter()
+        .map(|shard| {
+            let index = mapped
+                .files()
+                .iter()
+                .position(|f| f.path().display().to_string() == shard.label)
+                .unwrap_or(0);
+            let header = shard.file.header_bytes();
+            let check = FileCheck {
+                len: shard.file.file_len(),
+                header_len: header.len() as u64,
+                header_hash: fnv1a64(header),
+            };
+            (index, check)
+        })
+        .collect();
     let meta = model.metadata();
     let page = PageSize::new(pages::page_size() as u64).unwrap_or(PageSize::FOUR_KIB);
     let manifest = ModelManifest::from_model(&model, page).ok().map(Arc::new);
     Ok(Summary {
         manifest,
+        shards,
         architecture: meta.architecture().ok().map(str::to_owned),
         hyper_params: HyperParams::from_gguf(meta).ok(),
         tensor_count: model.tensor_count(),
@@ -138,6 +161,9 @@ impl Registry {
         let started = Instant::now();
         let name = req.name.clone().unwrap_or_else(|| default_name(&req.path));
         validate_name(&name)?;
+        if req.spawn_workers && req.devices.is_empty() {
+            return Err(LoadError::WorkersWithoutDevices);
+        }
         if !req.path.is_absolute() {
             return Err(LoadError::RelativePath(req.path));
         }
@@ -194,7 +220,8 @@ impl Registry {
             locked: false,
             shares_mapping_with,
             plan,
-            workers: 0,
+            spawn_workers: req.spawn_workers,
+            workers: Vec::new(),
             cancel: Arc::clone(&cancel),
             started,
             loaded_at: unix_now(),
@@ -210,6 +237,9 @@ impl Registry {
             state,
             error: None,
         });
+        if !needs_job {
+            self.spawn_workers(&name);
+        }
         if needs_job {
             let job = Job {
                 name: name.clone(),
@@ -263,6 +293,84 @@ impl Registry {
         let mut options = req.placement.options()?;
         options.host_available_bytes = host_available(&devices, mapped)?;
         Ok(Some(plan(manifest, &devices, &options)?))
+    }
+
+    /// Starts the model's workers, one per device in its plan, once its pages are ready.
+    fn spawn_workers(&self, name: &str) {
+        let mut models = self.lock();
+        let Some(entry) = models.get_mut(name) else {
+            return;
+        };
+        let (Some(plan), Some(manifest), true) =
+            (&entry.plan, &entry.summary.manifest, entry.spawn_workers)
+        else {
+            return;
+        };
+        let mut assignments = Vec::new();
+        for replica in &plan.replicas {
+            let on_gpus: Vec<_> = replica
+                .devices
+                .iter()
+                .filter(|d| !d.layers.is_empty() || d.output)
+                .collect();
+            if on_gpus.is_empty() {
+                assignments.push(Assignment {
+                    device: replica.name,
+                    layers: replica.cpu_layers.clone(),
+                    output: replica.cpu_output,
+                    kv_bytes: replica.cpu_kv_bytes,
+                    scratch_bytes: replica.cpu_scratch_bytes,
+                });
+            }
+            for d in on_gpus {
+                assignments.push(Assignment {
+                    device: d.device,
+                    layers: d.layers.clone(),
+                    output: d.output,
+                    kv_bytes: d.kv_bytes,
+                    scratch_bytes: d.scratch_bytes,
+                });
+            }
+        }
+        let files: Vec<FileCheck> = entry
+            .summary
+            .shards
+            .iter()
+            .map(|(_, c)| c.clone())
+            .collect();
+        for (i, assignment) in assignments.into_iter().enumerate() {
+            let fds = entry
+                .summary
+                .shards
+                .iter()
+                .map(|(file, _)| entry.mapping.files()[*file].fd().try_clone_to_owned())
+                .collect::<Result<Vec<_>, _>>();
+            let fds = match fds {
+                Ok(fds) => fds,
+                Err(e) => {
+                    tracing::error!(model = name, error = %e, "cannot duplicate the model's descriptors for a worker");
+                    continue;
+                }
+            };
+            let spec = crate::supervisor::WorkerSpec {
+                id: format!("{name}-{i}"),
+                model: name.to_owned(),
+                attach: Attach {
+                    model: name.to_owned(),
+                    manifest: (**manifest).clone(),
+                    files: files.clone(),
+                    assignment,
+                    options: WorkerOptions::default(),
+                    heartbeat_ms: 500,
+                },
+                files: fds,
+                policy: Default::default(),
+            };
+            match crate::supervisor::start(spec, Arc::clone(&self.events)) {
+                Ok(handle) => entry.workers.push(handle),
+                Err(e) => tracing::error!(model = name, error = %e, "cannot start a worker thread"),
+            }
+        }
     }
 
     fn progress(
@@ -388,6 +496,9 @@ impl Registry {
         entry.state = state;
         entry.error = error.clone();
         drop(models);
+        if state == ModelState::Ready {
+            self.spawn_workers(name);
+        }
         match &error {
             None => tracing::info!(model = name, "model ready"),
             Some(e) => tracing::error!(model = name, error = %e, "model failed to load"),

@@ -21,6 +21,9 @@ use crate::pages;
 use modelhost_protocol::gguf::{HyperParams, SplitSummary};
 use modelhost_protocol::manifest::ModelManifest;
 use modelhost_protocol::placement::Plan;
+use modelhost_protocol::wire::FileCheck;
+
+use crate::supervisor::WorkerHandle;
 
 /// What is derived from a parse once, so the mapping need not be parsed again to describe it.
 #[derive(Debug, Clone)]
@@ -31,8 +34,10 @@ struct Summary {
     file_bytes: u64,
     split: Option<SplitSummary>,
     layers: Vec<LayerSummary>,
-    /// For placement and, later, for the workers; `None` when the hyper-parameters are unreadable.
+    /// For placement and the workers; `None` when the hyper-parameters are unreadable.
     manifest: Option<Arc<ModelManifest>>,
+    /// For each shard, in shard order: which mapped file holds it, and what workers check.
+    shards: Vec<(usize, FileCheck)>,
 }
 
 struct Entry {
@@ -50,7 +55,8 @@ struct Entry {
     locked: bool,
     shares_mapping_with: Option<String>,
     plan: Option<Plan>,
-    workers: u32,
+    spawn_workers: bool,
+    workers: Vec<Arc<WorkerHandle>>,
     cancel: Arc<AtomicBool>,
     started: Instant,
     loaded_at: u64,
@@ -131,17 +137,22 @@ impl Registry {
         let entry = models
             .get(name)
             .ok_or_else(|| UnloadError::NotFound(name.to_owned()))?;
-        if entry.workers > 0 && !force {
+        let live = entry.workers.iter().filter(|w| w.alive()).count() as u32;
+        if live > 0 && !force {
             return Err(UnloadError::InUse {
                 name: name.to_owned(),
-                workers: entry.workers,
+                workers: live,
             });
         }
-        if let Some(entry) = models.remove(name) {
+        let removed = models.remove(name);
+        drop(models);
+        if let Some(entry) = removed {
             // Stops a load job still copying or prefaulting this model.
             entry.cancel.store(true, Ordering::Relaxed);
+            for worker in &entry.workers {
+                worker.stop(std::time::Duration::from_secs(2));
+            }
         }
-        drop(models);
         tracing::info!(model = name, "unloaded");
         self.events.publish(Event::ModelUnloaded {
             model: name.to_owned(),
@@ -207,7 +218,7 @@ fn info(e: &Entry) -> ModelInfo {
         mlock: e.mlock,
         shares_mapping_with: e.shares_mapping_with.clone(),
         residency: residency(e),
-        workers: e.workers,
+        workers: e.workers.iter().map(|w| w.info()).collect(),
         loaded_at: e.loaded_at,
         load_ms: e.load_ms,
         layers: e.summary.layers.clone(),

@@ -9,11 +9,54 @@ use super::value::Value;
 /// A per-layer quantity: one value for every layer, or one value per layer.
 ///
 /// Most models use one head count for all layers; some (OpenELM, hybrid SSM models) store an array.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+/// In JSON it is a bare number or array, as in the file; binary formats (postcard, on the wire to
+/// workers) cannot guess between the two and get a tagged form.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PerLayer {
     Uniform(u32),
     Varying(Vec<u32>),
+}
+
+/// The binary form of [`PerLayer`].
+#[derive(Serialize, Deserialize)]
+enum Tagged {
+    Uniform(u32),
+    Varying(Vec<u32>),
+}
+
+/// The JSON form of [`PerLayer`].
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Bare {
+    Uniform(u32),
+    Varying(Vec<u32>),
+}
+
+impl Serialize for PerLayer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match (self, serializer.is_human_readable()) {
+            (PerLayer::Uniform(v), true) => Bare::Uniform(*v).serialize(serializer),
+            (PerLayer::Varying(v), true) => Bare::Varying(v.clone()).serialize(serializer),
+            (PerLayer::Uniform(v), false) => Tagged::Uniform(*v).serialize(serializer),
+            (PerLayer::Varying(v), false) => Tagged::Varying(v.clone()).serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PerLayer {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(if deserializer.is_human_readable() {
+            match Bare::deserialize(deserializer)? {
+                Bare::Uniform(v) => PerLayer::Uniform(v),
+                Bare::Varying(v) => PerLayer::Varying(v),
+            }
+        } else {
+            match Tagged::deserialize(deserializer)? {
+                Tagged::Uniform(v) => PerLayer::Uniform(v),
+                Tagged::Varying(v) => PerLayer::Varying(v),
+            }
+        })
+    }
 }
 
 impl PerLayer {

@@ -21,7 +21,9 @@ pub const PREAMBLE_LEN: usize = 8;
 /// A wire violation, named.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    #[error("bad magic {found:#010x} in the handshake (expected {MAGIC:#010x}): not a modelhost peer")]
+    #[error(
+        "bad magic {found:#010x} in the handshake (expected {MAGIC:#010x}): not a modelhost peer"
+    )]
     BadMagic { found: u32 },
     #[error("protocol version {theirs} is not this build's version {PROTOCOL_VERSION}")]
     VersionMismatch { theirs: u16 },
@@ -75,8 +77,14 @@ pub fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
     }
     match postcard::take_from_bytes::<Message>(payload) {
         Ok((message, [])) => Ok(message),
-        Ok((_, rest)) => Err(WireError::TrailingBytes { len, extra: rest.len() }),
-        Err(e) => Err(WireError::Malformed { len, reason: e.to_string() }),
+        Ok((_, rest)) => Err(WireError::TrailingBytes {
+            len,
+            extra: rest.len(),
+        }),
+        Err(e) => Err(WireError::Malformed {
+            len,
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -106,7 +114,10 @@ impl FrameDecoder {
         };
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         if len > MAX_FRAME_LEN {
-            return Err(WireError::FrameTooLarge { len, max: MAX_FRAME_LEN });
+            return Err(WireError::FrameTooLarge {
+                len,
+                max: MAX_FRAME_LEN,
+            });
         }
         let end = 4 + len as usize;
         if self.buffer.len() < end {

@@ -4,5 +4,11 @@
 mod frame;
 mod messages;
 
-pub use frame::{check_preamble, decode_payload, encode, preamble, FrameDecoder, WireError, MAGIC, MAX_FRAME_LEN, PREAMBLE_LEN, PROTOCOL_VERSION};
-pub use messages::{fnv1a64, Assignment, Attach, FileCheck, Hello, Message, Progress, ReadyStats, WorkerOptions, WorkerPhase};
+pub use frame::{
+    check_preamble, decode_payload, encode, preamble, FrameDecoder, WireError, MAGIC,
+    MAX_FRAME_LEN, PREAMBLE_LEN, PROTOCOL_VERSION,
+};
+pub use messages::{
+    fnv1a64, Assignment, Attach, FileCheck, Hello, Message, Progress, ReadyStats, WorkerOptions,
+    WorkerPhase,
+};

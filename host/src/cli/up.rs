@@ -1,0 +1,242 @@
+//! `modelhost up`: one command from nothing to N ready workers sharing one model. It uses the
+//! running host (or starts one), loads the model with its workers, shows a progress bar per
+//! worker, and ends on a table of readiness, time and memory against the file size.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use modelhost_protocol::placement::Mode;
+
+use super::{block_on, CliError, ConnectArgs};
+use crate::client::Client;
+use crate::config::default_socket_path;
+use crate::control::types::{LoadRequest, MlockMode, ModelInfo, Status};
+use crate::events::Event;
+use crate::placement::PlacementRequest;
+use crate::supervisor::machine::WorkerState;
+use crate::units::format_bytes;
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The GGUF file (for a split model, any shard).
+    model: PathBuf,
+    /// How many workers.
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// The device for every worker (cpu, cpu:N, cuda:N), or a comma-separated list, one per worker.
+    #[arg(long, default_value = "cpu", value_delimiter = ',')]
+    device: Vec<String>,
+    /// The name to serve it under (default: the file name without .gguf).
+    #[arg(long)]
+    name: Option<String>,
+    /// Context length per sequence (default: 4096, or the model's if shorter).
+    #[arg(long, default_value_t = 4096)]
+    ctx: u32,
+    /// Print the final state as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// Starts `modelhost serve` in the background unless a host already answers.
+fn ensure_host(client: &Client, socket: &PathBuf) -> Result<Option<u32>, CliError> {
+    if block_on(client.get::<Status>("/v1/status"))?.is_ok() {
+        return Ok(None);
+    }
+    let log = socket.with_extension("log");
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let log_file = std::fs::File::create(&log)?;
+    let child = Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .arg("--socket")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if block_on(client.get::<Status>("/v1/status"))?.is_ok() {
+            eprintln!(
+                "started a host (pid {}) on {}; its log is {}",
+                child.id(),
+                socket.display(),
+                log.display()
+            );
+            return Ok(Some(child.id()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(CliError(format!(
+        "the host did not start; see {}",
+        log.display()
+    )))
+}
+
+pub fn run(args: UpArgs) -> Result<(), CliError> {
+    let socket = args
+        .connect
+        .socket_path()
+        .unwrap_or_else(default_socket_path);
+    let client = Client::new(&socket);
+    ensure_host(&client, &socket)?;
+    let devices: Vec<String> = if args.device.len() == 1 {
+        vec![args.device[0].clone(); args.workers as usize]
+    } else {
+        args.device.clone()
+    };
+    let request = LoadRequest {
+        path: std::path::absolute(&args.model)?,
+        name: args.name.clone(),
+        prefault: true,
+        mlock: MlockMode::Off,
+        copy: false,
+        devices,
+        placement: PlacementRequest {
+            ctx: Some(args.ctx),
+            mode: Some(Mode::Replicate),
+            ..Default::default()
+        },
+        spawn_workers: true,
+    };
+    let started = Instant::now();
+    let info = block_on(async {
+        let mut events = client.events().await?;
+        let registered: ModelInfo = client.post("/v1/models", &request).await?;
+        let name = registered.name.clone();
+        let expected = registered.plan.as_ref().map_or(0, |p| p.replicas.len());
+        let bars = MultiProgress::new();
+        if args.json {
+            bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let style =
+            ProgressStyle::with_template("{prefix:>12} {msg:<10} [{bar:30}] {bytes}/{total_bytes}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+        let mut per_worker: BTreeMap<String, ProgressBar> = BTreeMap::new();
+        let mut ready: BTreeMap<String, bool> = BTreeMap::new();
+        while ready.values().filter(|r| **r).count() < expected || ready.len() < expected {
+            let Some(envelope) = events.next().await? else {
+                return Err(CliError("the host closed the event stream".into()));
+            };
+            match envelope.event {
+                Event::WorkerProgress {
+                    model,
+                    worker,
+                    done_bytes,
+                    total_bytes,
+                    ..
+                } if model == name => {
+                    let bar = per_worker.entry(worker.clone()).or_insert_with(|| {
+                        let b = bars.add(ProgressBar::new(total_bytes));
+                        b.set_style(style.clone());
+                        b.set_prefix(worker);
+                        b
+                    });
+                    bar.set_length(total_bytes);
+                    bar.set_position(done_bytes);
+                    bar.set_message("attaching");
+                }
+                Event::WorkerState {
+                    model,
+                    worker,
+                    state,
+                    error,
+                    ..
+                } if model == name => {
+                    if state == WorkerState::Failed {
+                        return Err(CliError(format!(
+                            "worker {worker} failed: {}",
+                            error.unwrap_or_default()
+                        )));
+                    }
+                    if let Some(bar) = per_worker.get(&worker) {
+                        bar.set_message(format!("{state:?}").to_lowercase());
+                        if state == WorkerState::Ready {
+                            bar.finish();
+                        }
+                    }
+                    ready.insert(worker, state == WorkerState::Ready);
+                }
+                Event::ModelState {
+                    model,
+                    error: Some(e),
+                    ..
+                } if model == name => {
+                    return Err(CliError(format!("{name} failed to load: {e}")));
+                }
+                _ => {}
+            }
+        }
+        let info: ModelInfo = client.get(&format!("/v1/models/{name}")).await?;
+        Ok::<_, CliError>(info)
+    })??;
+    let status: Status = block_on(client.get("/v1/status"))??;
+
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "model": info, "host": status }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "\n{} ready: {} workers in {} ms, sharing {} ({})\n",
+        info.name,
+        info.workers.len(),
+        started.elapsed().as_millis(),
+        info.path.display(),
+        format_bytes(info.file_bytes)
+    );
+    println!(
+        "{:<26} {:<7} {:>8} {:<6} {:>7} {:>9} {:>10} {:>10} {:>10}",
+        "WORKER", "DEVICE", "PID", "STATE", "BLOCKS", "READY_MS", "KV", "RSS", "PSS"
+    );
+    let mut total_pss = status.host_memory.pss_bytes;
+    let mut kv_total = 0;
+    for w in &info.workers {
+        let memory = w.memory.unwrap_or_default();
+        total_pss += memory.pss_bytes;
+        kv_total += w.kv_bytes;
+        println!(
+            "{:<26} {:<7} {:>8} {:<6} {:>7} {:>9} {:>10} {:>10} {:>10}",
+            w.id,
+            w.device.to_string(),
+            w.pid.map_or("-".into(), |p| p.to_string()),
+            format!("{:?}", w.state).to_lowercase(),
+            format!("{}/{}", w.layers_ready, w.layers),
+            w.ready_ms.map_or("-".into(), |m| m.to_string()),
+            format_bytes(w.kv_bytes),
+            format_bytes(memory.rss_bytes),
+            format_bytes(memory.pss_bytes)
+        );
+    }
+    println!(
+        "{:<26} {:<7} {:>8} {:<6} {:>7} {:>9} {:>10} {:>10} {:>10}",
+        "host",
+        "",
+        status.pid,
+        "",
+        "",
+        "",
+        "",
+        format_bytes(status.host_memory.rss_bytes),
+        format_bytes(status.host_memory.pss_bytes)
+    );
+    let file = info.file_bytes.max(1) as f64;
+    println!(
+        "\ntotal PSS {} = {:.2} × the file; without the {} of KV caches, {:.2} × the file",
+        format_bytes(total_pss),
+        total_pss as f64 / file,
+        format_bytes(kv_total),
+        total_pss.saturating_sub(kv_total) as f64 / file
+    );
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! Device backends behind one small trait: place a layer's bytes, allocate the KV cache and
+//! scratch, and say what is held.
+
+use modelhost_protocol::wire::WorkerOptions;
+
+pub mod cpu;
+
+/// Why a backend could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    Device(String),
+    #[error(
+        "locking {bytes} bytes failed ({source}); raise RLIMIT_MEMLOCK or attach without mlock"
+    )]
+    Lock {
+        bytes: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("out of memory allocating {bytes} bytes for the {what}")]
+    OutOfMemory { what: &'static str, bytes: u64 },
+}
+
+/// One device's side of an attach.
+pub trait Backend {
+    /// Places one piece of a layer (a page-aligned slice of the shared mapping). `progress`
+    /// receives bytes as they are done.
+    fn place(
+        &mut self,
+        bytes: &[u8],
+        options: &WorkerOptions,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BackendError>;
+
+    /// Allocates the KV cache.
+    fn allocate_kv(&mut self, bytes: u64) -> Result<(), BackendError>;
+
+    /// Reserves scratch space.
+    fn reserve_scratch(&mut self, bytes: u64) -> Result<(), BackendError>;
+
+    /// Bytes of weights now held for the device (for the CPU: used in place).
+    fn weights_bytes(&self) -> u64;
+}

@@ -1,0 +1,119 @@
+//! The CPU backend: layers are used in place, in the pages the host mapped. Placing a layer
+//! means faulting its pages in (and optionally locking or checksumming them); nothing is copied.
+
+use memmap2::{Advice, Mmap};
+use modelhost_protocol::wire::{fnv1a64, WorkerOptions};
+
+use super::{Backend, BackendError};
+
+/// Bytes faulted in per step between progress reports.
+const STEP: usize = 4 << 20;
+
+#[derive(Default)]
+pub struct CpuBackend {
+    weights: u64,
+    kv: Vec<u8>,
+    scratch: Vec<u8>,
+    /// Checksums of verified pieces, kept so the work cannot be optimised away.
+    pub checksum: u64,
+}
+
+impl CpuBackend {
+    pub fn new() -> CpuBackend {
+        CpuBackend::default()
+    }
+}
+
+/// Faults `bytes` in: MADV_POPULATE_READ where the kernel has it, else a read per page.
+fn populate(bytes: &[u8]) {
+    // SAFETY: `bytes` lies inside a live read-only mapping; madvise only asks the kernel to fault
+    // those pages in and changes no memory.
+    let rc = unsafe {
+        libc::madvise(
+            bytes.as_ptr() as *mut libc::c_void,
+            bytes.len(),
+            libc::MADV_POPULATE_READ,
+        )
+    };
+    if rc != 0 {
+        let mut sum = 0u8;
+        for offset in (0..bytes.len()).step_by(4096) {
+            // SAFETY: offset < bytes.len(); a volatile read keeps the touch from being optimised out.
+            sum ^= unsafe { std::ptr::read_volatile(bytes.as_ptr().add(offset)) };
+        }
+        std::hint::black_box(sum);
+    }
+}
+
+impl Backend for CpuBackend {
+    fn place(
+        &mut self,
+        bytes: &[u8],
+        options: &WorkerOptions,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BackendError> {
+        for chunk in bytes.chunks(STEP) {
+            populate(chunk);
+            if options.verify {
+                self.checksum ^= fnv1a64(chunk);
+            }
+            progress(chunk.len() as u64);
+        }
+        if options.mlock {
+            // SAFETY: locks pages of a live mapping; the range is a valid slice.
+            let rc = unsafe { libc::mlock(bytes.as_ptr() as *const libc::c_void, bytes.len()) };
+            if rc != 0 {
+                return Err(BackendError::Lock {
+                    bytes: bytes.len() as u64,
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+        self.weights += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn allocate_kv(&mut self, bytes: u64) -> Result<(), BackendError> {
+        let len = usize::try_from(bytes).map_err(|_| BackendError::OutOfMemory {
+            what: "KV cache",
+            bytes,
+        })?;
+        let mut kv = Vec::new();
+        kv.try_reserve_exact(len)
+            .map_err(|_| BackendError::OutOfMemory {
+                what: "KV cache",
+                bytes,
+            })?;
+        // Zeroed and touched, as an engine's cache is once used: the memory is really held.
+        kv.resize(len, 0);
+        for page in kv.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        self.kv = kv;
+        Ok(())
+    }
+
+    fn reserve_scratch(&mut self, bytes: u64) -> Result<(), BackendError> {
+        let len = usize::try_from(bytes).map_err(|_| BackendError::OutOfMemory {
+            what: "scratch",
+            bytes,
+        })?;
+        // Reserved, not touched: an engine's scratch becomes resident when it computes.
+        self.scratch
+            .try_reserve_exact(len)
+            .map_err(|_| BackendError::OutOfMemory {
+                what: "scratch",
+                bytes,
+            })?;
+        Ok(())
+    }
+
+    fn weights_bytes(&self) -> u64 {
+        self.weights
+    }
+}
+
+/// Hints that a whole mapping will be read in order.
+pub fn advise_sequential(map: &Mmap) {
+    let _ = map.advise(Advice::Sequential);
+}

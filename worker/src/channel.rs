@@ -1,0 +1,153 @@
+//! The host↔worker connection: a Unix stream that carries the preamble, framed messages, and
+//! file descriptors (SCM_RIGHTS) alongside the Attach message.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use modelhost_protocol::wire::{
+    check_preamble, encode, preamble, FrameDecoder, Message, WireError, PREAMBLE_LEN,
+};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+
+/// The most descriptors one message may carry (one per shard file).
+pub const MAX_FDS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("protocol violation: {0}")]
+    Wire(#[from] WireError),
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("no message within the timeout")]
+    Timeout,
+    #[error("the peer sent {got} file descriptors, more than the {MAX_FDS} allowed")]
+    TooManyFds { got: usize },
+}
+
+/// One side of a host↔worker connection.
+pub struct Channel {
+    stream: UnixStream,
+    decoder: FrameDecoder,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl Channel {
+    /// Exchanges preambles: each side sends its own and checks the peer's.
+    pub fn handshake(mut stream: UnixStream, timeout: Duration) -> Result<Channel, ChannelError> {
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(&preamble())?;
+        let mut theirs = [0u8; PREAMBLE_LEN];
+        stream.read_exact(&mut theirs).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => ChannelError::Closed,
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ChannelError::Timeout,
+            _ => ChannelError::Io(e),
+        })?;
+        check_preamble(&theirs)?;
+        stream.set_read_timeout(None)?;
+        Ok(Channel {
+            stream,
+            decoder: FrameDecoder::new(),
+            fds: VecDeque::new(),
+        })
+    }
+
+    /// A second handle for sending from another thread.
+    pub fn sender(&self) -> io::Result<Sender> {
+        Ok(Sender(self.stream.try_clone()?))
+    }
+
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)
+    }
+
+    pub fn send(&mut self, message: &Message) -> io::Result<()> {
+        self.stream.write_all(&encode(message))
+    }
+
+    /// Sends a message with file descriptors attached to its first byte.
+    pub fn send_with_fds(&mut self, message: &Message, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        send_with_fds(&self.stream, message, fds)
+    }
+
+    /// The next message. Descriptors that arrive are queued for [`Channel::take_fds`].
+    pub fn recv(&mut self) -> Result<Message, ChannelError> {
+        loop {
+            if let Some(message) = self.decoder.next_message()? {
+                return Ok(message);
+            }
+            let mut buf = [0u8; 64 * 1024];
+            let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+            let (n, received) = {
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                let msg = match recvmsg::<()>(
+                    self.stream.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                ) {
+                    Ok(msg) => msg,
+                    Err(nix::errno::Errno::EAGAIN) => return Err(ChannelError::Timeout),
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(ChannelError::Io(e.into())),
+                };
+                let mut received: Vec<RawFd> = Vec::new();
+                for c in msg.cmsgs().map_err(|e| ChannelError::Io(e.into()))? {
+                    if let ControlMessageOwned::ScmRights(fds) = c {
+                        received.extend(fds);
+                    }
+                }
+                (msg.bytes, received)
+            };
+            for fd in &received {
+                // SAFETY: the kernel just installed these descriptors in this process for us
+                // (SCM_RIGHTS); nothing else owns them.
+                self.fds.push_back(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+            if self.fds.len() > MAX_FDS {
+                return Err(ChannelError::TooManyFds {
+                    got: self.fds.len(),
+                });
+            }
+            if n == 0 {
+                return Err(ChannelError::Closed);
+            }
+            self.decoder.push(&buf[..n]);
+        }
+    }
+
+    /// Takes the descriptors received so far, oldest first.
+    pub fn take_fds(&mut self) -> Vec<OwnedFd> {
+        self.fds.drain(..).collect()
+    }
+}
+
+fn send_with_fds(stream: &UnixStream, message: &Message, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let frame = encode(message);
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let control = [ControlMessage::ScmRights(&raw)];
+    let iov = [IoSlice::new(&frame)];
+    let sent = sendmsg::<()>(
+        stream.as_raw_fd(),
+        &iov,
+        if raw.is_empty() { &[] } else { &control },
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(io::Error::from)?;
+    // The descriptors went with the first byte; the rest of a long frame follows as plain data.
+    (&*stream).write_all(&frame[sent..])
+}
+
+/// A sending handle that another thread can own (heartbeats, progress).
+pub struct Sender(UnixStream);
+
+impl Sender {
+    pub fn send(&mut self, message: &Message) -> io::Result<()> {
+        self.0.write_all(&encode(message))
+    }
+}

@@ -1,0 +1,167 @@
+//! `modelhost-worker`: the reference worker. Spawned by the host with a connected socket
+//! (`--fd N`), or started by a process manager (`--connect SOCKET --model NAME --device D`).
+//!
+//! It says Hello, receives Attach and the model's descriptors, places its layers, reports Ready,
+//! and heartbeats. It exits when told to, and within a second of the host's socket closing.
+
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Parser;
+use modelhost_protocol::placement::{DeviceId, DeviceKind};
+use modelhost_protocol::wire::{Hello, Message};
+use modelhost_worker::attach::attach;
+use modelhost_worker::backend::cpu::CpuBackend;
+use modelhost_worker::backend::Backend;
+use modelhost_worker::channel::{Channel, ChannelError, Sender};
+use modelhost_worker::devices;
+
+/// Attach to a model the modelhost host has mapped, and serve it on one device.
+#[derive(Debug, Parser)]
+#[command(name = "modelhost-worker", version)]
+struct Args {
+    /// A connected socket inherited from the host.
+    #[arg(long, conflicts_with = "connect")]
+    fd: Option<i32>,
+    /// The host's worker socket, for workers a process manager starts.
+    #[arg(long, requires = "model")]
+    connect: Option<PathBuf>,
+    /// The model to serve (with --connect).
+    #[arg(long)]
+    model: Option<String>,
+    /// The device: cpu, cpu:N or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceId,
+    /// A name for the host's logs.
+    #[arg(long, default_value = "worker")]
+    worker_id: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("modelhost-worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn send(sender: &Mutex<Sender>, message: &Message) {
+    let sent = sender.lock().map(|mut s| s.send(message));
+    if !matches!(sent, Ok(Ok(()))) {
+        // The host is gone: nothing left to work for.
+        std::process::exit(0);
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let stream = match (args.fd, &args.connect) {
+        // SAFETY: the host passed this descriptor to us as our end of a socketpair; nothing else
+        // in this process owns it.
+        (Some(fd), _) => unsafe { UnixStream::from_raw_fd(fd) },
+        (None, Some(path)) => {
+            UnixStream::connect(path).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        (None, None) => {
+            return Err("give --fd (spawned by the host) or --connect SOCKET --model NAME".into())
+        }
+    };
+    let mut channel = Channel::handshake(stream, Duration::from_secs(10))
+        .map_err(|e| format!("handshake: {e}"))?;
+    let sender = Arc::new(Mutex::new(channel.sender().map_err(|e| e.to_string())?));
+    send(
+        &sender,
+        &Message::Hello(Hello {
+            worker_id: args.worker_id.clone(),
+            pid: std::process::id(),
+            device: args.device,
+            inventory: devices::inventory(args.device).into_iter().collect(),
+            model: args.model.clone(),
+        }),
+    );
+    let attach_msg = match channel.recv() {
+        Ok(Message::Attach(a)) => a,
+        Ok(Message::Shutdown | Message::Detach) | Err(ChannelError::Closed) => return Ok(()),
+        Ok(other) => return Err(format!("expected Attach, got {other:?}")),
+        Err(e) => return Err(format!("waiting for Attach: {e}")),
+    };
+    let fds = channel.take_fds();
+
+    // The reader: the host saying stop, or the host going away, ends the process at once.
+    std::thread::Builder::new()
+        .name("host-reader".into())
+        .spawn(move || loop {
+            match channel.recv() {
+                Ok(Message::Shutdown | Message::Detach) | Err(ChannelError::Closed) => {
+                    std::process::exit(0)
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("modelhost-worker: {e}");
+                    std::process::exit(2)
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let heartbeat_sender = Arc::clone(&sender);
+    let every = Duration::from_millis(u64::from(attach_msg.heartbeat_ms.max(50)));
+    std::thread::Builder::new()
+        .name("heartbeat".into())
+        .spawn(move || {
+            for seq in 0.. {
+                std::thread::sleep(every);
+                send(&heartbeat_sender, &Message::Heartbeat { seq });
+            }
+        })
+        .map_err(|e| e.to_string())?;
+
+    // The backend holds the KV cache and scratch: it lives as long as the worker serves.
+    let mut backend: Box<dyn Backend> = match attach_msg.assignment.device.kind {
+        DeviceKind::Cpu => Box::new(CpuBackend::new()),
+        DeviceKind::Cuda => {
+            let error = cuda_unavailable(attach_msg.assignment.device);
+            send(
+                &sender,
+                &Message::Failed {
+                    error: error.clone(),
+                },
+            );
+            return Err(error);
+        }
+    };
+    let attached = attach(&attach_msg, fds, backend.as_mut(), &mut |m| {
+        send(&sender, &m)
+    });
+    match attached {
+        Ok(attached) => {
+            send(&sender, &Message::Ready(attached.stats));
+            // Serve until the reader ends the process; mappings, cache and scratch stay alive.
+            let _keep = (attached, backend);
+            loop {
+                std::thread::park();
+            }
+        }
+        Err(error) => {
+            send(
+                &sender,
+                &Message::Failed {
+                    error: error.clone(),
+                },
+            );
+            Err(error)
+        }
+    }
+}
+
+fn cuda_unavailable(device: DeviceId) -> String {
+    match devices::inventory(device) {
+        Err(e) => e.to_string(),
+        Ok(_) => format!("{device}: this build's CUDA backend is not available yet"),
+    }
+}
