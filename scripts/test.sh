@@ -5,5 +5,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 scripts/fetch-models.sh
+# Build every binary first: the multi-process tests run modelhost and modelhost-worker.
+cargo build --workspace --bins
 cargo test --workspace
 scripts/crosscheck.sh

@@ -151,3 +151,54 @@ impl Sender {
         self.0.write_all(&encode(message))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// A channel whose peer is raw bytes: the peer's preamble, then `then`.
+    fn against_raw(then: &[u8]) -> Result<Message, ChannelError> {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        theirs.write_all(&preamble()).unwrap();
+        theirs.write_all(then).unwrap();
+        let mut channel = Channel::handshake(ours, Duration::from_secs(5))?;
+        channel
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        channel.recv()
+    }
+
+    #[test]
+    fn violations_surface_as_wire_errors() {
+        assert!(matches!(
+            against_raw(&0xFFFF_FFF0u32.to_le_bytes()),
+            Err(ChannelError::Wire(WireError::FrameTooLarge { .. }))
+        ));
+        assert!(matches!(
+            against_raw(b"\x01\x00\x00\x00\x7f"),
+            Err(ChannelError::Wire(WireError::UnknownMessage { .. }))
+        ));
+        assert!(matches!(against_raw(b""), Err(ChannelError::Timeout)));
+    }
+
+    #[test]
+    fn descriptors_travel_with_a_message() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || Channel::handshake(b, Duration::from_secs(5)).unwrap());
+        let mut sender = Channel::handshake(a, Duration::from_secs(5)).unwrap();
+        let mut receiver = t.join().unwrap();
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        sender
+            .send_with_fds(&Message::Heartbeat { seq: 9 }, &[file.as_fd()])
+            .unwrap();
+        assert_eq!(receiver.recv().unwrap(), Message::Heartbeat { seq: 9 });
+        let fds = receiver.take_fds();
+        assert_eq!(fds.len(), 1);
+        let received = std::fs::File::from(fds.into_iter().next().unwrap());
+        assert_eq!(
+            received.metadata().unwrap().len(),
+            file.metadata().unwrap().len()
+        );
+    }
+}

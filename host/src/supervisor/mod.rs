@@ -276,6 +276,7 @@ impl Shell {
             }
             Err(e) => {
                 self.reap();
+                tracing::warn!(worker = %self.spec.id, pid, error = %e, "refusing worker: handshake failed");
                 Err(format!("handshake with worker {pid}: {e}"))
             }
         }
@@ -296,6 +297,13 @@ impl Shell {
 
     fn next_event(&mut self) -> Event {
         let Some(channel) = self.channel.as_mut() else {
+            // No connection (after a violation, or between spawns): watch the process itself.
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Event::Exited(status.to_string());
+                }
+            }
             std::thread::sleep(Duration::from_millis(20));
             return Event::Tick;
         };
@@ -313,7 +321,12 @@ impl Shell {
                 self.channel = None;
                 Event::Exited(status.unwrap_or_else(|| "exited".into()))
             }
-            Err(e) => Event::Violation(e.to_string()),
+            Err(e) => {
+                // The stream cannot be trusted past a violation: drop it; the worker is killed.
+                self.channel = None;
+                tracing::warn!(worker = %self.spec.id, error = %e, "refusing worker");
+                Event::Violation(format!("protocol violation: {e}"))
+            }
         }
     }
 

@@ -1,0 +1,257 @@
+//! Workers with the real gemma model and real processes: readiness, layer order, page sharing,
+//! restart without disk reads, host death, and protocol violations.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use modelhost_tests::daemon::{Daemon, DaemonOptions};
+use modelhost_tests::http::{get, request, subscribe};
+use modelhost_tests::{binary, gemma_model, workspace_root, Scratch};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+fn load_with_workers(socket: &Path, name: &str, workers: usize) {
+    let body = json!({
+        "path": gemma_model(), "name": name, "spawn_workers": true,
+        "devices": vec!["cpu"; workers], "placement": { "ctx": 4096, "mode": "replicate" },
+    });
+    let response = request(socket, "POST", "/v1/models", Some(&body));
+    assert_eq!(
+        response.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+}
+
+/// Polls a model until `done` holds for it, or fails after 30 s.
+fn wait_for(socket: &Path, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let model = get(socket, &format!("/v1/models/{name}")).json();
+        if done(&model) {
+            return model;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {model:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn all_ready(model: &Value, n: usize) -> bool {
+    let workers = model["workers"].as_array().unwrap();
+    workers.len() == n && workers.iter().all(|w| w["state"] == "ready")
+}
+
+fn pids(model: &Value) -> Vec<u32> {
+    model["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn pss(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb * 1024
+}
+
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // A zombie has exited; only its parent's bookkeeping is left.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn four_cpu_workers_become_ready_sharing_one_copy_of_the_pages() {
+    let dir = Scratch::new("workers");
+    let daemon = Daemon::start(&dir.path("control.sock"), DaemonOptions::default());
+    let events = subscribe(&daemon.socket);
+    load_with_workers(&daemon.socket, "g", 4);
+    let model = wait_for(&daemon.socket, "g", "four ready workers", |m| {
+        all_ready(m, 4)
+    });
+
+    // LayerReady arrives for every block, in order, from every worker.
+    let mut layers: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    while layers.len() < 4 || layers.values().any(|l| l.len() < 18) {
+        let e = events
+            .recv_timeout(Duration::from_secs(10))
+            .expect("layer events");
+        if e["type"] == "worker_layer_ready" {
+            layers
+                .entry(e["worker"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(e["layer"].as_u64().unwrap());
+        }
+    }
+    for (worker, order) in &layers {
+        assert_eq!(*order, (0..18).collect::<Vec<_>>(), "{worker}");
+    }
+    for w in model["workers"].as_array().unwrap() {
+        assert_eq!(
+            (
+                w["layers"].as_u64(),
+                w["layers_ready"].as_u64(),
+                w["restarts"].as_u64()
+            ),
+            (Some(18), Some(18), Some(0))
+        );
+    }
+
+    // Sharing: host + workers stay near one copy of the file plus their own KV caches.
+    let file = std::fs::metadata(gemma_model()).unwrap().len();
+    let kv: u64 = model["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["kv_bytes"].as_u64().unwrap())
+        .sum();
+    let total: u64 = pss(daemon.pid()) + pids(&model).iter().map(|&p| pss(p)).sum::<u64>();
+    let bound = file * 13 / 10 + kv;
+    println!("host + 4 workers: PSS {total} bytes; file {file}; KV {kv}; bound {bound}; {:.2} × the file without KV", (total - kv) as f64 / file as f64);
+    assert!(total <= bound, "PSS {total} exceeds {bound}");
+
+    // Unloading a model with running workers needs force, and then stops them.
+    let refused = request(&daemon.socket, "DELETE", "/v1/models/g", None);
+    assert_eq!(
+        (refused.status, refused.error_code().as_str()),
+        (409, "model_in_use")
+    );
+    let workers = pids(&model);
+    assert_eq!(
+        request(&daemon.socket, "DELETE", "/v1/models/g?force=true", None).status,
+        200
+    );
+    assert!(
+        workers.iter().all(|&p| gone(p)),
+        "workers still running after a forced unload"
+    );
+}
+
+#[test]
+fn a_killed_worker_restarts_without_reading_the_disk() {
+    let dir = Scratch::new("restart");
+    let daemon = Daemon::start(&dir.path("control.sock"), DaemonOptions::default());
+    load_with_workers(&daemon.socket, "g", 2);
+    let model = wait_for(&daemon.socket, "g", "two ready workers", |m| {
+        all_ready(m, 2)
+    });
+    let victim = pids(&model)[1];
+    let killed_at = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let model = wait_for(&daemon.socket, "g", "the restarted worker", |m| {
+        all_ready(m, 2) && m["workers"][1]["pid"].as_u64() != Some(u64::from(victim))
+    });
+    let back = killed_at.elapsed();
+    let worker = &model["workers"][1];
+    assert_eq!(worker["restarts"], 1);
+    let pid = worker["pid"].as_u64().unwrap();
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let read_bytes: u64 = io
+        .lines()
+        .find_map(|l| l.strip_prefix("read_bytes:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let file = std::fs::metadata(gemma_model()).unwrap().len();
+    println!("restarted worker {pid}: Ready {back:?} after kill -9, read_bytes {read_bytes} (file {file})");
+    assert!(
+        read_bytes < file / 100,
+        "the restarted worker read {read_bytes} bytes from disk"
+    );
+    assert_eq!(
+        model["workers"][0]["restarts"], 0,
+        "the other worker was not disturbed"
+    );
+}
+
+#[test]
+fn when_the_host_dies_every_worker_exits_within_a_second() {
+    let dir = Scratch::new("orphans");
+    let mut daemon = Daemon::start(&dir.path("control.sock"), DaemonOptions::default());
+    load_with_workers(&daemon.socket, "g", 3);
+    let workers = pids(&wait_for(&daemon.socket, "g", "three ready workers", |m| {
+        all_ready(m, 3)
+    }));
+    daemon.signal(Signal::SIGKILL);
+    let killed = Instant::now();
+    assert!(daemon.wait_exit(Duration::from_secs(5)).is_some());
+    while !workers.iter().all(|&p| gone(p)) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "workers outlived the host by a second: {workers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("all workers gone {:?} after the host", killed.elapsed());
+}
+
+#[test]
+fn protocol_violations_are_refused_and_nothing_else_is_disturbed() {
+    let dir = Scratch::new("violations");
+    let fake = workspace_root().join("tests/fixtures/fake-worker.py");
+    let daemon = Daemon::start(
+        &dir.path("control.sock"),
+        DaemonOptions {
+            env: vec![
+                ("MODELHOST_WORKER", fake.display().to_string()),
+                (
+                    "MODELHOST_REAL_WORKER",
+                    binary("modelhost-worker").display().to_string(),
+                ),
+            ],
+            ..Default::default()
+        },
+    );
+    let socket = &daemon.socket;
+    load_with_workers(socket, "healthy", 1);
+    wait_for(socket, "healthy", "the healthy model", |m| all_ready(m, 1));
+
+    let cases = [
+        ("badmagic", "bad magic"),
+        ("badversion", "protocol version 99"),
+        ("oversized", "exceeds the"),
+        ("unknown", "unknown message"),
+        ("liar", "says it drives cpu:99"),
+    ];
+    for (name, text) in cases {
+        load_with_workers(socket, name, 2);
+        let model = wait_for(socket, name, text, |m| {
+            let w = &m["workers"];
+            w[1]["state"] == "ready" && w[0]["error"].as_str().is_some_and(|e| e.contains(text))
+        });
+        assert_ne!(model["workers"][0]["state"], "ready", "{name}");
+        assert_eq!(
+            model["workers"][1]["restarts"], 0,
+            "{name}: the real worker was disturbed"
+        );
+    }
+    let healthy = get(socket, "/v1/models/healthy").json();
+    assert!(all_ready(&healthy, 1));
+    assert_eq!(healthy["workers"][0]["restarts"], 0);
+    assert_eq!(get(socket, "/healthz").status, 200);
+    let log = daemon.log_text();
+    assert!(
+        log.contains("refusing worker") && log.contains("says it drives cpu:99"),
+        "the violation is logged"
+    );
+}
