@@ -38,6 +38,23 @@ if [ -z "$(ls -A "$corpus")" ]; then
         fi
         rm -rf "$seeds"
         ;;
+    wire_decode)
+        # Seeds: a preamble followed by real frames of each message kind.
+        python3 - "$corpus" <<'PY'
+import struct, sys
+pre = b"MHWK\x01\x00\x00\x00"
+frames = {
+    "heartbeat": b"\x06\x2a",
+    "layer-ready": b"\x03\x11",
+    "failed": b"\x05\x05oops!",
+    "shutdown": b"\x07",
+    "detach": b"\x08",
+}
+for name, payload in frames.items():
+    with open(f"{sys.argv[1]}/{name}", "wb") as f:
+        f.write(pre + struct.pack("<I", len(payload)) + payload)
+PY
+        ;;
     esac
 fi
 

@@ -43,6 +43,9 @@ pub struct PlacementRequest {
     /// split (default) or replicate.
     #[serde(default)]
     pub mode: Option<Mode>,
+    /// Size sliding-window layers for the whole context (llama.cpp's swa_full).
+    #[serde(default)]
+    pub swa_full: bool,
 }
 
 impl PlacementRequest {
@@ -59,6 +62,7 @@ impl PlacementRequest {
             gpu_layers: self.gpu_layers.map_or(GpuLayers::Auto, GpuLayers::Count),
             tensor_split: self.tensor_split.clone(),
             mode: self.mode.unwrap_or_default(),
+            swa_full: self.swa_full,
             ..PlanOptions::default()
         })
     }

@@ -33,6 +33,22 @@ fn a_24_gib_gpu_takes_the_whole_model_and_the_output() {
     assert_eq!(p["host"]["kv_bytes"], 0);
 }
 
+/// llama-cpp-python (llama.cpp's C API defaults) keeps a full-size cache for windowed layers too:
+/// it reported 24.00 MiB for the 3 global layers and 120.00 MiB for the 15 windowed ones at ctx
+/// 8192, and a 514.50 MiB CPU compute buffer (mostly the logits of a 512-token batch).
+#[test]
+fn swa_full_matches_llama_cpp_python() {
+    let p = plan(&["--devices", "cpu", "--ctx", "8192", "--swa-full"]);
+    let replica = &p["replicas"][0];
+    assert_eq!(replica["cpu_kv_bytes"], 144 << 20);
+    let scratch = replica["cpu_scratch_bytes"].as_u64().unwrap() as f64;
+    let llama_cpp = 514.5 * (1u64 << 20) as f64;
+    assert!(
+        (scratch - llama_cpp).abs() / llama_cpp < 0.01,
+        "scratch {scratch} vs llama.cpp {llama_cpp}"
+    );
+}
+
 #[test]
 fn a_small_gpu_takes_the_last_blocks_and_the_cpu_keeps_the_rest() {
     // 768 MiB of reserve and overhead, 263 MiB of scratch at 32k context, leaves room for some

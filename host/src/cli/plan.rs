@@ -47,6 +47,10 @@ pub struct PlanArgs {
     /// Fixed cost of a backend on each GPU.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     overhead: u64,
+    /// Size sliding-window layers for the whole context (llama.cpp's swa_full, which
+    /// llama-cpp-python turns on).
+    #[arg(long)]
+    swa_full: bool,
     /// Tokens per batch (sizes the scratch buffers).
     #[arg(long, default_value_t = 512)]
     batch: u32,
@@ -80,6 +84,7 @@ impl PlanArgs {
                 ModeArg::Split => Mode::Split,
                 ModeArg::Replicate => Mode::Replicate,
             }),
+            swa_full: self.swa_full,
         })
     }
 }

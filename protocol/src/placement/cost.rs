@@ -35,6 +35,9 @@ impl KvCosts {
         let window = h.sliding_window.filter(|w| *w > 0);
         // llama.cpp keeps window × sequences + one batch of cells for windowed layers, padded
         // to 256, and never more than the full context.
+        // With `swa_full` (llama.cpp's C API default, used by llama-cpp-python), windowed layers
+        // keep the whole context too.
+        let window = window.filter(|_| !options.swa_full);
         let swa_cells = window.map_or(full_cells, |w| {
             (u64::from(w) * sequences + u64::from(options.batch))
                 .next_multiple_of(256)
@@ -94,11 +97,11 @@ pub(crate) fn block_scratch(manifest: &ModelManifest, options: &PlanOptions, cel
     4 * batch * (attention.max(2 * ff) + 4 * embd)
 }
 
-/// Scratch for the output stage: f32 logits for every sequence, plus one batch of hidden states.
+/// Scratch for the output stage: f32 logits for a whole batch (llama.cpp reserves its graph for
+/// the worst case, every token of a batch an output), plus one batch of hidden states.
 pub(crate) fn output_scratch(manifest: &ModelManifest, options: &PlanOptions) -> u64 {
-    let sequences = u64::from(options.parallel.max(1));
-    4 * manifest.vocab_size * sequences
-        + 4 * u64::from(options.batch) * u64::from(manifest.hyper_params.embedding_length)
+    4 * u64::from(options.batch)
+        * (manifest.vocab_size + u64::from(manifest.hyper_params.embedding_length))
 }
 
 /// What a GPU may hold: the smaller of free memory and its configured limit, less the reserve

@@ -30,14 +30,15 @@ impl Costs<'_> {
     /// What a GPU holding `range` (and maybe the output stage) needs, overhead excluded.
     fn device(&self, range: Range<u32>, output: bool) -> (u64, u64, u64) {
         let (mut weights, kv) = self.layers(range.clone());
-        let mut scratch = if range.is_empty() && !output {
+        let mut scratch = if range.is_empty() {
             0
         } else {
             self.block_scratch
         };
         if output {
             weights += self.output_bytes;
-            scratch += self.output_scratch;
+            // One compute buffer serves the whole graph: its size is the peak, not the sum.
+            scratch = scratch.max(self.output_scratch);
         }
         (weights, kv, scratch)
     }
@@ -385,7 +386,7 @@ fn instance(
         costs.block_scratch
     };
     if cpu_output {
-        cpu_scratch_bytes += costs.output_scratch;
+        cpu_scratch_bytes = cpu_scratch_bytes.max(costs.output_scratch);
     }
     if !gpus.is_empty() && offloaded < n {
         reasons.push(match offloaded {

@@ -165,6 +165,9 @@ pub struct PlanOptions {
     pub gpu_overhead_bytes: u64,
     /// Tokens per batch, which sizes the scratch buffers.
     pub batch: u32,
+    /// Size sliding-window layers for the whole context too (llama.cpp's `swa_full`, the default
+    /// of its C API and so of llama-cpp-python; llama-server keeps only the window).
+    pub swa_full: bool,
     /// Host memory available to the model (MemAvailable, plus the model's pages already resident).
     pub host_available_bytes: u64,
 }
@@ -181,6 +184,7 @@ impl Default for PlanOptions {
             gpu_reserve_bytes: 512 << 20,
             gpu_overhead_bytes: 256 << 20,
             batch: 512,
+            swa_full: false,
             host_available_bytes: u64::MAX,
         }
     }
