@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The main job, end to end on this machine: fetch the reference model, start a host on a private
-# socket, load the model twice under two names (the second shares the first one's pages), show
-# what the host holds, and stop it with SIGTERM.
+# socket, bring up four CPU workers that share the host's pages of the model, show the processes
+# and their memory, kill one worker to watch it come back, and stop everything.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 scripts/fetch-models.sh
-cargo build --release --quiet -p modelhost-host
+cargo build --release --quiet --workspace --bins
 bin=$root/target/release/modelhost
 model=$root/models/gemma-3-270m-q4_k_m.gguf
 
@@ -20,15 +20,16 @@ for _ in $(seq 200); do
     sleep 0.05
 done
 
-echo "== host pid $host on $MODELHOST_SOCKET"
-"$bin" load "$model" --name gemma
-"$bin" load "$model" --name gemma-replica
+echo "== host pid $host on $MODELHOST_SOCKET; four CPU workers for the model"
+"$bin" up "$model" --workers 4 --name gemma
 echo
-"$bin" ls
+"$bin" ps
+victim=$("$bin" ps --json | python3 -c 'import json,sys; print([r["pid"] for r in json.load(sys.stdin) if r["role"] == "gemma-1"][0])')
 echo
-"$bin" status
-echo
+echo "== kill -9 worker gemma-1 (pid $victim); the host restarts it from the pages in memory"
+kill -9 "$victim"
+sleep 1
 "$bin" ps
 echo
 kill -TERM "$host"
-wait "$host" && echo "== host stopped cleanly (exit 0); its log:" && sed 's/^/   /' "$run/host.log"
+wait "$host" && echo "== host stopped cleanly (exit 0) and took its workers with it"

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::{block_on, CliError, ConnectArgs};
-use crate::control::types::Status;
+use crate::control::types::{ModelInfo, Status};
 use crate::units::format_bytes;
 
 #[derive(Debug, Args)]
@@ -55,33 +55,75 @@ pub fn status(args: StatusArgs) -> Result<(), CliError> {
 /// One row of `ps`.
 #[derive(Debug, serde::Serialize)]
 struct ProcessRow {
-    pid: u32,
-    role: &'static str,
+    pid: Option<u32>,
+    role: String,
+    model: String,
+    device: String,
+    state: String,
+    layers: String,
+    weights_bytes: u64,
+    kv_bytes: u64,
     rss_bytes: u64,
     pss_bytes: u64,
+    restarts: u32,
 }
 
 pub fn ps(args: PsArgs) -> Result<(), CliError> {
-    let status: Status = block_on(args.connect.client().get("/v1/status"))??;
-    // Workers join this table when the host starts spawning them (the workers issue).
-    let rows = vec![ProcessRow {
-        pid: status.pid,
-        role: "host",
+    let client = args.connect.client();
+    let status: Status = block_on(client.get("/v1/status"))??;
+    let models: Vec<ModelInfo> = block_on(client.get("/v1/models"))??;
+    let mut rows = vec![ProcessRow {
+        pid: Some(status.pid),
+        role: "host".into(),
+        model: String::new(),
+        device: String::new(),
+        state: "serving".into(),
+        layers: String::new(),
+        weights_bytes: status.mapped_bytes,
+        kv_bytes: 0,
         rss_bytes: status.host_memory.rss_bytes,
         pss_bytes: status.host_memory.pss_bytes,
+        restarts: 0,
     }];
+    for m in &models {
+        for w in &m.workers {
+            let memory = w.memory.unwrap_or_default();
+            rows.push(ProcessRow {
+                pid: w.pid,
+                role: w.id.clone(),
+                model: m.name.clone(),
+                device: w.device.to_string(),
+                state: format!("{:?}", w.state).to_lowercase(),
+                layers: format!("{}/{}", w.layers_ready, w.layers),
+                weights_bytes: w.weights_bytes,
+                kv_bytes: w.kv_bytes,
+                rss_bytes: memory.rss_bytes,
+                pss_bytes: memory.pss_bytes,
+                restarts: w.restarts,
+            });
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:>8} {:<8} {:>11} {:>11}", "PID", "ROLE", "RSS", "PSS");
+    println!(
+        "{:>8} {:<26} {:<8} {:<10} {:>7} {:>11} {:>10} {:>11} {:>11} {:>8}",
+        "PID", "PROCESS", "DEVICE", "STATE", "BLOCKS", "WEIGHTS", "KV", "RSS", "PSS", "RESTARTS"
+    );
     for r in &rows {
         println!(
-            "{:>8} {:<8} {:>11} {:>11}",
-            r.pid,
+            "{:>8} {:<26} {:<8} {:<10} {:>7} {:>11} {:>10} {:>11} {:>11} {:>8}",
+            r.pid.map_or("-".into(), |p| p.to_string()),
             r.role,
+            r.device,
+            r.state,
+            r.layers,
+            format_bytes(r.weights_bytes),
+            format_bytes(r.kv_bytes),
             format_bytes(r.rss_bytes),
-            format_bytes(r.pss_bytes)
+            format_bytes(r.pss_bytes),
+            r.restarts
         );
     }
     Ok(())
