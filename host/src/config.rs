@@ -23,6 +23,8 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     socket: Option<PathBuf>,
+    worker_socket: Option<PathBuf>,
+    worker_handshake_timeout_ms: Option<u64>,
     allow_group: Option<String>,
     #[serde(default)]
     model_dirs: Vec<PathBuf>,
@@ -40,6 +42,10 @@ struct FileConfig {
 pub struct Config {
     /// The control socket path.
     pub socket: PathBuf,
+    /// Where workers started by a process manager connect (`modelhost-worker --connect`).
+    pub worker_socket: PathBuf,
+    /// How long a connecting worker has to complete its handshake and say Hello.
+    pub worker_handshake_timeout: Duration,
     /// A group whose members may use the control socket besides the daemon's own user.
     pub allow_gid: Option<u32>,
     /// When not empty, models may only be loaded from inside these directories.
@@ -108,12 +114,19 @@ impl Config {
                 return Err(ConfigError::RelativeModelDir(dir.clone()));
             }
         }
+        let socket = overrides
+            .socket
+            .clone()
+            .or(file.socket)
+            .unwrap_or_else(default_socket_path);
         Ok(Config {
-            socket: overrides
-                .socket
-                .clone()
-                .or(file.socket)
-                .unwrap_or_else(default_socket_path),
+            worker_socket: file
+                .worker_socket
+                .unwrap_or_else(|| socket.with_file_name("workers.sock")),
+            worker_handshake_timeout: Duration::from_millis(
+                file.worker_handshake_timeout_ms.unwrap_or(5_000),
+            ),
+            socket,
             allow_gid,
             model_dirs: file.model_dirs.iter().map(|d| normalize(d)).collect(),
             max_body_bytes: file.max_body_bytes.unwrap_or(1 << 20),

@@ -13,10 +13,12 @@ use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError, LogFormat, Overrides};
 use crate::control::listener::{bind, BindError};
-use crate::control::{serve, AppState};
+use crate::control::{credentials_allowed, serve, AppState};
 use crate::events::EventBus;
 use crate::notify::Notifier;
 use crate::registry::{Policy, Registry};
+use modelhost_protocol::wire::Message;
+use modelhost_worker::channel::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -86,6 +88,8 @@ async fn run_async(
     let preload = config.models.clone();
     let state = AppState::new(Arc::clone(&registry), config, shutdown_rx);
     let server = tokio::spawn(serve(listener, Arc::clone(&state)));
+    let worker_socket = state.config().worker_socket.clone();
+    let workers = tokio::spawn(accept_workers(bind(&worker_socket)?, Arc::clone(&state)));
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "modelhost serving");
 
     load_configured(&registry, preload).await;
@@ -117,12 +121,86 @@ async fn run_async(
     }
     // serve() bounds its own wait by the shutdown timeout.
     let _ = server.await;
+    let _ = workers.await;
     registry.unload_all();
+    let _ = std::fs::remove_file(&worker_socket);
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(error = %e, socket = %socket.display(), "could not remove the control socket");
     }
     tracing::info!("modelhost stopped");
     Ok(())
+}
+
+/// Accepts workers that a process manager started, until shutdown.
+async fn accept_workers(listener: tokio::net::UnixListener, state: Arc<AppState>) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let cred = match stream.peer_cred() {
+            Ok(cred) => cred,
+            Err(e) => {
+                tracing::warn!(error = %e, "worker connection without credentials dropped");
+                continue;
+            }
+        };
+        if let Err(reason) =
+            credentials_allowed(cred.uid(), cred.gid(), cred.pid(), &state.config())
+        {
+            tracing::warn!(%reason, "worker connection refused");
+            continue;
+        }
+        let state = Arc::clone(&state);
+        let pid = cred.pid().unwrap_or(0) as u32;
+        tokio::task::spawn_blocking(move || adopt_worker(stream, pid, &state));
+    }
+}
+
+/// Handshake, Hello, plan, attach: then the worker is supervised like a spawned one, except that
+/// its process manager, not the host, restarts it.
+fn adopt_worker(stream: tokio::net::UnixStream, pid: u32, state: &AppState) {
+    let timeout = state.config().worker_handshake_timeout;
+    let stream = match stream
+        .into_std()
+        .and_then(|s| s.set_nonblocking(false).map(|()| s))
+    {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!(error = %e, "worker connection unusable"),
+    };
+    let mut channel = match Channel::handshake(stream, timeout) {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!(pid, error = %e, "worker connection dropped: no handshake"),
+    };
+    let _ = channel.set_read_timeout(Some(timeout));
+    let hello = match channel.recv() {
+        Ok(Message::Hello(hello)) => hello,
+        Ok(other) => {
+            return tracing::warn!(
+                pid,
+                "worker connection dropped: expected Hello, got {other:?}"
+            )
+        }
+        Err(e) => return tracing::warn!(pid, error = %e, "worker connection dropped: no Hello"),
+    };
+    let spec = match state.registry.external_spec(&hello) {
+        Ok(spec) => spec,
+        Err(reason) => {
+            tracing::warn!(pid, worker = %hello.worker_id, %reason, "refusing worker");
+            let _ = channel.send(&Message::Shutdown);
+            return;
+        }
+    };
+    let model = spec.model.clone();
+    match crate::supervisor::adopt(spec, channel, pid, Arc::clone(state.registry.events())) {
+        Ok(handle) => {
+            tracing::info!(pid, worker = %hello.worker_id, %model, device = %hello.device, "worker joined");
+            state.registry.add_worker(&model, handle);
+        }
+        Err(e) => tracing::error!(error = %e, "cannot supervise a joining worker"),
+    }
 }
 
 /// Loads the models a config file declares that are not loaded yet. Failures are logged: one

@@ -1,6 +1,7 @@
 //! Workers with the real gemma model and real processes: readiness, layer order, page sharing,
 //! restart without disk reads, host death, and protocol violations.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -254,4 +255,108 @@ fn protocol_violations_are_refused_and_nothing_else_is_disturbed() {
         log.contains("refusing worker") && log.contains("says it drives cpu:99"),
         "the violation is logged"
     );
+}
+
+#[test]
+fn workers_a_process_manager_starts_join_over_the_worker_socket() {
+    use std::io::Read;
+    let dir = Scratch::new("join");
+    let config = dir.path("config.toml");
+    std::fs::write(&config, "worker_handshake_timeout_ms = 300\n").unwrap();
+    let daemon = Daemon::start(
+        &dir.path("control.sock"),
+        DaemonOptions {
+            config: Some(&config),
+            ..Default::default()
+        },
+    );
+    let socket = &daemon.socket;
+    let workers_socket = dir.path("workers.sock");
+    assert_eq!(
+        std::fs::metadata(&workers_socket)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let body = json!({ "path": gemma_model(), "name": "g", "prefault": false, "placement": { "ctx": 4096 } });
+    assert_eq!(
+        request(socket, "POST", "/v1/models", Some(&body)).status,
+        201
+    );
+
+    let mut joined = std::process::Command::new(binary("modelhost-worker"))
+        .args([
+            "--connect",
+            workers_socket.to_str().unwrap(),
+            "--model",
+            "g",
+            "--device",
+            "cpu",
+            "--worker-id",
+            "svc-0",
+        ])
+        .spawn()
+        .unwrap();
+    let model = wait_for(socket, "g", "the joined worker", |m| all_ready(m, 1));
+    let worker = &model["workers"][0];
+    assert_eq!(worker["id"], "svc-0");
+    assert_eq!(
+        worker["pid"].as_u64(),
+        Some(u64::from(joined.id())),
+        "tracked by its real pid"
+    );
+    assert_eq!(worker["layers_ready"], 18);
+
+    // Its process manager, not the host, restarts it: the host records that it went.
+    joined.kill().unwrap();
+    joined.wait().unwrap();
+    wait_for(socket, "g", "the departure", |m| {
+        m["workers"][0]["state"] == "stopped"
+    });
+
+    // A worker for a model the host does not have is refused, and exits.
+    let refused = std::process::Command::new(binary("modelhost-worker"))
+        .args([
+            "--connect",
+            workers_socket.to_str().unwrap(),
+            "--model",
+            "nope",
+            "--worker-id",
+            "stray",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        refused.status.success(),
+        "told to shut down, it exits cleanly"
+    );
+    assert!(
+        daemon.log_text().contains("refusing worker"),
+        "the refusal is logged"
+    );
+
+    // A connection that never completes the handshake is dropped at the deadline.
+    let mut silent = std::os::unix::net::UnixStream::connect(&workers_socket).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = silent.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "still open after {:?}",
+        started.elapsed()
+    );
+    // The connection closes as the daemon logs why; give the line a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !daemon.log_text().contains("no handshake") {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped connection was not logged"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

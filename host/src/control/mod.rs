@@ -108,25 +108,31 @@ fn peer_allowed(stream: &UnixStream, config: &Config) -> Result<(), String> {
     let cred = stream
         .peer_cred()
         .map_err(|e| format!("cannot read peer credentials: {e}"))?;
+    credentials_allowed(cred.uid(), cred.gid(), cred.pid(), config)
+}
+
+/// The peer rule for every socket the host serves: its own uid, root, or the allowed group.
+pub fn credentials_allowed(
+    uid: u32,
+    gid: u32,
+    pid: Option<i32>,
+    config: &Config,
+) -> Result<(), String> {
     let me = nix::unistd::geteuid().as_raw();
-    let uid = cred.uid();
     if uid == me || uid == 0 {
         return Ok(());
     }
-    if let Some(gid) = config.allow_gid {
-        let in_group = cred.gid() == gid
-            || cred
-                .pid()
-                .is_some_and(|pid| supplementary_groups(pid).contains(&gid));
+    if let Some(allowed) = config.allow_gid {
+        let in_group =
+            gid == allowed || pid.is_some_and(|pid| supplementary_groups(pid).contains(&allowed));
         if in_group {
             return Ok(());
         }
     }
+    let gid = config.allow_gid;
     Err(format!(
         "uid {uid} may not use this socket: it accepts uid {me}{}",
-        config
-            .allow_gid
-            .map(|g| format!(" and members of group {g}"))
+        gid.map(|g| format!(" and members of group {g}"))
             .unwrap_or_default()
     ))
 }

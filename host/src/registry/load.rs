@@ -8,8 +8,8 @@ use std::time::Instant;
 use modelhost_protocol::gguf::HyperParams;
 use modelhost_protocol::layers::{layer_regions, PageSize};
 use modelhost_protocol::manifest::ModelManifest;
-use modelhost_protocol::placement::{plan, Plan, PlanError};
-use modelhost_protocol::wire::{fnv1a64, Assignment, Attach, FileCheck, WorkerOptions};
+use modelhost_protocol::placement::{plan, Plan, PlanError, PlanOptions};
+use modelhost_protocol::wire::{fnv1a64, Assignment, Attach, FileCheck, Hello, WorkerOptions};
 
 use super::{info, unix_now, Entry, Registry, Summary};
 use crate::config::normalize;
@@ -18,6 +18,7 @@ use crate::events::{Event, Phase, ProgressThrottle};
 use crate::model_file::{MappedModel, OpenError};
 use crate::pages;
 use crate::placement::{device_spec, host_available, PlacementError};
+use crate::supervisor::{WorkerHandle, WorkerSpec};
 
 /// Why a load was refused before it started.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +221,7 @@ impl Registry {
             locked: false,
             shares_mapping_with,
             plan,
+            placement: req.placement.options().unwrap_or_default(),
             spawn_workers: req.spawn_workers,
             workers: Vec::new(),
             cancel: Arc::clone(&cancel),
@@ -301,75 +303,78 @@ impl Registry {
         let Some(entry) = models.get_mut(name) else {
             return;
         };
-        let (Some(plan), Some(manifest), true) =
-            (&entry.plan, &entry.summary.manifest, entry.spawn_workers)
-        else {
+        let (Some(plan), true) = (&entry.plan, entry.spawn_workers) else {
             return;
         };
-        let mut assignments = Vec::new();
-        for replica in &plan.replicas {
-            let on_gpus: Vec<_> = replica
-                .devices
-                .iter()
-                .filter(|d| !d.layers.is_empty() || d.output)
-                .collect();
-            if on_gpus.is_empty() {
-                assignments.push(Assignment {
-                    device: replica.name,
-                    layers: replica.cpu_layers.clone(),
-                    output: replica.cpu_output,
-                    kv_bytes: replica.cpu_kv_bytes,
-                    scratch_bytes: replica.cpu_scratch_bytes,
-                });
-            }
-            for d in on_gpus {
-                assignments.push(Assignment {
-                    device: d.device,
-                    layers: d.layers.clone(),
-                    output: d.output,
-                    kv_bytes: d.kv_bytes,
-                    scratch_bytes: d.scratch_bytes,
-                });
-            }
-        }
-        let files: Vec<FileCheck> = entry
-            .summary
-            .shards
-            .iter()
-            .map(|(_, c)| c.clone())
-            .collect();
-        for (i, assignment) in assignments.into_iter().enumerate() {
-            let fds = entry
-                .summary
-                .shards
-                .iter()
-                .map(|(file, _)| entry.mapping.files()[*file].fd().try_clone_to_owned())
-                .collect::<Result<Vec<_>, _>>();
-            let fds = match fds {
-                Ok(fds) => fds,
+        for (i, assignment) in assignments(plan).into_iter().enumerate() {
+            let spec = match worker_spec(entry, format!("{name}-{i}"), assignment) {
+                Ok(spec) => spec,
                 Err(e) => {
-                    tracing::error!(model = name, error = %e, "cannot duplicate the model's descriptors for a worker");
+                    tracing::error!(model = name, error = %e, "cannot prepare a worker");
                     continue;
                 }
-            };
-            let spec = crate::supervisor::WorkerSpec {
-                id: format!("{name}-{i}"),
-                model: name.to_owned(),
-                attach: Attach {
-                    model: name.to_owned(),
-                    manifest: (**manifest).clone(),
-                    files: files.clone(),
-                    assignment,
-                    options: WorkerOptions::default(),
-                    heartbeat_ms: 500,
-                },
-                files: fds,
-                policy: Default::default(),
             };
             match crate::supervisor::start(spec, Arc::clone(&self.events)) {
                 Ok(handle) => entry.workers.push(handle),
                 Err(e) => tracing::error!(model = name, error = %e, "cannot start a worker thread"),
             }
+        }
+    }
+
+    /// Prepares the attach for a worker that connected by itself and said Hello: plans its one
+    /// device (from the inventory it reports) with the model's placement options.
+    pub fn external_spec(&self, hello: &Hello) -> Result<WorkerSpec, String> {
+        let model = hello.model.as_deref().ok_or("the Hello names no model")?;
+        let models = self.lock();
+        let entry = models
+            .get(model)
+            .ok_or_else(|| format!("no model named {model:?}"))?;
+        if entry.state != ModelState::Ready {
+            return Err(format!("model {model:?} is not ready"));
+        }
+        if entry
+            .workers
+            .iter()
+            .any(|w| w.id == hello.worker_id && w.alive())
+        {
+            return Err(format!(
+                "a worker named {:?} is already attached to {model:?}",
+                hello.worker_id
+            ));
+        }
+        let manifest = entry
+            .summary
+            .manifest
+            .as_ref()
+            .ok_or("the model has no manifest")?;
+        let device = hello
+            .inventory
+            .iter()
+            .find(|d| d.id == hello.device)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "the worker reports no inventory for its device {}",
+                    hello.device
+                )
+            })?;
+        let options = PlanOptions {
+            mode: modelhost_protocol::placement::Mode::Replicate,
+            ..entry.placement.clone()
+        };
+        let planned = plan(manifest, &[device], &options).map_err(|e| e.to_string())?;
+        let assignment = assignments(&planned)
+            .into_iter()
+            .next()
+            .ok_or("the plan has no assignment")?;
+        worker_spec(entry, hello.worker_id.clone(), assignment)
+    }
+
+    /// Tracks a worker that joined by itself.
+    pub fn add_worker(&self, model: &str, handle: Arc<WorkerHandle>) {
+        if let Some(entry) = self.lock().get_mut(model) {
+            entry.workers.retain(|w| w.alive());
+            entry.workers.push(handle);
         }
     }
 
@@ -509,6 +514,73 @@ impl Registry {
             error,
         });
     }
+}
+
+/// One assignment per device that holds something, in plan order; a CPU-only instance is one
+/// CPU worker with every block.
+fn assignments(plan: &Plan) -> Vec<Assignment> {
+    let mut out = Vec::new();
+    for replica in &plan.replicas {
+        let on_gpus: Vec<_> = replica
+            .devices
+            .iter()
+            .filter(|d| !d.layers.is_empty() || d.output)
+            .collect();
+        if on_gpus.is_empty() {
+            out.push(Assignment {
+                device: replica.name,
+                layers: replica.cpu_layers.clone(),
+                output: replica.cpu_output,
+                kv_bytes: replica.cpu_kv_bytes,
+                scratch_bytes: replica.cpu_scratch_bytes,
+            });
+        }
+        for d in on_gpus {
+            out.push(Assignment {
+                device: d.device,
+                layers: d.layers.clone(),
+                output: d.output,
+                kv_bytes: d.kv_bytes,
+                scratch_bytes: d.scratch_bytes,
+            });
+        }
+    }
+    out
+}
+
+/// The attach for one worker of `entry`, with its own duplicates of the model's descriptors.
+fn worker_spec(entry: &Entry, id: String, assignment: Assignment) -> Result<WorkerSpec, String> {
+    let manifest = entry
+        .summary
+        .manifest
+        .as_ref()
+        .ok_or("the model has no manifest")?;
+    let fds = entry
+        .summary
+        .shards
+        .iter()
+        .map(|(file, _)| entry.mapping.files()[*file].fd().try_clone_to_owned())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("duplicating the model's descriptors: {e}"))?;
+    Ok(WorkerSpec {
+        id,
+        model: entry.name.clone(),
+        attach: Attach {
+            model: entry.name.clone(),
+            manifest: (**manifest).clone(),
+            files: entry
+                .summary
+                .shards
+                .iter()
+                .map(|(_, c)| c.clone())
+                .collect(),
+            assignment,
+            options: WorkerOptions::default(),
+            heartbeat_ms: 500,
+        },
+        files: fds,
+        policy: Default::default(),
+    })
 }
 
 #[cfg(test)]

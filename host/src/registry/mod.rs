@@ -55,6 +55,8 @@ struct Entry {
     locked: bool,
     shares_mapping_with: Option<String>,
     plan: Option<Plan>,
+    /// The placement options the model was loaded with, for workers that join later.
+    placement: modelhost_protocol::placement::PlanOptions,
     spawn_workers: bool,
     workers: Vec<Arc<WorkerHandle>>,
     cancel: Arc<AtomicBool>,

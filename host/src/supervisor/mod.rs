@@ -114,8 +114,27 @@ pub fn worker_binary() -> PathBuf {
 
 /// Starts a slot's supervision thread.
 pub fn start(spec: WorkerSpec, events: Arc<EventBus>) -> std::io::Result<Arc<WorkerHandle>> {
+    let handle = start_handle(&spec);
+    let shell = Shell {
+        handle: Arc::clone(&handle),
+        spec,
+        events,
+        child: None,
+        channel: None,
+        spawned_at: Instant::now(),
+        expected_layers: Vec::new(),
+        external: None,
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("worker-{}", handle.id))
+        .spawn(move || shell.run())?;
+    *handle.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+    Ok(handle)
+}
+
+fn start_handle(spec: &WorkerSpec) -> Arc<WorkerHandle> {
     let a = &spec.attach.assignment;
-    let handle = Arc::new(WorkerHandle {
+    Arc::new(WorkerHandle {
         id: spec.id.clone(),
         device: a.device,
         status: Mutex::new(WorkerInfo {
@@ -135,21 +154,7 @@ pub fn start(spec: WorkerSpec, events: Arc<EventBus>) -> std::io::Result<Arc<Wor
         }),
         stop: AtomicBool::new(false),
         thread: Mutex::new(None),
-    });
-    let shell = Shell {
-        handle: Arc::clone(&handle),
-        spec,
-        events,
-        child: None,
-        channel: None,
-        spawned_at: Instant::now(),
-        expected_layers: Vec::new(),
-    };
-    let thread = std::thread::Builder::new()
-        .name(format!("worker-{}", handle.id))
-        .spawn(move || shell.run())?;
-    *handle.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
-    Ok(handle)
+    })
 }
 
 struct Shell {
@@ -161,12 +166,58 @@ struct Shell {
     spawned_at: Instant,
     /// LayerReady must come in this order.
     expected_layers: Vec<u32>,
+    /// For a worker a process manager started: its pid. The shell neither spawns nor restarts
+    /// it; closing the connection is how it is stopped.
+    external: Option<u32>,
+}
+
+/// Supervises a worker that connected by itself (`modelhost-worker --connect`), whose Hello has
+/// been read and accepted.
+pub fn adopt(
+    spec: WorkerSpec,
+    channel: Channel,
+    pid: u32,
+    events: Arc<EventBus>,
+) -> std::io::Result<Arc<WorkerHandle>> {
+    let handle = start_handle(&spec);
+    let _ = channel.set_read_timeout(Some(TICK));
+    let mut shell = Shell {
+        handle: Arc::clone(&handle),
+        spec,
+        events,
+        child: None,
+        channel: Some(channel),
+        spawned_at: Instant::now(),
+        expected_layers: Vec::new(),
+        external: Some(pid),
+    };
+    shell.expected_layers = shell
+        .spec
+        .attach
+        .assignment
+        .layers
+        .iter()
+        .rev()
+        .copied()
+        .collect();
+    let thread = std::thread::Builder::new()
+        .name(format!("worker-{}", handle.id))
+        .spawn(move || shell.run())?;
+    *handle.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+    Ok(handle)
 }
 
 impl Shell {
     fn run(mut self) {
         let mut machine = Machine::new(self.spec.policy, Instant::now());
-        let mut actions = machine.start();
+        let mut actions = match self.external {
+            None => machine.start(),
+            // Already connected and greeted: straight to attaching.
+            Some(pid) => {
+                machine.handle(Event::Spawned { pid }, Instant::now());
+                machine.handle(Event::Hello, Instant::now())
+            }
+        };
         let mut stop_sent = false;
         let mut last_state = None;
         loop {
@@ -185,6 +236,12 @@ impl Shell {
             }
             self.publish(&machine, &mut last_state);
             if machine.finished() {
+                break;
+            }
+            // A process manager restarts its own workers: when one goes, its slot ends here.
+            if self.external.is_some() && matches!(machine.state, WorkerState::Restarting) {
+                machine.state = WorkerState::Stopped;
+                self.publish(&machine, &mut last_state);
                 break;
             }
             let event = self.next_event();
@@ -221,6 +278,11 @@ impl Shell {
             Action::Kill => {
                 if let Some(child) = self.child.as_mut() {
                     let _ = child.kill();
+                }
+                if self.external.is_some() {
+                    // Not ours to kill: closing the connection makes it exit.
+                    self.channel = None;
+                    return Some(Event::Exited("disconnected by the host".into()));
                 }
                 None
             }
@@ -296,6 +358,9 @@ impl Shell {
     }
 
     fn next_event(&mut self) -> Event {
+        if self.external.is_some() && self.channel.is_none() {
+            return Event::Exited("connection closed".into());
+        }
         let Some(channel) = self.channel.as_mut() else {
             // No connection (after a violation, or between spawns): watch the process itself.
             if let Some(child) = self.child.as_mut() {
@@ -310,6 +375,10 @@ impl Shell {
         match channel.recv() {
             Ok(message) => self.event_for(message),
             Err(ChannelError::Timeout) => Event::Tick,
+            Err(ChannelError::Closed) if self.external.is_some() => {
+                self.channel = None;
+                Event::Exited("connection closed".into())
+            }
             Err(ChannelError::Closed) => {
                 // Wait for the real exit status rather than killing a worker that is exiting.
                 let status = self
@@ -391,7 +460,8 @@ impl Shell {
     }
 
     fn publish(&self, machine: &Machine, last: &mut Option<(WorkerState, Option<u32>)>) {
-        let pid = self.child.as_ref().map(Child::id);
+        let connected = self.channel.is_some().then_some(self.external).flatten();
+        let pid = self.child.as_ref().map(Child::id).or(connected);
         self.update(|s| {
             s.state = machine.state;
             s.pid = pid;
