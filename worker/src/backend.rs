@@ -4,6 +4,7 @@
 use modelhost_protocol::wire::WorkerOptions;
 
 pub mod cpu;
+pub mod cuda;
 
 /// Why a backend could not do its work.
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,7 @@ use modelhost_protocol::placement::{DeviceId, DeviceKind};
 use modelhost_protocol::wire::{Hello, Message};
 use modelhost_worker::attach::attach;
 use modelhost_worker::backend::cpu::CpuBackend;
+use modelhost_worker::backend::cuda::CudaBackend;
 use modelhost_worker::backend::Backend;
 use modelhost_worker::channel::{Channel, ChannelError, Sender};
 use modelhost_worker::devices;
@@ -124,16 +125,19 @@ fn run(args: Args) -> Result<(), String> {
     // The backend holds the KV cache and scratch: it lives as long as the worker serves.
     let mut backend: Box<dyn Backend> = match attach_msg.assignment.device.kind {
         DeviceKind::Cpu => Box::new(CpuBackend::new()),
-        DeviceKind::Cuda => {
-            let error = cuda_unavailable(attach_msg.assignment.device);
-            send(
-                &sender,
-                &Message::Failed {
-                    error: error.clone(),
-                },
-            );
-            return Err(error);
-        }
+        DeviceKind::Cuda => match CudaBackend::new(attach_msg.assignment.device) {
+            Ok(backend) => Box::new(backend),
+            Err(e) => {
+                let error = e.to_string();
+                send(
+                    &sender,
+                    &Message::Failed {
+                        error: error.clone(),
+                    },
+                );
+                return Err(error);
+            }
+        },
     };
     let attached = attach(&attach_msg, fds, backend.as_mut(), &mut |m| {
         send(&sender, &m)
@@ -156,12 +160,5 @@ fn run(args: Args) -> Result<(), String> {
             );
             Err(error)
         }
-    }
-}
-
-fn cuda_unavailable(device: DeviceId) -> String {
-    match devices::inventory(device) {
-        Err(e) => e.to_string(),
-        Ok(_) => format!("{device}: this build's CUDA backend is not available yet"),
     }
 }

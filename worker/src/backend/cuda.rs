@@ -1,0 +1,216 @@
+//! The CUDA backend: weights copied into device buffers asynchronously on one stream, either
+//! double-buffered through two pinned staging buffers or straight from the shared mapping
+//! registered read-only with the driver (no staging); the KV cache and scratch in device memory.
+//!
+//! Every path starts from [`CudaBackend::new`], which checks for the driver library before any
+//! cudarc call (cudarc panics when libcuda is missing).
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DriverError, PinnedHostSlice};
+use modelhost_protocol::placement::DeviceId;
+use modelhost_protocol::wire::WorkerOptions;
+
+use super::{Backend, BackendError};
+use crate::devices;
+
+/// Bytes per staging buffer: large enough for full-speed transfers, small enough to overlap.
+const STAGE: usize = 16 << 20;
+
+fn cuda(e: DriverError) -> BackendError {
+    BackendError::Device(format!("CUDA: {e}"))
+}
+
+pub struct CudaBackend {
+    stream: Arc<CudaStream>,
+    staging: [PinnedHostSlice<u8>; 2],
+    /// One device buffer per placed piece, in placement order.
+    buffers: Vec<CudaSlice<u8>>,
+    kv: Option<CudaSlice<u8>>,
+    scratch: Option<CudaSlice<u8>>,
+    weights: u64,
+}
+
+impl CudaBackend {
+    /// Opens device `id` (cuda:N). Fails clearly, without touching cudarc, when there is no driver.
+    pub fn new(id: DeviceId) -> Result<CudaBackend, BackendError> {
+        if !devices::cuda_driver_present() {
+            return Err(BackendError::Device(
+                devices::DeviceError::NoCudaDriver { device: id }.to_string(),
+            ));
+        }
+        let context = CudaContext::new(id.index.unwrap_or(0) as usize).map_err(cuda)?;
+        let stream = context.new_stream().map_err(cuda)?;
+        // SAFETY: staging buffers are always filled from the mapping before a copy reads them.
+        let staging = unsafe {
+            [
+                context.alloc_pinned::<u8>(STAGE).map_err(cuda)?,
+                context.alloc_pinned::<u8>(STAGE).map_err(cuda)?,
+            ]
+        };
+        Ok(CudaBackend {
+            stream,
+            staging,
+            buffers: Vec::new(),
+            kv: None,
+            scratch: None,
+            weights: 0,
+        })
+    }
+
+    /// Copies `bytes` to `device` through the two pinned buffers: while one buffer's copy runs on
+    /// the stream, the CPU fills the other.
+    fn upload_staged(
+        &mut self,
+        bytes: &[u8],
+        device: &mut CudaSlice<u8>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BackendError> {
+        let mut pending: [Option<CudaEvent>; 2] = [None, None];
+        for (i, chunk) in bytes.chunks(STAGE).enumerate() {
+            let slot = i % 2;
+            let offset = i * STAGE;
+            if let Some(done) = pending[slot].take() {
+                done.synchronize().map_err(cuda)?;
+            }
+            let mut view = device.slice_mut(offset..offset + chunk.len());
+            if chunk.len() == STAGE {
+                self.staging[slot]
+                    .as_mut_slice()
+                    .map_err(cuda)?
+                    .copy_from_slice(chunk);
+                self.stream
+                    .memcpy_htod(&self.staging[slot], &mut view)
+                    .map_err(cuda)?;
+            } else {
+                // The short last piece: the driver stages pageable memory itself.
+                self.stream.memcpy_htod(chunk, &mut view).map_err(cuda)?;
+            }
+            pending[slot] = Some(self.stream.record_event(None).map_err(cuda)?);
+            progress(chunk.len() as u64);
+        }
+        self.stream.synchronize().map_err(cuda)
+    }
+
+    /// Copies straight from the shared mapping, registered read-only with the driver for the
+    /// duration of the copy: no staging buffer, no CPU copy.
+    fn upload_registered(
+        &mut self,
+        bytes: &[u8],
+        device: &mut CudaSlice<u8>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BackendError> {
+        let ptr = bytes.as_ptr() as *mut std::ffi::c_void;
+        // SAFETY: `bytes` is a live, page-aligned range of a read-only mapping that outlives this
+        // call; READ_ONLY tells the driver it will never write to it; it is unregistered below.
+        unsafe {
+            cudarc::driver::sys::cuMemHostRegister_v2(
+                ptr,
+                bytes.len(),
+                cudarc::driver::sys::CU_MEMHOSTREGISTER_READ_ONLY,
+            )
+            .result()
+            .map_err(cuda)?;
+        }
+        let copied = self
+            .stream
+            .memcpy_htod(bytes, device)
+            .and_then(|()| self.stream.synchronize());
+        // SAFETY: unregisters exactly the range registered above, after the copy completed.
+        let unregistered = unsafe { cudarc::driver::sys::cuMemHostUnregister(ptr).result() };
+        copied.map_err(cuda)?;
+        unregistered.map_err(cuda)?;
+        progress(bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Copies every placed buffer back to the host, for checking an upload.
+    pub fn read_back(&self) -> Result<Vec<Vec<u8>>, BackendError> {
+        self.buffers
+            .iter()
+            .map(|b| self.stream.clone_dtoh(b).map_err(cuda))
+            .collect()
+    }
+}
+
+impl Backend for CudaBackend {
+    fn place(
+        &mut self,
+        bytes: &[u8],
+        options: &WorkerOptions,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BackendError> {
+        // SAFETY: every byte of the buffer is written by the copy below before anything reads it.
+        let mut device = unsafe { self.stream.alloc::<u8>(bytes.len()) }.map_err(|_| {
+            BackendError::OutOfMemory {
+                what: "weights",
+                bytes: bytes.len() as u64,
+            }
+        })?;
+        if options.registered_upload {
+            self.upload_registered(bytes, &mut device, progress)?;
+        } else {
+            self.upload_staged(bytes, &mut device, progress)?;
+        }
+        self.buffers.push(device);
+        self.weights += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn allocate_kv(&mut self, bytes: u64) -> Result<(), BackendError> {
+        let len = usize::try_from(bytes).map_err(|_| BackendError::OutOfMemory {
+            what: "KV cache",
+            bytes,
+        })?;
+        self.kv =
+            Some(
+                self.stream
+                    .alloc_zeros::<u8>(len)
+                    .map_err(|_| BackendError::OutOfMemory {
+                        what: "KV cache",
+                        bytes,
+                    })?,
+            );
+        Ok(())
+    }
+
+    fn reserve_scratch(&mut self, bytes: u64) -> Result<(), BackendError> {
+        let len = usize::try_from(bytes).map_err(|_| BackendError::OutOfMemory {
+            what: "scratch",
+            bytes,
+        })?;
+        // SAFETY: scratch is working memory an engine writes before it reads.
+        self.scratch = Some(unsafe { self.stream.alloc::<u8>(len) }.map_err(|_| {
+            BackendError::OutOfMemory {
+                what: "scratch",
+                bytes,
+            }
+        })?);
+        Ok(())
+    }
+
+    fn weights_bytes(&self) -> u64 {
+        self.weights
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a driver (CI), opening a CUDA device is an error that says so, not a panic.
+    #[test]
+    fn no_driver_is_a_clear_error() {
+        if devices::cuda_driver_present() {
+            return; // a GPU machine: tests/gpu.rs covers the real path
+        }
+        let err = CudaBackend::new(DeviceId::cuda(0))
+            .err()
+            .expect("no driver here");
+        assert!(
+            err.to_string()
+                .contains("cuda:0: no CUDA driver on this machine"),
+            "{err}"
+        );
+    }
+}
