@@ -360,3 +360,52 @@ fn workers_a_process_manager_starts_join_over_the_worker_socket() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+fn status_field(pid: u64, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_numa_worker_is_pinned_and_worker_options_reach_the_workers() {
+    let dir = Scratch::new("numa");
+    let daemon = Daemon::start(&dir.path("control.sock"), DaemonOptions::default());
+    let body = json!({
+        "path": gemma_model(), "name": "n", "spawn_workers": true, "devices": ["cpu:0"],
+        "placement": { "ctx": 4096 }, "worker_options": { "mlock": true },
+    });
+    let response = request(&daemon.socket, "POST", "/v1/models", Some(&body));
+    assert_eq!(
+        response.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    let model = wait_for(&daemon.socket, "n", "the NUMA worker", |m| all_ready(m, 1));
+    let pid = model["workers"][0]["pid"].as_u64().unwrap();
+
+    let node_cpus = std::fs::read_to_string("/sys/devices/system/node/node0/cpulist").unwrap();
+    let parse = |s: &str| modelhost_worker::devices::parse_cpulist(s.trim()).unwrap();
+    assert_eq!(
+        parse(&status_field(pid, "Cpus_allowed_list:")),
+        parse(&node_cpus)
+    );
+
+    // mlock reached the worker: its locked memory covers the weights it placed (less the
+    // boundary pages neighbouring layers share, which the sum of extents counts twice).
+    let locked_kb: u64 = status_field(pid, "VmLck:")
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    let weights = model["workers"][0]["weights_bytes"].as_u64().unwrap();
+    assert!(
+        locked_kb * 1024 >= weights / 100 * 99,
+        "VmLck {locked_kb} kB for {weights} bytes of weights"
+    );
+}

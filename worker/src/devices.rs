@@ -165,6 +165,64 @@ fn cpu_device(id: DeviceId) -> Result<DeviceSpec, DeviceError> {
     }
 }
 
+/// Pins this process to NUMA node `node`: its CPUs only, and its memory preferably there (for
+/// a `cpu:N` worker, whose KV cache and scratch should sit next to the cores that use them).
+pub fn pin_to_numa_node(node: u32) -> Result<Vec<usize>, String> {
+    let path = format!("/sys/devices/system/node/node{node}/cpulist");
+    let list = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    let cpus = parse_cpulist(list.trim()).ok_or_else(|| format!("{path}: cannot read {list:?}"))?;
+    let mut set = nix::sched::CpuSet::new();
+    for &cpu in &cpus {
+        set.set(cpu).map_err(|e| format!("cpu {cpu}: {e}"))?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| format!("sched_setaffinity: {e}"))?;
+    // MPOL_PREFERRED (1): allocate on this node when it has room, elsewhere rather than fail.
+    let mask: [libc::c_ulong; 16] = {
+        let mut m = [0; 16];
+        let bits = libc::c_ulong::BITS;
+        if let Some(word) = m.get_mut((node / bits) as usize) {
+            *word = 1 << (node % bits);
+        }
+        m
+    };
+    // SAFETY: set_mempolicy reads `mask` (16 words, maxnode bits) and changes only this
+    // process's allocation policy.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_set_mempolicy,
+            1,
+            mask.as_ptr(),
+            (mask.len() as u64) * u64::from(libc::c_ulong::BITS),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "set_mempolicy: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(cpus)
+}
+
+/// Parses a kernel CPU list such as `0-3,8,10-11`.
+pub fn parse_cpulist(text: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+                if b < a || b - a > 4096 {
+                    return None;
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
 /// A `/proc/meminfo` field in kB.
 pub fn meminfo_kb(text: &str, name: &str) -> u64 {
     text.lines()
@@ -176,6 +234,17 @@ pub fn meminfo_kb(text: &str, name: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpulists_parse() {
+        assert_eq!(
+            parse_cpulist("0-3,8,10-11"),
+            Some(vec![0, 1, 2, 3, 8, 10, 11])
+        );
+        assert_eq!(parse_cpulist("5"), Some(vec![5]));
+        assert_eq!(parse_cpulist("3-1"), None);
+        assert_eq!(parse_cpulist("x"), None);
+    }
 
     #[test]
     fn the_host_has_memory_and_node_zero() {

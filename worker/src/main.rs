@@ -122,6 +122,20 @@ fn run(args: Args) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
 
+    // A cpu:N worker runs on node N's cores, with its memory there, before it allocates anything.
+    let device = attach_msg.assignment.device;
+    if let (DeviceKind::Cpu, Some(node)) = (device.kind, device.index) {
+        if let Err(e) = devices::pin_to_numa_node(node) {
+            let error = format!("{device}: pinning to NUMA node {node}: {e}");
+            send(
+                &sender,
+                &Message::Failed {
+                    error: error.clone(),
+                },
+            );
+            return Err(error);
+        }
+    }
     // The backend holds the KV cache and scratch: it lives as long as the worker serves.
     let mut backend: Box<dyn Backend> = match attach_msg.assignment.device.kind {
         DeviceKind::Cpu => Box::new(CpuBackend::new()),

@@ -70,6 +70,7 @@ pub fn run(args: LoadArgs) -> Result<(), CliError> {
             ..Default::default()
         },
         spawn_workers: false,
+        worker_options: Default::default(),
     };
     let client = args.connect.client();
     let info = block_on(async {

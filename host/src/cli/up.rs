@@ -105,6 +105,7 @@ pub fn run(args: UpArgs) -> Result<(), CliError> {
             ..Default::default()
         },
         spawn_workers: true,
+        worker_options: Default::default(),
     };
     let started = Instant::now();
     let info = block_on(async {

@@ -254,6 +254,7 @@ mod tests {
             devices: vec!["cpu".into()],
             placement: Default::default(),
             spawn_workers: false,
+            worker_options: Default::default(),
         };
         assert_eq!(
             keys(&serde_json::to_value(&load).unwrap()),

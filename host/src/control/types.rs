@@ -62,6 +62,10 @@ pub struct LoadRequest {
     /// `devices`).
     #[serde(default)]
     pub spawn_workers: bool,
+    /// How the workers attach: `mlock` their pages, `verify` (read and checksum every byte),
+    /// `registered_upload` (CUDA: copy straight from the registered mapping).
+    #[serde(default)]
+    pub worker_options: modelhost_protocol::wire::WorkerOptions,
 }
 
 fn default_true() -> bool {

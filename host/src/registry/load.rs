@@ -9,7 +9,7 @@ use modelhost_protocol::gguf::HyperParams;
 use modelhost_protocol::layers::{layer_regions, PageSize};
 use modelhost_protocol::manifest::ModelManifest;
 use modelhost_protocol::placement::{plan, Plan, PlanError, PlanOptions};
-use modelhost_protocol::wire::{fnv1a64, Assignment, Attach, FileCheck, Hello, WorkerOptions};
+use modelhost_protocol::wire::{fnv1a64, Assignment, Attach, FileCheck, Hello};
 
 use super::{info, unix_now, Entry, Registry, Summary};
 use crate::config::normalize;
@@ -223,6 +223,7 @@ impl Registry {
             plan,
             placement: req.placement.options().unwrap_or_default(),
             spawn_workers: req.spawn_workers,
+            worker_options: req.worker_options.clone(),
             workers: Vec::new(),
             cancel: Arc::clone(&cancel),
             started,
@@ -575,7 +576,7 @@ fn worker_spec(entry: &Entry, id: String, assignment: Assignment) -> Result<Work
                 .map(|(_, c)| c.clone())
                 .collect(),
             assignment,
-            options: WorkerOptions::default(),
+            options: entry.worker_options.clone(),
             heartbeat_ms: 500,
         },
         files: fds,

@@ -58,6 +58,7 @@ struct Entry {
     /// The placement options the model was loaded with, for workers that join later.
     placement: modelhost_protocol::placement::PlanOptions,
     spawn_workers: bool,
+    worker_options: modelhost_protocol::wire::WorkerOptions,
     workers: Vec<Arc<WorkerHandle>>,
     cancel: Arc<AtomicBool>,
     started: Instant,

@@ -72,6 +72,7 @@ pub struct Assignment {
 
 /// Options for how a worker attaches.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct WorkerOptions {
     /// Lock the assigned pages in RAM (CPU).
     pub mlock: bool,
