@@ -9,3 +9,4 @@ scripts/fetch-models.sh
 cargo build --workspace --bins
 cargo test --workspace
 scripts/crosscheck.sh
+scripts/check-deploy.sh

@@ -197,7 +197,7 @@ mod tests {
     /// The shipped example must stay loadable, with its commented options switched on too.
     #[test]
     fn the_example_config_parses_with_every_option_enabled() {
-        let example = include_str!("../../deploy/config.example.toml");
+        let example = include_str!("../../deploy/systemd/config.toml");
         assert!(toml::from_str::<FileConfig>(example).is_ok());
         let enabled: String = example
             .lines()

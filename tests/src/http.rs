@@ -127,6 +127,26 @@ pub fn get(socket: &Path, path: &str) -> Response {
     request(socket, "GET", path, None)
 }
 
+/// A GET that returns `None` instead of failing when nobody answers (a host restarting).
+pub fn try_get_json(socket: &Path, path: &str) -> Option<Value> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: modelhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .ok()?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| serde_json::from_str(body).ok())
+        .flatten()
+}
+
 /// Subscribes to `/v1/events`; every event arrives on the returned channel, in order.
 pub fn subscribe(socket: &Path) -> mpsc::Receiver<Value> {
     let mut stream = UnixStream::connect(socket).expect("connect to the control socket");
