@@ -25,7 +25,7 @@ struct FileConfig {
     socket: Option<PathBuf>,
     worker_socket: Option<PathBuf>,
     worker_handshake_timeout_ms: Option<u64>,
-    allow_group: Option<String>,
+    allow_group: Option<GroupSpec>,
     #[serde(default)]
     model_dirs: Vec<PathBuf>,
     max_body_bytes: Option<usize>,
@@ -35,6 +35,14 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     #[serde(default)]
     models: Vec<LoadRequest>,
+}
+
+/// A group by name or by gid.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum GroupSpec {
+    Id(u32),
+    Name(String),
 }
 
 /// The effective configuration.
@@ -107,7 +115,8 @@ impl Config {
         };
         let allow_gid = match &file.allow_group {
             None => None,
-            Some(group) => Some(resolve_group(group)?),
+            Some(GroupSpec::Id(gid)) => Some(*gid),
+            Some(GroupSpec::Name(group)) => Some(resolve_group(group)?),
         };
         for dir in &file.model_dirs {
             if !dir.is_absolute() {
@@ -210,7 +219,7 @@ mod tests {
             .collect();
         let file: FileConfig =
             toml::from_str(&enabled).unwrap_or_else(|e| panic!("{e}\n{enabled}"));
-        assert_eq!(file.allow_group.as_deref(), Some("modelhost"));
+        assert!(matches!(file.allow_group, Some(GroupSpec::Name(ref g)) if g == "modelhost"));
         assert_eq!(file.models.len(), 1);
         assert_eq!(file.models[0].name.as_deref(), Some("gemma"));
         assert_eq!(file.max_connections, Some(256));

@@ -81,7 +81,7 @@ async fn run_async(
     let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
     let socket = config.socket.clone();
-    let listener = bind(&socket)?;
+    let listener = bind(&socket, config.allow_gid)?;
     let events = Arc::new(EventBus::new());
     let registry = Registry::new(events, policy(&config));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -89,7 +89,10 @@ async fn run_async(
     let state = AppState::new(Arc::clone(&registry), config, shutdown_rx);
     let server = tokio::spawn(serve(listener, Arc::clone(&state)));
     let worker_socket = state.config().worker_socket.clone();
-    let workers = tokio::spawn(accept_workers(bind(&worker_socket)?, Arc::clone(&state)));
+    let workers = tokio::spawn(accept_workers(
+        bind(&worker_socket, state.config().allow_gid)?,
+        Arc::clone(&state),
+    ));
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "modelhost serving");
 
     load_configured(&registry, preload).await;

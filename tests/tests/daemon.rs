@@ -396,6 +396,30 @@ fn the_socket_is_owner_only_and_other_uids_are_refused() {
 }
 
 #[test]
+fn an_allowed_group_gets_group_access_to_both_sockets() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Scratch::new("group");
+    let config = dir.path("config.toml");
+    std::fs::write(&config, "allow_group = 65534\n").unwrap();
+    let daemon = Daemon::start(
+        &dir.path("control.sock"),
+        DaemonOptions {
+            config: Some(&config),
+            ..Default::default()
+        },
+    );
+    for socket in [daemon.socket.clone(), dir.path("workers.sock")] {
+        let meta = std::fs::metadata(&socket).unwrap();
+        assert_eq!(
+            (meta.permissions().mode() & 0o777, meta.gid()),
+            (0o660, 65534),
+            "{}",
+            socket.display()
+        );
+    }
+}
+
+#[test]
 fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
     let dir = Scratch::new("stale");
     let socket = dir.path("control.sock");

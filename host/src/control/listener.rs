@@ -23,8 +23,9 @@ pub enum BindError {
     },
 }
 
-/// Binds `path` with mode 0600, creating its directory with mode 0700 if needed.
-pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+/// Binds `path` with mode 0600 (0660 and group `group` when a group is allowed), creating its
+/// directory with mode 0700 if needed.
+pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, BindError> {
     let io = |source| BindError::Io {
         path: path.to_owned(),
         source,
@@ -59,8 +60,16 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
         Err(e) => return Err(io(e)),
     }
     let listener = StdListener::bind(path).map_err(io)?;
-    // The directory is 0700, so nobody else can reach the socket between bind and chmod.
-    std::fs::set_permissions(path, Permissions::from_mode(0o600)).map_err(io)?;
+    // The directory is 0700 (or the operator's), so nobody else can reach the socket between
+    // bind and chmod.
+    match group {
+        None => std::fs::set_permissions(path, Permissions::from_mode(0o600)).map_err(io)?,
+        Some(gid) => {
+            nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(|e| io(e.into()))?;
+            std::fs::set_permissions(path, Permissions::from_mode(0o660)).map_err(io)?;
+        }
+    }
     listener.set_nonblocking(true).map_err(io)?;
     UnixListener::from_std(listener).map_err(io)
 }
