@@ -65,7 +65,8 @@ pub enum Action {
 /// Restart and liveness policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    /// The first restart waits this long; each consecutive failure doubles it.
+    /// The first failure restarts at once (a crash is usually a one-off, and the pages are
+    /// warm); the second waits this long, and each further consecutive failure doubles it.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     /// Consecutive failures (without reaching Ready) after which the slot gives up.
@@ -131,7 +132,10 @@ impl Machine {
     }
 
     fn backoff(&self) -> Duration {
-        let exponent = self.consecutive_failures.saturating_sub(1).min(16);
+        if self.consecutive_failures <= 1 {
+            return Duration::ZERO;
+        }
+        let exponent = self.consecutive_failures.saturating_sub(2).min(16);
         (self.policy.backoff_base * 2u32.pow(exponent)).min(self.policy.backoff_max)
     }
 
@@ -301,15 +305,13 @@ mod tests {
             );
             assert_eq!(m.state, WorkerState::Restarting);
             let start = now;
-            // Not before the backoff ends...
-            assert_eq!(m.handle(Event::Tick, now), vec![]);
             while m.handle(Event::Tick, now) != vec![Action::Spawn] {
                 now += Duration::from_millis(10);
             }
             waits.push(now.duration_since(start).as_millis() as u64);
             m.handle(Event::Spawned { pid: 2 }, now);
         }
-        assert_eq!(waits, vec![100, 200, 400, 800, 1600]);
+        assert_eq!(waits, vec![0, 100, 200, 400, 800]);
         assert_eq!(m.restarts, 5);
         m.handle(Event::Exited("killed".into()), now);
         assert_eq!(
@@ -334,7 +336,7 @@ mod tests {
         m.handle(Event::Ready, now);
         assert_eq!(m.consecutive_failures, 0);
         assert_eq!(m.handle(Event::Exited("x".into()), now), vec![Action::Wait]);
-        assert_eq!(m.backoff(), Duration::from_millis(100));
+        assert_eq!(m.backoff(), Duration::ZERO, "after a Ready, a crash restarts at once again");
     }
 
     #[test]
