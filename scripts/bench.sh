@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Benchmarks, each against a baseline measured in the same run; prints one table and writes
+# Benchmarks, each against a baseline measured in the same run; prints the tables and writes
 # docs/benchmarks.md. This machine is noisy, so read the ratios, not the absolute times.
 #
 #   scripts/bench.sh
+#   LLAMA_PYTHON=/path/to/venv/bin/python scripts/bench.sh   # adds N llama.cpp processes
+#
+# The GPU upload benchmark runs on a GPU machine only: scripts/gpu-check.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -12,6 +15,7 @@ model=$root/models/gemma-3-270m-q4_k_m.gguf
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+cargo build --quiet --release --workspace --bins
 echo "parse: modelhost (cargo bench) ..." >&2
 cargo bench --quiet -p modelhost-host --bench parse -- "$model" > "$work/parse.txt"
 echo "parse: gguf-py GGUFReader, 3 runs ..." >&2
@@ -71,5 +75,17 @@ echo "$table"
     echo "Why the gap: our parser validates every metadata value but decodes none of them, so the"
     echo "262,144-entry vocabulary, scores and token types are walked once for their bounds and"
     echo "left in the mapping; gguf-py builds a numpy array for every one of the 786,465 values."
-} > docs/benchmarks.md
+    echo
+} > "$work/parse.md"
+echo "cold load, warm attach, memory, restart, API latency ..." >&2
+python3 scripts/bench.py "$work/system.md" >&2
+cat "$work/parse.md" "$work/system.md" > docs/benchmarks.md
+cat >> docs/benchmarks.md <<'MD'
+
+## GPU upload
+
+Measured only on a machine with an NVIDIA GPU (`scripts/gpu-check.sh`): a worker's upload in
+GB/s on the pinned-staging and registered-mapping paths, against a plain pinned host-to-device
+copy in the same run (goal: at least 0.8×). Not yet run: no GPU was lent to the sessions so far.
+MD
 echo "wrote docs/benchmarks.md" >&2

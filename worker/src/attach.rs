@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use memmap2::Mmap;
 use modelhost_protocol::layers::{LayerGroup, LayerRegion};
 use modelhost_protocol::placement::DeviceKind;
-use modelhost_protocol::wire::{fnv1a64, Attach, Message, Progress, ReadyStats, WorkerPhase};
+use modelhost_protocol::wire::{checksum64, Attach, Message, Progress, ReadyStats, WorkerPhase};
 
 use crate::backend::Backend;
 
@@ -44,7 +44,7 @@ fn map_checked(
             check.header_len
         )
     })?;
-    if fnv1a64(header) != check.header_hash {
+    if checksum64(header) != check.header_hash {
         return Err(format!(
             "file {index}'s header does not match the hash the host sent: not the validated file"
         ));

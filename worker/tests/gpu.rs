@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use modelhost_protocol::placement::DeviceId;
-use modelhost_protocol::wire::{fnv1a64, WorkerOptions};
+use modelhost_protocol::wire::{checksum64, WorkerOptions};
 use modelhost_worker::backend::cuda::CudaBackend;
 use modelhost_worker::backend::Backend;
 
@@ -42,8 +42,8 @@ fn uploads_arrive_intact_on_both_paths() {
         let back = backend.read_back().unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(
-            fnv1a64(&back[0]),
-            fnv1a64(&bytes),
+            checksum64(&back[0]),
+            checksum64(&bytes),
             "registered={registered}"
         );
         println!(

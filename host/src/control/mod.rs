@@ -50,6 +50,9 @@ pub struct AppState {
     pub started: Instant,
     pub shutdown: watch::Receiver<bool>,
     pub counters: Counters,
+    /// `/v1/status` computed at most every 250 ms: probes and dashboards poll it, and its
+    /// residency and /proc figures cost milliseconds on big models.
+    status_cache: std::sync::Mutex<Option<(Instant, types::Status)>>,
 }
 
 impl AppState {
@@ -64,12 +67,27 @@ impl AppState {
             started: Instant::now(),
             shutdown,
             counters: Counters::default(),
+            status_cache: std::sync::Mutex::new(None),
         })
     }
 
     /// The configuration in force.
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The cached status, if it is fresh.
+    pub(crate) fn cached_status(&self) -> Option<types::Status> {
+        let cache = self.status_cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < std::time::Duration::from_millis(250))
+            .map(|(_, s)| s.clone())
+    }
+
+    pub(crate) fn cache_status(&self, status: &types::Status) {
+        *self.status_cache.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), status.clone()));
     }
 
     /// Replaces the configuration (SIGHUP).

@@ -42,20 +42,33 @@ pub async fn dispatch(state: Arc<AppState>, req: Request<Incoming>) -> Result<Re
             "text/plain; charset=utf-8",
             "ok\n",
         )),
-        (&Method::GET, ["metrics"]) => Ok(text_response(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render_metrics(&state),
-        )),
-        (&Method::GET, ["v1", "status"]) => Ok(json_response(StatusCode::OK, &status(&state))),
+        (&Method::GET, ["metrics"]) => {
+            let rendering = Arc::clone(&state);
+            let text = blocking(move || render_metrics(&rendering)).await?;
+            Ok(text_response(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text,
+            ))
+        }
+        (&Method::GET, ["v1", "status"]) => {
+            Ok(json_response(StatusCode::OK, &cached_status(state).await?))
+        }
         (&Method::GET, ["v1", "models"]) => {
-            Ok(json_response(StatusCode::OK, &state.registry.list()))
+            let registry = Arc::clone(&state.registry);
+            Ok(json_response(
+                StatusCode::OK,
+                &blocking(move || registry.list()).await?,
+            ))
         }
         (&Method::POST, ["v1", "models"]) => load(state, req).await,
-        (&Method::GET, ["v1", "models", name]) => match state.registry.get(name) {
-            Some(info) => Ok(json_response(StatusCode::OK, &info)),
-            None => Err(not_found(name)),
-        },
+        (&Method::GET, ["v1", "models", name]) => {
+            let (registry, key) = (Arc::clone(&state.registry), name.to_string());
+            match blocking(move || registry.get(&key)).await? {
+                Some(info) => Ok(json_response(StatusCode::OK, &info)),
+                None => Err(not_found(name)),
+            }
+        }
         (&Method::DELETE, ["v1", "models", name]) => {
             let force = req
                 .uri()
@@ -181,6 +194,29 @@ async fn load(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response, 
             )
         })??;
     Ok(json_response(StatusCode::CREATED, &info))
+}
+
+/// Runs mincore and /proc reads off the async threads, which must keep answering.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("task: {e}"),
+        )
+    })
+}
+
+async fn cached_status(state: Arc<AppState>) -> Result<Status, ApiError> {
+    if let Some(status) = state.cached_status() {
+        return Ok(status);
+    }
+    let computing = Arc::clone(&state);
+    let fresh = blocking(move || status(&computing)).await?;
+    state.cache_status(&fresh);
+    Ok(fresh)
 }
 
 fn status(state: &AppState) -> Status {

@@ -9,7 +9,7 @@ use modelhost_protocol::gguf::HyperParams;
 use modelhost_protocol::layers::{layer_regions, PageSize};
 use modelhost_protocol::manifest::ModelManifest;
 use modelhost_protocol::placement::{plan, Plan, PlanError, PlanOptions};
-use modelhost_protocol::wire::{fnv1a64, Assignment, Attach, FileCheck, Hello};
+use modelhost_protocol::wire::{checksum64, Assignment, Attach, FileCheck, Hello};
 
 use super::{info, unix_now, Entry, Registry, Summary};
 use crate::config::normalize;
@@ -103,7 +103,7 @@ fn summarize(mapped: &MappedModel) -> Result<Summary, OpenError> {
             let check = FileCheck {
                 len: shard.file.file_len(),
                 header_len: header.len() as u64,
-                header_hash: fnv1a64(header),
+                header_hash: checksum64(header),
             };
             (index, check)
         })

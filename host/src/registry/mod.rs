@@ -122,12 +122,16 @@ impl Registry {
 
     /// Every model, by name.
     pub fn list(&self) -> Vec<ModelInfo> {
-        self.lock().values().map(info).collect()
+        // Snapshot under the lock; mincore and /proc reads happen after it is released, so a
+        // slow residency scan never stalls loads or other requests.
+        let snapshots: Vec<Snapshot> = self.lock().values().map(snapshot).collect();
+        snapshots.into_iter().map(Snapshot::finish).collect()
     }
 
     /// One model.
     pub fn get(&self, name: &str) -> Option<ModelInfo> {
-        self.lock().get(name).map(info)
+        let snapshot = self.lock().get(name).map(snapshot);
+        snapshot.map(Snapshot::finish)
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -171,38 +175,73 @@ impl Registry {
         }
     }
 
-    /// Totals over all models: (count, ready, mapped bytes, resident bytes).
+    /// Totals over all models: (count, ready, mapped bytes, resident bytes). A mapping that two
+    /// names share counts once.
     pub fn totals(&self) -> (usize, usize, u64, u64) {
-        let models = self.lock();
-        let ready = models
-            .values()
-            .filter(|e| e.state == ModelState::Ready)
-            .count();
-        let (mapped, resident) = models
-            .values()
-            .filter(|e| e.shares_mapping_with.is_none())
-            .map(residency)
+        let (count, ready, mappings) = {
+            let models = self.lock();
+            let ready = models
+                .values()
+                .filter(|e| e.state == ModelState::Ready)
+                .count();
+            let mappings: Vec<(Arc<MappedModel>, bool)> = models
+                .values()
+                .filter(|e| e.shares_mapping_with.is_none())
+                .map(|e| (Arc::clone(&e.mapping), e.locked))
+                .collect();
+            (models.len(), ready, mappings)
+        };
+        let (mapped, resident) = mappings
+            .iter()
+            .map(|(m, locked)| residency(m, *locked))
             .fold((0, 0), |(m, r), x| {
                 (m + x.mapped_bytes, r + x.resident_bytes)
             });
-        (models.len(), ready, mapped, resident)
+        (count, ready, mapped, resident)
     }
 }
 
-fn residency(e: &Entry) -> Residency {
+/// A model's description taken under the registry lock, finished (residency, worker memory)
+/// after it is released.
+struct Snapshot {
+    info: ModelInfo,
+    mapping: Arc<MappedModel>,
+    locked: bool,
+    workers: Vec<Arc<WorkerHandle>>,
+}
+
+impl Snapshot {
+    fn finish(mut self) -> ModelInfo {
+        self.info.residency = residency(&self.mapping, self.locked);
+        self.info.workers = self.workers.iter().map(|w| w.info()).collect();
+        self.info
+    }
+}
+
+fn residency(mapping: &MappedModel, locked: bool) -> Residency {
     let mut r = Residency::default();
-    for f in e.mapping.files() {
+    for f in mapping.files() {
         if let Some(map) = f.mapping() {
             r.mapped_bytes += map.len() as u64;
             r.resident_bytes += pages::resident_bytes(map).unwrap_or(0);
         }
     }
-    if e.locked {
+    if locked {
         r.locked_bytes = r.mapped_bytes;
     }
     r
 }
 
+fn snapshot(e: &Entry) -> Snapshot {
+    Snapshot {
+        info: info(e),
+        mapping: Arc::clone(&e.mapping),
+        locked: e.locked,
+        workers: e.workers.clone(),
+    }
+}
+
+/// A model's cheap fields; residency and worker memory are filled in by [`Snapshot::finish`].
 fn info(e: &Entry) -> ModelInfo {
     ModelInfo {
         name: e.name.clone(),
@@ -220,8 +259,8 @@ fn info(e: &Entry) -> ModelInfo {
         prefault: e.prefault,
         mlock: e.mlock,
         shares_mapping_with: e.shares_mapping_with.clone(),
-        residency: residency(e),
-        workers: e.workers.iter().map(|w| w.info()).collect(),
+        residency: Residency::default(),
+        workers: Vec::new(),
         loaded_at: e.loaded_at,
         load_ms: e.load_ms,
         layers: e.summary.layers.clone(),

@@ -336,7 +336,11 @@ mod tests {
         m.handle(Event::Ready, now);
         assert_eq!(m.consecutive_failures, 0);
         assert_eq!(m.handle(Event::Exited("x".into()), now), vec![Action::Wait]);
-        assert_eq!(m.backoff(), Duration::ZERO, "after a Ready, a crash restarts at once again");
+        assert_eq!(
+            m.backoff(),
+            Duration::ZERO,
+            "after a Ready, a crash restarts at once again"
+        );
     }
 
     #[test]

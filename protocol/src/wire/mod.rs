@@ -9,6 +9,6 @@ pub use frame::{
     MAX_FRAME_LEN, PREAMBLE_LEN, PROTOCOL_VERSION,
 };
 pub use messages::{
-    fnv1a64, Assignment, Attach, FileCheck, Hello, Message, Progress, ReadyStats, WorkerOptions,
+    checksum64, Assignment, Attach, FileCheck, Hello, Message, Progress, ReadyStats, WorkerOptions,
     WorkerPhase,
 };

@@ -2,7 +2,7 @@
 //! means faulting its pages in (and optionally locking or checksumming them); nothing is copied.
 
 use memmap2::{Advice, Mmap};
-use modelhost_protocol::wire::{fnv1a64, WorkerOptions};
+use modelhost_protocol::wire::{checksum64, WorkerOptions};
 
 use super::{Backend, BackendError};
 
@@ -55,7 +55,7 @@ impl Backend for CpuBackend {
         for chunk in bytes.chunks(STEP) {
             populate(chunk);
             if options.verify {
-                self.checksum ^= fnv1a64(chunk);
+                self.checksum ^= checksum64(chunk);
             }
             progress(chunk.len() as u64);
         }
