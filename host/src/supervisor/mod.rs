@@ -238,14 +238,16 @@ impl Shell {
             if machine.finished() {
                 break;
             }
-            // A process manager restarts its own workers: when one goes, its slot ends here.
-            if self.external.is_some() && matches!(machine.state, WorkerState::Restarting) {
+            let event = self.next_event();
+            let exited = matches!(event, Event::Exited(_));
+            actions.extend(machine.handle(event, Instant::now()));
+            // A process manager restarts its own workers: when one goes, its slot ends here,
+            // before a tick could schedule a spawn the host must not make.
+            if exited && self.external.is_some() {
                 machine.state = WorkerState::Stopped;
                 self.publish(&machine, &mut last_state);
                 break;
             }
-            let event = self.next_event();
-            actions.extend(machine.handle(event, Instant::now()));
             actions.extend(machine.handle(Event::Tick, Instant::now()));
         }
         self.reap();
