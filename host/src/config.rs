@@ -139,7 +139,7 @@ impl Config {
             allow_gid,
             model_dirs: file.model_dirs.iter().map(|d| normalize(d)).collect(),
             max_body_bytes: file.max_body_bytes.unwrap_or(1 << 20),
-            max_connections: file.max_connections.unwrap_or(256),
+            max_connections: file.max_connections.unwrap_or(4096),
             request_timeout: Duration::from_millis(file.request_timeout_ms.unwrap_or(10_000)),
             shutdown_timeout: Duration::from_millis(file.shutdown_timeout_ms.unwrap_or(5_000)),
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),

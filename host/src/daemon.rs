@@ -47,6 +47,17 @@ pub fn init_logging(format: LogFormat, level: tracing::Level) {
     };
 }
 
+/// Raises the soft descriptor limit to the hard one: every connection, worker and model file
+/// holds descriptors, and a flood of connections must not starve the rest.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            tracing::debug!(from = soft, to = hard, "raised the descriptor limit");
+        }
+    }
+}
+
 fn policy(config: &Config) -> Policy {
     Policy {
         model_dirs: config.model_dirs.clone(),
@@ -61,6 +72,7 @@ pub fn run(
 ) -> Result<(), DaemonError> {
     let config = Config::load(config_path.as_deref(), &overrides)?;
     init_logging(config.log_format, level);
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("modelhost-io")
