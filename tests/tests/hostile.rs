@@ -63,7 +63,8 @@ fn a_thousand_idle_connections_lock_nobody_out_and_are_closed() {
         c.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
         let mut buf = [0u8; 256];
-        if matches!(c.read(&mut buf), Ok(_)) {
+        // End-of-file, or a 408 before it: either way the host closed it; a timeout means open.
+        if c.read(&mut buf).is_ok() {
             closed += 1;
         }
     }
