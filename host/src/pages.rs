@@ -17,9 +17,15 @@ pub fn prefault(map: &Mmap, progress: &mut dyn FnMut(u64) -> bool) -> io::Result
     let mut done = 0usize;
     while done < len {
         let step = PREFAULT_STEP.min(len - done);
-        // MADV_POPULATE_READ (Linux 5.14) faults the range in without touching it page by page;
-        // older kernels refuse it, and then reading one byte per page does the same.
-        if map.advise_range(Advice::PopulateRead, done, step).is_err() {
+        // MADV_POPULATE_READ (Linux 5.14) faults the range in without touching it page by page.
+        // Where the kernel lacks it (EINVAL), reading one byte per page does the same. EFAULT
+        // means pages past the end of the file: it shrank on disk. Touching those would raise
+        // SIGBUS, so that is reported, never touched.
+        if let Err(e) = map.advise_range(Advice::PopulateRead, done, step) {
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                let _ = map.advise(Advice::Normal);
+                return Err(truncated(e));
+            }
             touch_pages(&map[done..done + step]);
         }
         done += step;
@@ -30,6 +36,17 @@ pub fn prefault(map: &Mmap, progress: &mut dyn FnMut(u64) -> bool) -> io::Result
     }
     let _ = map.advise(Advice::Normal);
     Ok(true)
+}
+
+/// The error for a mapping whose file no longer covers it.
+fn truncated(e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::EFAULT) {
+        io::Error::other(
+            "the model file is shorter than its mapping: it was truncated or replaced on disk",
+        )
+    } else {
+        e
+    }
 }
 
 fn touch_pages(bytes: &[u8]) {

@@ -200,3 +200,89 @@ fn a_frozen_worker_misses_its_heartbeats_and_is_replaced() {
     );
     assert!(daemon.log_text().contains("worker spawned"));
 }
+
+/// The model file truncated on disk while loaded. The guarantee (ARCHITECTURE.md): the host never
+/// touches model pages except through MADV_POPULATE_READ and mincore, which report missing pages
+/// as errors, so it cannot die of SIGBUS; a worker checks the file's size against the validated
+/// one before it maps, and fails cleanly. In copy mode the sealed memfd does not change at all.
+#[test]
+fn truncating_a_loaded_model_on_disk_kills_nothing() {
+    let dir = Scratch::new("truncate");
+    let model = dir.path("m.gguf");
+    std::fs::copy(gemma_model(), &model).unwrap();
+    let daemon = Daemon::start(&dir.path("control.sock"), DaemonOptions::default());
+    let socket = &daemon.socket;
+    for (name, copy) in [("mapped", false), ("copied", true)] {
+        let body = json!({ "path": model, "name": name, "prefault": true, "copy": copy, "placement": { "ctx": 512 } });
+        assert_eq!(
+            request(socket, "POST", "/v1/models", Some(&body)).status,
+            201
+        );
+        wait_for(socket, name, "the load", |m| m["state"] == "ready");
+    }
+
+    let len = std::fs::metadata(&model).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&model)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+
+    // The host is alive and still describes both models (mincore cannot fault).
+    assert_eq!(get(socket, "/healthz").status, 200);
+    assert_eq!(get(socket, "/v1/models/mapped").json()["state"], "ready");
+    // A new load of the damaged file is refused with the reason.
+    let again = request(
+        socket,
+        "POST",
+        "/v1/models",
+        Some(&json!({ "path": model, "name": "again" })),
+    );
+    assert_eq!(
+        (again.status, again.error_code().as_str()),
+        (422, "invalid_gguf")
+    );
+
+    // A worker for the mapped model fails cleanly instead of dying of SIGBUS.
+    let worker = |name: &str| {
+        std::process::Command::new(modelhost_tests::binary("modelhost-worker"))
+            .args([
+                "--connect",
+                dir.path("workers.sock").to_str().unwrap(),
+                "--model",
+                name,
+                "--worker-id",
+                &format!("{name}-w"),
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = worker("mapped");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("but the host validated"), "{err}");
+
+    // In copy mode nothing notices: a worker attaches to the sealed copy and becomes Ready.
+    let joined = std::process::Command::new(modelhost_tests::binary("modelhost-worker"))
+        .args([
+            "--connect",
+            dir.path("workers.sock").to_str().unwrap(),
+            "--model",
+            "copied",
+            "--worker-id",
+            "copied-w",
+        ])
+        .spawn()
+        .unwrap();
+    let copied = wait_for(socket, "copied", "a worker on the sealed copy", |m| {
+        m["workers"].as_array().is_some_and(|w| {
+            w.iter()
+                .any(|w| w["id"] == "copied-w" && w["state"] == "ready")
+        })
+    });
+    assert_eq!(copied["workers"][0]["layers_ready"], 18);
+    let _ = kill(Pid::from_raw(joined.id() as i32), Signal::SIGKILL);
+    assert_eq!(get(socket, "/healthz").status, 200);
+    assert!(!daemon.log_text().contains("SIGBUS"));
+}
