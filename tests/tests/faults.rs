@@ -264,7 +264,7 @@ fn truncating_a_loaded_model_on_disk_kills_nothing() {
     assert!(err.contains("but the host validated"), "{err}");
 
     // In copy mode nothing notices: a worker attaches to the sealed copy and becomes Ready.
-    let joined = std::process::Command::new(modelhost_tests::binary("modelhost-worker"))
+    let mut joined = std::process::Command::new(modelhost_tests::binary("modelhost-worker"))
         .args([
             "--connect",
             dir.path("workers.sock").to_str().unwrap(),
@@ -282,7 +282,8 @@ fn truncating_a_loaded_model_on_disk_kills_nothing() {
         })
     });
     assert_eq!(copied["workers"][0]["layers_ready"], 18);
-    let _ = kill(Pid::from_raw(joined.id() as i32), Signal::SIGKILL);
+    joined.kill().unwrap();
+    joined.wait().unwrap();
     assert_eq!(get(socket, "/healthz").status, 200);
     assert!(!daemon.log_text().contains("SIGBUS"));
 }
