@@ -287,3 +287,111 @@ fn truncating_a_loaded_model_on_disk_kills_nothing() {
     assert_eq!(get(socket, "/healthz").status, 200);
     assert!(!daemon.log_text().contains("SIGBUS"));
 }
+
+#[test]
+fn concurrent_loads_and_an_unload_mid_load_leave_a_consistent_registry() {
+    let dir = Scratch::new("concurrent");
+    let big = dir.path("big.gguf");
+    let out =
+        modelhost_tests::modelhost(&["synth", "--out", big.to_str().unwrap(), "--size", "384MiB"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let small = dir.path("small.gguf");
+    assert!(modelhost_tests::modelhost(&[
+        "synth",
+        "--out",
+        small.to_str().unwrap(),
+        "--size",
+        "8MiB"
+    ])
+    .status
+    .success());
+    let daemon = Daemon::start(&dir.path("control.sock"), DaemonOptions::default());
+    let socket = daemon.socket.clone();
+
+    // Three loads at once, and the same name twice at once: exactly one of those two wins.
+    let loads = [
+        ("a", gemma_model()),
+        ("b", small.clone()),
+        ("c", big.clone()),
+        ("twice", small.clone()),
+        ("twice", gemma_model()),
+    ];
+    let handles: Vec<_> = loads
+        .iter()
+        .cloned()
+        .map(|(name, path)| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                request(
+                    &socket,
+                    "POST",
+                    "/v1/models",
+                    Some(&json!({ "path": path, "name": name })),
+                )
+                .status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(&statuses[..3], &[201, 201, 201]);
+    let mut twice = statuses[3..].to_vec();
+    twice.sort_unstable();
+    assert_eq!(
+        twice,
+        vec![201, 409],
+        "one load of the name wins, the other is refused"
+    );
+    for name in ["a", "b", "c", "twice"] {
+        wait_for(&socket, name, "every load", |m| m["state"] == "ready");
+    }
+    for name in ["a", "b", "c", "twice"] {
+        assert_eq!(
+            request(&socket, "DELETE", &format!("/v1/models/{name}"), None).status,
+            200
+        );
+    }
+
+    // Unload while the prefault of a cold file is still running: the job stops, nothing is left.
+    let file = std::fs::File::open(&big).unwrap();
+    nix::fcntl::posix_fadvise(
+        &file,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap();
+    let started = request(
+        &socket,
+        "POST",
+        "/v1/models",
+        Some(&json!({ "path": big, "name": "cold", "prefault": true })),
+    );
+    assert_eq!(started.status, 201);
+    assert_eq!(started.json()["state"], "loading");
+    assert_eq!(
+        request(&socket, "DELETE", "/v1/models/cold", None).status,
+        200
+    );
+    assert_eq!(get(&socket, "/v1/models/cold").status, 404);
+    assert_eq!(
+        get(&socket, "/v1/models").json().as_array().unwrap().len(),
+        0
+    );
+    // And the same name loads again cleanly.
+    assert_eq!(
+        request(
+            &socket,
+            "POST",
+            "/v1/models",
+            Some(&json!({ "path": big, "name": "cold" }))
+        )
+        .status,
+        201
+    );
+    wait_for(&socket, "cold", "the reload", |m| m["state"] == "ready");
+    assert_eq!(get(&socket, "/healthz").status, 200);
+}
