@@ -38,6 +38,10 @@ if [ -z "$(ls -A "$corpus")" ]; then
         fi
         rm -rf "$seeds"
         ;;
+    control_body)
+        printf '%s' '{"path": "/srv/models/m.gguf", "name": "m", "prefault": true, "mlock": "try", "copy": false, "devices": ["cuda:0=24GiB", "cpu"], "placement": {"ctx": 8192, "parallel": 2, "kv_type": "q8_0", "gpu_layers": 10, "tensor_split": [3, 1], "mode": "split", "swa_full": true}, "spawn_workers": true, "worker_options": {"mlock": true, "verify": false, "registered_upload": true}}' > "$corpus/full.json"
+        printf '%s' '{"path": "/m.gguf"}' > "$corpus/minimal.json"
+        ;;
     wire_decode)
         # Seeds: a preamble followed by real frames of each message kind.
         python3 - "$corpus" <<'PY'
