@@ -145,3 +145,61 @@ fn malformed_and_oversized_requests_get_errors_and_change_nothing() {
     assert!(rss_after < rss_before + 16 * 1024);
     assert!(!daemon.log_text().contains("panicked"));
 }
+
+#[test]
+fn the_logs_and_errors_carry_no_file_contents() {
+    let dir = Scratch::new("secrets");
+    let daemon = daemon(&dir);
+    let secret = dir.path("secret.gguf");
+    std::fs::write(
+        &secret,
+        b"TOPSECRET-7f3a9c TOPSECRET-7f3a9c TOPSECRET-7f3a9c\n",
+    )
+    .unwrap();
+    let r = modelhost_tests::http::request(
+        &daemon.socket,
+        "POST",
+        "/v1/models",
+        Some(&serde_json::json!({ "path": secret })),
+    );
+    assert_eq!(r.status, 422);
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(!body.contains("TOPS") && !body.contains("7f3a9c"), "{body}");
+    std::thread::sleep(Duration::from_millis(100));
+    let log = daemon.log_text();
+    assert!(log.contains("invalid_gguf"), "the refusal is logged");
+    assert!(
+        !log.contains("TOPS") && !log.contains("7f3a9c") && !log.contains("544f5053"),
+        "file bytes in the log"
+    );
+}
+
+#[test]
+fn with_descriptors_nearly_exhausted_the_host_survives_and_recovers() {
+    let dir = Scratch::new("nofile");
+    let daemon = daemon(&dir);
+    let pid = daemon.pid().to_string();
+    // Leave the host a handful of spare descriptors.
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = format!("--nofile={}:{}", fds + 8, fds + 8);
+    assert!(std::process::Command::new("prlimit")
+        .args(["--pid", &pid, &limit])
+        .status()
+        .unwrap()
+        .success());
+    let flood: Vec<UnixStream> = (0..64)
+        .filter_map(|_| UnixStream::connect(&daemon.socket).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        daemon.log_text().contains("accept failed"),
+        "the host noticed it ran out"
+    );
+    // The idle flood is closed at the deadline; then the host serves again.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(flood);
+    std::thread::sleep(Duration::from_millis(300));
+    served(&daemon);
+}
