@@ -152,3 +152,23 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LoadRequest;
+
+    /// Found by the control_body fuzzer: a 107-digit number in tensor_split. Without correctly
+    /// rounded float parsing it decoded one ULP off, and did not survive a round trip.
+    #[test]
+    fn fuzz_regression_long_numbers_round_trip_exactly() {
+        let number = "666000000000000000000000000000000000000000000000000000000000000000000000000000000000000006148914691236517194";
+        let body = format!(
+            r#"{{"path": "/srv/model/m.gguf", "name": "m", "placement": {{"tensor_split": [3, {number}], "mode": "split"}}}}"#
+        );
+        let request: LoadRequest = serde_json::from_str(&body).unwrap();
+        let encoded = serde_json::to_vec(&request).unwrap();
+        let again: LoadRequest = serde_json::from_slice(&encoded).unwrap();
+        assert_eq!(serde_json::to_vec(&again).unwrap(), encoded);
+        assert!(request.placement.options().is_ok());
+    }
+}
