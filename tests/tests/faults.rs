@@ -395,3 +395,49 @@ fn concurrent_loads_and_an_unload_mid_load_leave_a_consistent_registry() {
     wait_for(&socket, "cold", "the reload", |m| m["state"] == "ready");
     assert_eq!(get(&socket, "/healthz").status, 200);
 }
+
+#[test]
+fn killing_the_host_partway_through_a_load_leaves_no_worker_behind() {
+    let dir = Scratch::new("host-mid-load");
+    let mut daemon = Daemon::start(&dir.path("control.sock"), DaemonOptions::default());
+    load(&daemon.socket, "m", 3);
+    // As soon as the workers exist, and long before they are all Ready.
+    let model = wait_for(&daemon.socket, "m", "worker pids", |m| {
+        m["workers"]
+            .as_array()
+            .is_some_and(|w| w.len() == 3 && w.iter().all(|w| w["pid"].as_u64().is_some()))
+    });
+    let workers: Vec<u64> = model["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap())
+        .collect();
+    daemon.signal(Signal::SIGKILL);
+    let killed = Instant::now();
+    assert!(daemon.wait_exit(Duration::from_secs(5)).is_some());
+    let gone = |pid: u64| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    while !workers.iter().all(|&p| gone(p)) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "workers outlived their host: {workers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!(
+        "host killed mid-load; its {} workers gone after {:?}",
+        workers.len(),
+        killed.elapsed()
+    );
+    // A new host on the same path replaces the stale socket and serves.
+    let again = Daemon::start(&daemon.socket, DaemonOptions::default());
+    assert_eq!(get(&again.socket, "/healthz").status, 200);
+}
