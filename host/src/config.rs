@@ -222,7 +222,7 @@ mod tests {
         assert!(matches!(file.allow_group, Some(GroupSpec::Name(ref g)) if g == "modelhost"));
         assert_eq!(file.models.len(), 1);
         assert_eq!(file.models[0].name.as_deref(), Some("gemma"));
-        assert_eq!(file.max_connections, Some(256));
+        assert_eq!(file.max_connections, Some(4096));
     }
 
     #[test]
