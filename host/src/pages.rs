@@ -138,21 +138,10 @@ pub fn process_memory(pid: Option<u32>) -> io::Result<ProcessMemory> {
 }
 
 fn parse_smaps_rollup(text: &str) -> ProcessMemory {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map_or(0, |kb| kb * 1024)
-    };
+    use modelhost_worker::devices::meminfo_kb;
     ProcessMemory {
-        rss_bytes: field("Rss:"),
-        pss_bytes: field("Pss:"),
+        rss_bytes: meminfo_kb(text, "Rss:") * 1024,
+        pss_bytes: meminfo_kb(text, "Pss:") * 1024,
     }
 }
 

@@ -96,3 +96,48 @@ impl Drop for Scratch {
 pub fn modelhost(args: &[&str]) -> Output {
     run(Command::new(binary("modelhost")).args(args))
 }
+
+/// Polling a model through the API, and checking on processes.
+pub mod models {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use serde_json::Value;
+
+    use crate::http::get;
+
+    /// Polls `GET /v1/models/NAME` until `done` holds, or fails the test after 30 s.
+    pub fn wait_for(socket: &Path, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let model = get(socket, &format!("/v1/models/{name}")).json();
+            if done(&model) {
+                return model;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {model:#}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The model is ready with exactly `n` workers, all ready.
+    pub fn ready_with(model: &Value, n: usize) -> bool {
+        let workers = model["workers"].as_array().map_or(&[][..], Vec::as_slice);
+        model["state"] == "ready"
+            && workers.len() == n
+            && workers.iter().all(|w| w["state"] == "ready")
+    }
+
+    /// The process has exited: gone from /proc, or a zombie waiting for its parent.
+    pub fn gone(pid: u64) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        }
+    }
+}

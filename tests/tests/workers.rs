@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use modelhost_tests::daemon::{Daemon, DaemonOptions};
 use modelhost_tests::http::{get, request, subscribe};
+use modelhost_tests::models::{gone, ready_with, wait_for};
 use modelhost_tests::{binary, gemma_model, workspace_root, Scratch};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -23,27 +24,6 @@ fn load_with_workers(socket: &Path, name: &str, workers: usize) {
         "{}",
         String::from_utf8_lossy(&response.body)
     );
-}
-
-/// Polls a model until `done` holds for it, or fails after 30 s.
-fn wait_for(socket: &Path, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let model = get(socket, &format!("/v1/models/{name}")).json();
-        if done(&model) {
-            return model;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {model:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn all_ready(model: &Value, n: usize) -> bool {
-    let workers = model["workers"].as_array().unwrap();
-    workers.len() == n && workers.iter().all(|w| w["state"] == "ready")
 }
 
 fn pids(model: &Value) -> Vec<u32> {
@@ -69,17 +49,6 @@ fn pss(pid: u32) -> u64 {
     kb * 1024
 }
 
-fn gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // A zombie has exited; only its parent's bookkeeping is left.
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
-}
-
 #[test]
 fn four_cpu_workers_become_ready_sharing_one_copy_of_the_pages() {
     let dir = Scratch::new("workers");
@@ -87,7 +56,7 @@ fn four_cpu_workers_become_ready_sharing_one_copy_of_the_pages() {
     let events = subscribe(&daemon.socket);
     load_with_workers(&daemon.socket, "g", 4);
     let model = wait_for(&daemon.socket, "g", "four ready workers", |m| {
-        all_ready(m, 4)
+        ready_with(m, 4)
     });
 
     // LayerReady arrives for every block, in order, from every worker.
@@ -142,7 +111,7 @@ fn four_cpu_workers_become_ready_sharing_one_copy_of_the_pages() {
         200
     );
     assert!(
-        workers.iter().all(|&p| gone(p)),
+        workers.iter().all(|&p| gone(u64::from(p))),
         "workers still running after a forced unload"
     );
 }
@@ -153,13 +122,13 @@ fn a_killed_worker_restarts_without_reading_the_disk() {
     let daemon = Daemon::start(&dir.path("control.sock"), DaemonOptions::default());
     load_with_workers(&daemon.socket, "g", 2);
     let model = wait_for(&daemon.socket, "g", "two ready workers", |m| {
-        all_ready(m, 2)
+        ready_with(m, 2)
     });
     let victim = pids(&model)[1];
     let killed_at = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
     let model = wait_for(&daemon.socket, "g", "the restarted worker", |m| {
-        all_ready(m, 2) && m["workers"][1]["pid"].as_u64() != Some(u64::from(victim))
+        ready_with(m, 2) && m["workers"][1]["pid"].as_u64() != Some(u64::from(victim))
     });
     let back = killed_at.elapsed();
     let worker = &model["workers"][1];
@@ -191,12 +160,12 @@ fn when_the_host_dies_every_worker_exits_within_a_second() {
     let mut daemon = Daemon::start(&dir.path("control.sock"), DaemonOptions::default());
     load_with_workers(&daemon.socket, "g", 3);
     let workers = pids(&wait_for(&daemon.socket, "g", "three ready workers", |m| {
-        all_ready(m, 3)
+        ready_with(m, 3)
     }));
     daemon.signal(Signal::SIGKILL);
     let killed = Instant::now();
     assert!(daemon.wait_exit(Duration::from_secs(5)).is_some());
-    while !workers.iter().all(|&p| gone(p)) {
+    while !workers.iter().all(|&p| gone(u64::from(p))) {
         assert!(
             killed.elapsed() < Duration::from_secs(1),
             "workers outlived the host by a second: {workers:?}"
@@ -225,7 +194,7 @@ fn protocol_violations_are_refused_and_nothing_else_is_disturbed() {
     );
     let socket = &daemon.socket;
     load_with_workers(socket, "healthy", 1);
-    wait_for(socket, "healthy", "the healthy model", |m| all_ready(m, 1));
+    wait_for(socket, "healthy", "the healthy model", |m| ready_with(m, 1));
 
     let cases = [
         ("badmagic", "bad magic"),
@@ -247,7 +216,7 @@ fn protocol_violations_are_refused_and_nothing_else_is_disturbed() {
         );
     }
     let healthy = get(socket, "/v1/models/healthy").json();
-    assert!(all_ready(&healthy, 1));
+    assert!(ready_with(&healthy, 1));
     assert_eq!(healthy["workers"][0]["restarts"], 0);
     assert_eq!(get(socket, "/healthz").status, 200);
     let log = daemon.log_text();
@@ -299,7 +268,7 @@ fn workers_a_process_manager_starts_join_over_the_worker_socket() {
         ])
         .spawn()
         .unwrap();
-    let model = wait_for(socket, "g", "the joined worker", |m| all_ready(m, 1));
+    let model = wait_for(socket, "g", "the joined worker", |m| ready_with(m, 1));
     let worker = &model["workers"][0];
     assert_eq!(worker["id"], "svc-0");
     assert_eq!(
@@ -386,7 +355,7 @@ fn a_numa_worker_is_pinned_and_worker_options_reach_the_workers() {
         "{}",
         String::from_utf8_lossy(&response.body)
     );
-    let model = wait_for(&daemon.socket, "n", "the NUMA worker", |m| all_ready(m, 1));
+    let model = wait_for(&daemon.socket, "n", "the NUMA worker", |m| ready_with(m, 1));
     let pid = model["workers"][0]["pid"].as_u64().unwrap();
 
     let node_cpus = std::fs::read_to_string("/sys/devices/system/node/node0/cpulist").unwrap();
