@@ -1,9 +1,11 @@
 //! Helpers for the multi-process integration tests: finding the built binaries and the reference
 //! model, and running commands.
 //!
-//! These tests run the real `modelhost` binaries. `cargo test --workspace` builds them before it
-//! runs any test, because the host package has integration tests of its own; a lone
-//! `cargo test -p modelhost-tests` may not, and then the helpers say what to build.
+//! These tests run the real `modelhost` binaries. `cargo test --workspace` (and `scripts/test.sh`)
+//! builds them before it runs any test, because the host and worker packages have integration
+//! tests of their own. A lone `cargo test -p modelhost-tests` does not rebuild another package's
+//! binaries: it may find none (the helpers then say what to build) or, worse, stale ones. Run
+//! `cargo build --workspace --bins` first.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

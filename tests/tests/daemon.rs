@@ -789,3 +789,24 @@ fn loads_are_planned_with_the_same_planner_and_refused_when_nothing_fits() {
     );
     assert_eq!(get(socket, "/v1/models/planned").json()["state"], "ready");
 }
+
+/// Status is cached briefly for probes, but never across a change: right after a load, status
+/// reports the new model and its mapping.
+#[test]
+fn status_is_never_stale_across_a_load_or_unload() {
+    let dir = Scratch::new("fresh-status");
+    let daemon = Daemon::start(&dir.path("control.sock"), DaemonOptions::default());
+    let socket = &daemon.socket;
+    assert_eq!(get(socket, "/v1/status").json()["models"], 0);
+    load(
+        socket,
+        json!({ "path": gemma_model(), "name": "g", "prefault": false }),
+    );
+    let status = get(socket, "/v1/status").json();
+    assert_eq!(
+        (status["models"].as_u64(), status["mapped_bytes"].as_u64()),
+        (Some(1), Some(253_113_024))
+    );
+    assert_eq!(request(socket, "DELETE", "/v1/models/g", None).status, 200);
+    assert_eq!(get(socket, "/v1/status").json()["models"], 0);
+}

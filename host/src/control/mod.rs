@@ -52,7 +52,7 @@ pub struct AppState {
     pub counters: Counters,
     /// `/v1/status` computed at most every 250 ms: probes and dashboards poll it, and its
     /// residency and /proc figures cost milliseconds on big models.
-    status_cache: std::sync::Mutex<Option<(Instant, types::Status)>>,
+    status_cache: std::sync::Mutex<Option<(Instant, u64, types::Status)>>,
 }
 
 impl AppState {
@@ -76,18 +76,22 @@ impl AppState {
         Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// The cached status, if it is fresh.
+    /// The cached status, if it is fresh: under 250 ms old, and no model changed since.
     pub(crate) fn cached_status(&self) -> Option<types::Status> {
         let cache = self.status_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.registry.generation();
         cache
             .as_ref()
-            .filter(|(at, _)| at.elapsed() < std::time::Duration::from_millis(250))
-            .map(|(_, s)| s.clone())
+            .filter(|(at, g, _)| {
+                *g == generation && at.elapsed() < std::time::Duration::from_millis(250)
+            })
+            .map(|(_, _, s)| s.clone())
     }
 
-    pub(crate) fn cache_status(&self, status: &types::Status) {
+    /// Caches a status computed when the registry was at `generation`.
+    pub(crate) fn cache_status(&self, generation: u64, status: &types::Status) {
         *self.status_cache.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), status.clone()));
+            Some((Instant::now(), generation, status.clone()));
     }
 
     /// Replaces the configuration (SIGHUP).

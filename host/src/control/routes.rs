@@ -213,9 +213,11 @@ async fn cached_status(state: Arc<AppState>) -> Result<Status, ApiError> {
     if let Some(status) = state.cached_status() {
         return Ok(status);
     }
+    // Read the generation first: a change during the computation makes the result stale at once.
+    let generation = state.registry.generation();
     let computing = Arc::clone(&state);
     let fresh = blocking(move || status(&computing)).await?;
-    state.cache_status(&fresh);
+    state.cache_status(generation, &fresh);
     Ok(fresh)
 }
 

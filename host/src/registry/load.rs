@@ -233,6 +233,7 @@ impl Registry {
         let registered = info(&entry);
         models.insert(name.clone(), entry);
         drop(models);
+        self.changed();
 
         tracing::info!(model = %name, path = %registered.path.display(), bytes = registered.file_bytes, ?state, "model registered");
         self.events.publish(Event::ModelState {
@@ -502,6 +503,7 @@ impl Registry {
         entry.state = state;
         entry.error = error.clone();
         drop(models);
+        self.changed();
         if state == ModelState::Ready {
             self.spawn_workers(name);
         }

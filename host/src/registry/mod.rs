@@ -87,6 +87,8 @@ pub struct Policy {
 /// All loaded models.
 pub struct Registry {
     models: Mutex<BTreeMap<String, Entry>>,
+    /// Bumped on every change of a model's presence or state, so cached views know they are stale.
+    generation: std::sync::atomic::AtomicU64,
     events: Arc<EventBus>,
     policy: RwLock<Policy>,
 }
@@ -95,6 +97,7 @@ impl Registry {
     pub fn new(events: Arc<EventBus>, policy: Policy) -> Arc<Registry> {
         Arc::new(Registry {
             models: Mutex::new(BTreeMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
             events,
             policy: RwLock::new(policy),
         })
@@ -113,6 +116,15 @@ impl Registry {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Changes whenever a model is registered, finishes loading, or is unloaded.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
@@ -153,6 +165,7 @@ impl Registry {
         }
         let removed = models.remove(name);
         drop(models);
+        self.changed();
         if let Some(entry) = removed {
             // Stops a load job still copying or prefaulting this model.
             entry.cancel.store(true, Ordering::Relaxed);
