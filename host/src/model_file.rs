@@ -52,16 +52,6 @@ pub enum OpenError {
     Cancelled { path: PathBuf },
 }
 
-impl OpenError {
-    /// The underlying I/O error kind, when the failure was an I/O error on the file.
-    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
-        match self {
-            OpenError::Io { source, .. } => Some(source.kind()),
-            _ => None,
-        }
-    }
-}
-
 /// Which file a mapping came from: device and inode, as `stat` reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct FileIdentity {

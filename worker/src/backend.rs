@@ -23,6 +23,13 @@ pub enum BackendError {
     OutOfMemory { what: &'static str, bytes: u64 },
 }
 
+impl BackendError {
+    /// `bytes` as a length this process can allocate, or the out-of-memory error for `what`.
+    pub fn len_for(what: &'static str, bytes: u64) -> Result<usize, BackendError> {
+        usize::try_from(bytes).map_err(|_| BackendError::OutOfMemory { what, bytes })
+    }
+}
+
 /// One device's side of an attach.
 pub trait Backend {
     /// Places one piece of a layer (a page-aligned slice of the shared mapping). `progress`

@@ -1,7 +1,6 @@
 //! The CPU backend: layers are used in place, in the pages the host mapped. Placing a layer
 //! means faulting its pages in (and optionally locking or checksumming them); nothing is copied.
 
-use memmap2::{Advice, Mmap};
 use modelhost_protocol::wire::{checksum64, WorkerOptions};
 
 use super::{Backend, BackendError};
@@ -83,10 +82,7 @@ impl Backend for CpuBackend {
     }
 
     fn allocate_kv(&mut self, bytes: u64) -> Result<(), BackendError> {
-        let len = usize::try_from(bytes).map_err(|_| BackendError::OutOfMemory {
-            what: "KV cache",
-            bytes,
-        })?;
+        let len = BackendError::len_for("KV cache", bytes)?;
         let mut kv = Vec::new();
         kv.try_reserve_exact(len)
             .map_err(|_| BackendError::OutOfMemory {
@@ -103,10 +99,7 @@ impl Backend for CpuBackend {
     }
 
     fn reserve_scratch(&mut self, bytes: u64) -> Result<(), BackendError> {
-        let len = usize::try_from(bytes).map_err(|_| BackendError::OutOfMemory {
-            what: "scratch",
-            bytes,
-        })?;
+        let len = BackendError::len_for("scratch", bytes)?;
         // Reserved, not touched: an engine's scratch becomes resident when it computes.
         self.scratch
             .try_reserve_exact(len)
@@ -120,9 +113,4 @@ impl Backend for CpuBackend {
     fn weights_bytes(&self) -> u64 {
         self.weights
     }
-}
-
-/// Hints that a whole mapping will be read in order.
-pub fn advise_sequential(map: &Mmap) {
-    let _ = map.advise(Advice::Sequential);
 }

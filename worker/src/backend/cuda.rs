@@ -158,10 +158,7 @@ impl Backend for CudaBackend {
     }
 
     fn allocate_kv(&mut self, bytes: u64) -> Result<(), BackendError> {
-        let len = usize::try_from(bytes).map_err(|_| BackendError::OutOfMemory {
-            what: "KV cache",
-            bytes,
-        })?;
+        let len = BackendError::len_for("KV cache", bytes)?;
         self.kv =
             Some(
                 self.stream
@@ -175,10 +172,7 @@ impl Backend for CudaBackend {
     }
 
     fn reserve_scratch(&mut self, bytes: u64) -> Result<(), BackendError> {
-        let len = usize::try_from(bytes).map_err(|_| BackendError::OutOfMemory {
-            what: "scratch",
-            bytes,
-        })?;
+        let len = BackendError::len_for("scratch", bytes)?;
         // SAFETY: scratch is working memory an engine writes before it reads.
         self.scratch = Some(unsafe { self.stream.alloc::<u8>(len) }.map_err(|_| {
             BackendError::OutOfMemory {
