@@ -12,9 +12,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use modelhost_protocol::placement::Mode;
 
 use super::{block_on, CliError, ConnectArgs};
-use crate::client::Client;
+use crate::client::{Client, ClientError, EventStream};
 use crate::config::default_socket_path;
-use crate::control::types::{LoadRequest, MlockMode, ModelInfo, Status};
+use crate::control::types::{LoadRequest, MlockMode, ModelInfo, ModelState, Status};
 use crate::events::Event;
 use crate::placement::PlacementRequest;
 use crate::supervisor::machine::WorkerState;
@@ -39,6 +39,10 @@ pub struct UpArgs {
     /// Print the final state as JSON.
     #[arg(long)]
     json: bool,
+    /// When a worker fails, leave the model loaded to inspect it (by default `up` unloads what it
+    /// loaded, so that a failed `up` leaves the host as it found it).
+    #[arg(long)]
+    keep_on_failure: bool,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -108,76 +112,23 @@ pub fn run(args: UpArgs) -> Result<(), CliError> {
         worker_options: Default::default(),
     };
     let started = Instant::now();
+    let keep_on_failure = args.keep_on_failure;
     let info = block_on(async {
+        // Subscribe before posting, so that no event of this load can be missed.
         let mut events = client.events().await?;
-        let registered: ModelInfo = client.post("/v1/models", &request).await?;
+        let registered: ModelInfo = client
+            .post("/v1/models", &request)
+            .await
+            .map_err(explain_refusal)?;
         let name = registered.name.clone();
-        let expected = registered.plan.as_ref().map_or(0, |p| p.replicas.len());
-        let bars = MultiProgress::new();
-        if args.json {
-            bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        match wait_until_ready(&client, &mut events, &registered, args.json).await {
+            Ok(info) => Ok(info),
+            Err(error) if keep_on_failure => Err(CliError(format!(
+                "{}; {name} stays loaded (--keep-on-failure): `modelhost ps` shows its workers",
+                error.0
+            ))),
+            Err(error) => Err(roll_back(&client, &name, error).await),
         }
-        let style =
-            ProgressStyle::with_template("{prefix:>12} {msg:<10} [{bar:30}] {bytes}/{total_bytes}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> ");
-        let mut per_worker: BTreeMap<String, ProgressBar> = BTreeMap::new();
-        let mut ready: BTreeMap<String, bool> = BTreeMap::new();
-        while ready.values().filter(|r| **r).count() < expected || ready.len() < expected {
-            let Some(envelope) = events.next().await? else {
-                return Err(CliError("the host closed the event stream".into()));
-            };
-            match envelope.event {
-                Event::WorkerProgress {
-                    model,
-                    worker,
-                    done_bytes,
-                    total_bytes,
-                    ..
-                } if model == name => {
-                    let bar = per_worker.entry(worker.clone()).or_insert_with(|| {
-                        let b = bars.add(ProgressBar::new(total_bytes));
-                        b.set_style(style.clone());
-                        b.set_prefix(worker);
-                        b
-                    });
-                    bar.set_length(total_bytes);
-                    bar.set_position(done_bytes);
-                    bar.set_message("attaching");
-                }
-                Event::WorkerState {
-                    model,
-                    worker,
-                    state,
-                    error,
-                    ..
-                } if model == name => {
-                    if state == WorkerState::Failed {
-                        return Err(CliError(format!(
-                            "worker {worker} failed: {}",
-                            error.unwrap_or_default()
-                        )));
-                    }
-                    if let Some(bar) = per_worker.get(&worker) {
-                        bar.set_message(format!("{state:?}").to_lowercase());
-                        if state == WorkerState::Ready {
-                            bar.finish();
-                        }
-                    }
-                    ready.insert(worker, state == WorkerState::Ready);
-                }
-                Event::ModelState {
-                    model,
-                    error: Some(e),
-                    ..
-                } if model == name => {
-                    return Err(CliError(format!("{name} failed to load: {e}")));
-                }
-                _ => {}
-            }
-        }
-        let info: ModelInfo = client.get(&format!("/v1/models/{name}")).await?;
-        Ok::<_, CliError>(info)
     })??;
     let status: Status = block_on(client.get("/v1/status"))??;
 
@@ -240,4 +191,134 @@ pub fn run(args: UpArgs) -> Result<(), CliError> {
         total_pss.saturating_sub(kv_total) as f64 / file
     );
     Ok(())
+}
+
+/// A refused load, with what to do about the refusals `up` makes likely.
+fn explain_refusal(error: ClientError) -> CliError {
+    match &error {
+        ClientError::Api { code, .. } if code == "model_exists" => CliError(format!(
+            "{error}; `modelhost unload NAME --force` stops it and its workers, or --name serves \
+             this one under another name"
+        )),
+        _ => error.into(),
+    }
+}
+
+/// Undoes this `up`'s load after a failure, and says so in the error.
+async fn roll_back(client: &Client, name: &str, error: CliError) -> CliError {
+    let path = format!("/v1/models/{name}?force=true");
+    match client.delete::<serde_json::Value>(&path).await {
+        Ok(_) => CliError(format!(
+            "{}; unloaded {name} again, so the host is as `up` found it (--keep-on-failure \
+             keeps it loaded for inspection)",
+            error.0
+        )),
+        Err(e) => CliError(format!("{}; unloading {name} failed as well: {e}", error.0)),
+    }
+}
+
+/// Follows the event stream until every planned worker of the model is Ready, with a progress
+/// bar per worker. A worker that fails for good, a failed load, an unload by someone else or a
+/// closed stream end the wait with an error. When the stream lagged, the model's own status
+/// fills in the events that were dropped.
+async fn wait_until_ready(
+    client: &Client,
+    events: &mut EventStream,
+    registered: &ModelInfo,
+    quiet: bool,
+) -> Result<ModelInfo, CliError> {
+    let name = registered.name.as_str();
+    let model_path = format!("/v1/models/{name}");
+    let expected = registered.plan.as_ref().map_or(0, |p| p.replicas.len());
+    let bars = MultiProgress::new();
+    if quiet {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style =
+        ProgressStyle::with_template("{prefix:>12} {msg:<10} [{bar:30}] {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    let mut per_worker: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    let mut states: BTreeMap<String, WorkerState> = BTreeMap::new();
+    let failed = |worker: &str, error: Option<String>| {
+        CliError(format!(
+            "worker {worker} failed: {}",
+            error.unwrap_or_else(|| "no reason given".into())
+        ))
+    };
+    loop {
+        let ready = states
+            .values()
+            .filter(|s| **s == WorkerState::Ready)
+            .count();
+        if states.len() >= expected && ready >= expected {
+            break;
+        }
+        let Some(envelope) = events.next().await? else {
+            return Err(CliError("the host closed the event stream".into()));
+        };
+        match envelope.event {
+            Event::WorkerProgress {
+                model,
+                worker,
+                done_bytes,
+                total_bytes,
+                ..
+            } if model == name => {
+                let bar = per_worker.entry(worker.clone()).or_insert_with(|| {
+                    let b = bars.add(ProgressBar::new(total_bytes));
+                    b.set_style(style.clone());
+                    b.set_prefix(worker);
+                    b
+                });
+                bar.set_length(total_bytes);
+                bar.set_position(done_bytes);
+                bar.set_message("attaching");
+            }
+            Event::WorkerState {
+                model,
+                worker,
+                state,
+                error,
+                ..
+            } if model == name => {
+                if state == WorkerState::Failed {
+                    return Err(failed(&worker, error));
+                }
+                if let Some(bar) = per_worker.get(&worker) {
+                    bar.set_message(format!("{state:?}").to_lowercase());
+                    if state == WorkerState::Ready {
+                        bar.finish();
+                    }
+                }
+                states.insert(worker, state);
+            }
+            Event::ModelState {
+                model,
+                error: Some(e),
+                ..
+            } if model == name => {
+                return Err(CliError(format!("{name} failed to load: {e}")));
+            }
+            Event::ModelUnloaded { model } if model == name => {
+                return Err(CliError(format!(
+                    "{name} was unloaded by another client before its workers were ready"
+                )));
+            }
+            Event::Lagged { .. } => {
+                let info: ModelInfo = client.get(&model_path).await?;
+                if let Some(e) = info.error.filter(|_| info.state == ModelState::Failed) {
+                    return Err(CliError(format!("{name} failed to load: {e}")));
+                }
+                for worker in info.workers {
+                    if worker.state == WorkerState::Failed {
+                        return Err(failed(&worker.id, worker.error));
+                    }
+                    states.insert(worker.id, worker.state);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(client.get(&model_path).await?)
 }

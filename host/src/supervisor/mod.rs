@@ -339,9 +339,32 @@ impl Shell {
                 Ok(pid)
             }
             Err(e) => {
+                let exited = self.exited_by_itself(Duration::from_millis(200));
                 self.reap();
                 tracing::warn!(worker = %self.spec.id, pid, error = %e, "refusing worker: handshake failed");
-                Err(format!("handshake with worker {pid}: {e}"))
+                Err(match exited {
+                    Some(status) => format!(
+                        "worker {pid} exited ({status}) before its handshake completed: {e}"
+                    ),
+                    None => format!("handshake with worker {pid}: {e}"),
+                })
+            }
+        }
+    }
+
+    /// How the child ended, if it exits by itself within `grace`. A worker that dies before its
+    /// handshake closes its socket a moment before it can be reaped; the status says more than
+    /// the reset connection does (a wrong binary, a bad argument, a crash).
+    fn exited_by_itself(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + grace;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => return None,
             }
         }
     }
