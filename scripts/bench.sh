@@ -102,8 +102,15 @@ cat >> docs/benchmarks.md <<'MD'
 
 ## GPU upload
 
-Measured only on a machine with an NVIDIA GPU (`scripts/gpu-check.sh`): a worker's upload in
-GB/s on the pinned-staging and registered-mapping paths, against a plain pinned host-to-device
-copy in the same run (goal: at least 0.8×). Not yet run: no GPU was lent to the sessions so far.
+Measured only on a machine with an NVIDIA GPU, by `scripts/gpu-check.sh`: a worker's upload of a
+1 GiB layer set from a file mapping, in GB/s, on the pinned-staging and registered-mapping
+paths, against a plain pinned host-to-device copy in the same run (goal: at least 0.8×), with a
+pageable copy beside them. On a GPU machine without cargo or a network, build the executables
+here with `scripts/gpu-bundle.sh`, carry `gpu-bundle/` across, and run the same script there.
 MD
+if [[ -f docs/gpu.md ]]; then
+    echo "The figures of the last GPU run are in [gpu.md](gpu.md)." >> docs/benchmarks.md
+else
+    echo "Not yet run: no GPU has been lent to the sessions so far." >> docs/benchmarks.md
+fi
 echo "wrote docs/benchmarks.md" >&2

@@ -1,8 +1,32 @@
 #!/usr/bin/env bash
-# The GPU checks, for a machine with an NVIDIA GPU and driver: upload correctness on both paths
-# (copy back and compare checksums), the KV allocation in device memory, and the upload
-# bandwidth against a plain pinned host-to-device copy in the same run.
+# The GPU checks, for a machine with an NVIDIA GPU and driver:
+# - the CUDA backend (worker/tests/gpu.rs): uploads intact on both paths (copied back and
+#   compared), KV and scratch in device memory, a full device named as out of memory, and the
+#   upload bandwidth of both paths against a pinned host-to-device copy in the same run;
+# - end to end (tests/tests/gpu.rs): a host spawning CUDA workers on a synthetic 2 GiB model,
+#   a restart after kill -9, and a device too small for its plan.
+# It runs the executables in gpu-bundle/ when that exists (see scripts/gpu-bundle.sh: for a GPU
+# machine without cargo), else builds with cargo. The log goes to $OUT/gpu-check.log when $OUT
+# is set, else target/gpu-check.log.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-cargo test --release -p modelhost-worker --test gpu -- --ignored --nocapture --test-threads 1
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+log=${OUT:-target}/gpu-check.log
+mkdir -p "$(dirname "$log")"
+exec > >(tee "$log") 2>&1
+echo "# scripts/gpu-check.sh, $(date -u +%Y-%m-%dT%H:%MZ), commit $(cat gpu-bundle/COMMIT 2>/dev/null || git rev-parse HEAD 2>/dev/null || echo unknown)"
+nvidia-smi --query-gpu=name,memory.total,driver_version,pcie.link.gen.current,pcie.link.width.current \
+    --format=csv,noheader || echo "nvidia-smi failed"
+args=(--ignored --nocapture --test-threads 1)
+# Both suites run even when the first fails: each says something the other does not.
+failed=0
+if [[ -d gpu-bundle/release/deps ]]; then
+    gpu-bundle/release/deps/worker-gpu "${args[@]}" || failed=1
+    gpu-bundle/release/deps/host-gpu "${args[@]}" || failed=1
+else
+    cargo build --release --workspace --bins
+    cargo test --release -p modelhost-worker --test gpu -- "${args[@]}" || failed=1
+    cargo test --release -p modelhost-tests --test gpu -- "${args[@]}" || failed=1
+fi
+echo "gpu-check: $([[ $failed == 0 ]] && echo passed || echo FAILED); log in $log"
+exit $failed

@@ -17,8 +17,24 @@ use crate::devices;
 /// Bytes per staging buffer: large enough for full-speed transfers, small enough to overlap.
 const STAGE: usize = 16 << 20;
 
+/// Bytes per copy on the registered path. Each copy completes as an event, so progress is
+/// reported as bytes land, many times a second even for a piece of gigabytes.
+const REGISTERED_STEP: usize = 64 << 20;
+
 fn cuda(e: DriverError) -> BackendError {
     BackendError::Device(format!("CUDA: {e}"))
+}
+
+/// An allocation's failure: a full device is `OutOfMemory`, which the host reports as such;
+/// anything else (a lost context, a bad value) keeps the driver's own word.
+fn allocation_failed(what: &'static str, bytes: u64) -> impl Fn(DriverError) -> BackendError {
+    move |e| {
+        if e.0 == cudarc::driver::sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+            BackendError::OutOfMemory { what, bytes }
+        } else {
+            BackendError::Device(format!("CUDA: allocating {bytes} bytes of {what}: {e}"))
+        }
+    }
 }
 
 pub struct CudaBackend {
@@ -59,19 +75,21 @@ impl CudaBackend {
     }
 
     /// Copies `bytes` to `device` through the two pinned buffers: while one buffer's copy runs on
-    /// the stream, the CPU fills the other.
+    /// the stream, the CPU fills the other. Progress counts the bytes whose copy has completed.
     fn upload_staged(
         &mut self,
         bytes: &[u8],
         device: &mut CudaSlice<u8>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), BackendError> {
-        let mut pending: [Option<CudaEvent>; 2] = [None, None];
+        // The copy last issued from each staging buffer, and its length.
+        let mut pending: [Option<(CudaEvent, usize)>; 2] = [None, None];
         for (i, chunk) in bytes.chunks(STAGE).enumerate() {
             let slot = i % 2;
             let offset = i * STAGE;
-            if let Some(done) = pending[slot].take() {
+            if let Some((done, len)) = pending[slot].take() {
                 done.synchronize().map_err(cuda)?;
+                progress(len as u64);
             }
             let mut view = device.slice_mut(offset..offset + chunk.len());
             if chunk.len() == STAGE {
@@ -86,14 +104,17 @@ impl CudaBackend {
                 // The short last piece: the driver stages pageable memory itself.
                 self.stream.memcpy_htod(chunk, &mut view).map_err(cuda)?;
             }
-            pending[slot] = Some(self.stream.record_event(None).map_err(cuda)?);
-            progress(chunk.len() as u64);
+            pending[slot] = Some((self.stream.record_event(None).map_err(cuda)?, chunk.len()));
         }
-        self.stream.synchronize().map_err(cuda)
+        self.stream.synchronize().map_err(cuda)?;
+        let rest: usize = pending.iter().flatten().map(|(_, len)| len).sum();
+        progress(rest as u64);
+        Ok(())
     }
 
     /// Copies straight from the shared mapping, registered read-only with the driver for the
-    /// duration of the copy: no staging buffer, no CPU copy.
+    /// duration of the copy: no staging buffer, no CPU copy. The copies go in steps of
+    /// [`REGISTERED_STEP`], each followed by an event, and progress counts the steps completed.
     fn upload_registered(
         &mut self,
         bytes: &[u8],
@@ -110,18 +131,34 @@ impl CudaBackend {
                 cudarc::driver::sys::CU_MEMHOSTREGISTER_READ_ONLY,
             )
             .result()
-            .map_err(cuda)?;
+            .map_err(|e| {
+                BackendError::Device(format!(
+                    "CUDA: registering {} bytes of the mapping read-only: {e}",
+                    bytes.len()
+                ))
+            })?;
         }
-        let copied = self
-            .stream
-            .memcpy_htod(bytes, device)
-            .and_then(|()| self.stream.synchronize());
-        // SAFETY: unregisters exactly the range registered above, after the copy completed.
+        let mut copy = || -> Result<(), DriverError> {
+            let mut steps = Vec::with_capacity(bytes.len().div_ceil(REGISTERED_STEP));
+            for (i, chunk) in bytes.chunks(REGISTERED_STEP).enumerate() {
+                let offset = i * REGISTERED_STEP;
+                let mut view = device.slice_mut(offset..offset + chunk.len());
+                self.stream.memcpy_htod(chunk, &mut view)?;
+                steps.push((self.stream.record_event(None)?, chunk.len()));
+            }
+            for (done, len) in steps {
+                done.synchronize()?;
+                progress(len as u64);
+            }
+            Ok(())
+        };
+        let copied = copy();
+        // Whatever happened, no copy may still be reading the range when it is unregistered.
+        let drained = self.stream.synchronize();
+        // SAFETY: unregisters exactly the range registered above, with the stream drained.
         let unregistered = unsafe { cudarc::driver::sys::cuMemHostUnregister(ptr).result() };
-        copied.map_err(cuda)?;
-        unregistered.map_err(cuda)?;
-        progress(bytes.len() as u64);
-        Ok(())
+        copied.and(drained).map_err(cuda)?;
+        unregistered.map_err(cuda)
     }
 
     /// Copies every placed buffer back to the host, for checking an upload.
@@ -140,13 +177,12 @@ impl Backend for CudaBackend {
         options: &WorkerOptions,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), BackendError> {
+        if bytes.is_empty() {
+            return Ok(()); // the driver refuses zero-byte allocations; there is nothing to copy
+        }
         // SAFETY: every byte of the buffer is written by the copy below before anything reads it.
-        let mut device = unsafe { self.stream.alloc::<u8>(bytes.len()) }.map_err(|_| {
-            BackendError::OutOfMemory {
-                what: "weights",
-                bytes: bytes.len() as u64,
-            }
-        })?;
+        let mut device = unsafe { self.stream.alloc::<u8>(bytes.len()) }
+            .map_err(allocation_failed("weights", bytes.len() as u64))?;
         if options.registered_upload {
             self.upload_registered(bytes, &mut device, progress)?;
         } else {
@@ -159,27 +195,27 @@ impl Backend for CudaBackend {
 
     fn allocate_kv(&mut self, bytes: u64) -> Result<(), BackendError> {
         let len = BackendError::len_for("KV cache", bytes)?;
-        self.kv =
-            Some(
+        self.kv = match len {
+            0 => None,
+            _ => Some(
                 self.stream
                     .alloc_zeros::<u8>(len)
-                    .map_err(|_| BackendError::OutOfMemory {
-                        what: "KV cache",
-                        bytes,
-                    })?,
-            );
+                    .map_err(allocation_failed("KV cache", bytes))?,
+            ),
+        };
         Ok(())
     }
 
     fn reserve_scratch(&mut self, bytes: u64) -> Result<(), BackendError> {
         let len = BackendError::len_for("scratch", bytes)?;
-        // SAFETY: scratch is working memory an engine writes before it reads.
-        self.scratch = Some(unsafe { self.stream.alloc::<u8>(len) }.map_err(|_| {
-            BackendError::OutOfMemory {
-                what: "scratch",
-                bytes,
-            }
-        })?);
+        self.scratch = match len {
+            0 => None,
+            // SAFETY: scratch is working memory an engine writes before it reads.
+            _ => Some(
+                unsafe { self.stream.alloc::<u8>(len) }
+                    .map_err(allocation_failed("scratch", bytes))?,
+            ),
+        };
         Ok(())
     }
 
