@@ -138,6 +138,17 @@ fn a_failed_up_leaves_the_host_as_it_found_it() {
         "{model}"
     );
 
+    // Arguments that contradict each other are refused before anything is loaded.
+    let contradiction = up(socket, &["--workers", "3", "--device", "cpu,cpu"]);
+    assert!(!contradiction.status.success());
+    assert!(
+        stderr(&contradiction).contains("--workers 3 but --device lists 2 devices"),
+        "{}",
+        stderr(&contradiction)
+    );
+    let none = up(socket, &["--workers", "0"]);
+    assert!(!none.status.success(), "zero workers is refused");
+
     // Running up again under the same name says how to get out of the way.
     let again = up(socket, &["--workers", "1", "--name", "doomed"]);
     assert!(!again.status.success());

@@ -24,9 +24,9 @@ use crate::units::format_bytes;
 pub struct UpArgs {
     /// The GGUF file (for a split model, any shard).
     model: PathBuf,
-    /// How many workers.
-    #[arg(long, default_value_t = 1)]
-    workers: u32,
+    /// How many workers (default: one per device listed, else 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    workers: Option<u32>,
     /// The device for every worker (cpu, cpu:N, cuda:N), or a comma-separated list, one per worker.
     #[arg(long, default_value = "cpu", value_delimiter = ',')]
     device: Vec<String>,
@@ -90,12 +90,18 @@ pub fn run(args: UpArgs) -> Result<(), CliError> {
         .socket_path()
         .unwrap_or_else(default_socket_path);
     let client = Client::new(&socket);
-    ensure_host(&client, &socket)?;
-    let devices: Vec<String> = if args.device.len() == 1 {
-        vec![args.device[0].clone(); args.workers as usize]
-    } else {
-        args.device.clone()
+    let devices: Vec<String> = match (args.device.as_slice(), args.workers) {
+        ([one], workers) => vec![one.clone(); workers.unwrap_or(1) as usize],
+        (listed, Some(n)) if n as usize != listed.len() => {
+            return Err(CliError(format!(
+                "--workers {n} but --device lists {} devices; list one device per worker, or \
+                 one device for them all",
+                listed.len()
+            )))
+        }
+        (listed, _) => listed.to_vec(),
     };
+    ensure_host(&client, &socket)?;
     let request = LoadRequest {
         path: std::path::absolute(&args.model)?,
         name: args.name.clone(),
