@@ -143,3 +143,58 @@ pub mod models {
         }
     }
 }
+
+/// The stand-in libcuda (`tests/fixtures/standin-libcuda.c`), for running modelhost's CUDA path
+/// on a machine without a GPU.
+pub mod standin_cuda {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    use crate::workspace_root;
+
+    /// Builds the stand-in once per test process and returns the folder that holds
+    /// `libcuda.so`: put it first in `LD_LIBRARY_PATH` of a new process.
+    pub fn library_dir() -> PathBuf {
+        static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        BUILT
+            .get_or_init(|| {
+                let dir = std::env::temp_dir()
+                    .join(format!("modelhost-standin-cuda-{}", std::process::id()));
+                std::fs::create_dir_all(&dir).expect("create the stand-in's folder");
+                let source = workspace_root().join("tests/fixtures/standin-libcuda.c");
+                let out = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+                    .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o"])
+                    .arg(dir.join("libcuda.so"))
+                    .arg(&source)
+                    .output()
+                    .expect("run the C compiler (cc) for the stand-in libcuda");
+                assert!(
+                    out.status.success(),
+                    "building the stand-in libcuda failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                dir
+            })
+            .clone()
+    }
+
+    /// The counters the stand-in wrote for process `pid` into the trace folder `dir`.
+    pub fn trace(dir: &Path, pid: u64) -> BTreeMap<String, String> {
+        let path = dir.join(format!("{pid}.trace"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("no stand-in trace at {}: {e}", path.display()));
+        text.lines()
+            .filter_map(|line| line.split_once(' '))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// One counter of a trace, as a number.
+    pub fn counter(trace: &BTreeMap<String, String>, key: &str) -> u64 {
+        trace
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no counter {key} in {trace:?}"))
+    }
+}
