@@ -212,6 +212,7 @@ fn a_host_runs_cuda_workers_on_the_standin_driver() {
                 ("LD_LIBRARY_PATH", library_dir().display().to_string()),
                 ("STANDIN_CUDA_TRACE", traces.display().to_string()),
                 ("STANDIN_CUDA_MEM", DEVICE_BYTES.to_string()),
+                ("STANDIN_CUDA_DEVICES", "2".into()),
             ],
             ..Default::default()
         },
@@ -260,6 +261,47 @@ fn a_host_runs_cuda_workers_on_the_standin_driver() {
         println!("{name}: worker {pid} uploaded {weights} bytes through the stand-in: {t:?}");
     }
 
+    // Split mode: one instance across both devices, a worker per device with its own blocks.
+    load(
+        socket,
+        "split",
+        "cuda:0",
+        json!({ "devices": ["cuda:0", "cuda:1"],
+                "placement": { "ctx": 4096, "mode": "split" } }),
+    );
+    let split = wait_for(socket, "split", "two ready CUDA workers", |m| {
+        ready_with(m, 2)
+    });
+    let workers = split["workers"].as_array().unwrap();
+    let devices: Vec<&str> = workers
+        .iter()
+        .filter_map(|w| w["device"].as_str())
+        .collect();
+    assert_eq!(devices, ["cuda:0", "cuda:1"], "{split}");
+    let blocks: Vec<u64> = workers
+        .iter()
+        .filter_map(|w| w["layers"].as_u64())
+        .collect();
+    assert_eq!(
+        blocks.iter().sum::<u64>(),
+        18,
+        "the blocks are split: {blocks:?}"
+    );
+    assert!(
+        blocks.iter().all(|b| *b > 0),
+        "both devices hold blocks: {blocks:?}"
+    );
+    for w in workers {
+        let t = trace(&traces, w["pid"].as_u64().unwrap());
+        assert_eq!(counter(&t, "violations"), 0, "{t:?}");
+        // gemma's blocks are 4 MiB, under one staging buffer: the driver stages them itself.
+        assert_eq!(
+            counter(&t, "htod_pinned") + counter(&t, "htod_pageable"),
+            w["weights_bytes"].as_u64().unwrap(),
+            "{w} uploaded its blocks: {t:?}"
+        );
+    }
+
     // kill -9: the supervisor restarts the CUDA worker, which uploads again.
     let before = get(socket, "/v1/models/staged").json();
     let victim = before["workers"][0]["pid"].as_u64().unwrap();
@@ -285,8 +327,8 @@ fn a_host_runs_cuda_workers_on_the_standin_driver() {
         error.contains("out of memory allocating") && error.contains("for the KV cache"),
         "{error}"
     );
-    for name in ["staged", "registered"] {
+    for (name, n) in [("staged", 1), ("registered", 1), ("split", 2)] {
         let model = get(socket, &format!("/v1/models/{name}")).json();
-        assert!(ready_with(&model, 1), "{name} kept serving: {model}");
+        assert!(ready_with(&model, n), "{name} kept serving: {model}");
     }
 }
