@@ -25,6 +25,7 @@ struct FileConfig {
     socket: Option<PathBuf>,
     worker_socket: Option<PathBuf>,
     worker_handshake_timeout_ms: Option<u64>,
+    device_query_timeout_ms: Option<u64>,
     allow_group: Option<GroupSpec>,
     #[serde(default)]
     model_dirs: Vec<PathBuf>,
@@ -54,6 +55,9 @@ pub struct Config {
     pub worker_socket: PathBuf,
     /// How long a connecting worker has to complete its handshake and say Hello.
     pub worker_handshake_timeout: Duration,
+    /// How long a CUDA device query (`modelhost-worker --inventory`) may take before it is
+    /// killed and the load refused.
+    pub device_query_timeout: Duration,
     /// A group whose members may use the control socket besides the daemon's own user.
     pub allow_gid: Option<u32>,
     /// When not empty, models may only be loaded from inside these directories.
@@ -134,6 +138,9 @@ impl Config {
                 .unwrap_or_else(|| socket.with_file_name("workers.sock")),
             worker_handshake_timeout: Duration::from_millis(
                 file.worker_handshake_timeout_ms.unwrap_or(5_000),
+            ),
+            device_query_timeout: Duration::from_millis(
+                file.device_query_timeout_ms.unwrap_or(20_000),
             ),
             socket,
             allow_gid,

@@ -61,6 +61,7 @@ fn raise_fd_limit() {
 fn policy(config: &Config) -> Policy {
     Policy {
         model_dirs: config.model_dirs.clone(),
+        device_query_timeout: config.device_query_timeout,
     }
 }
 

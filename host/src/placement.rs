@@ -1,7 +1,13 @@
 //! The host's side of placement: device specs from text, plan options from a request, and the
 //! host memory a model may use. The planner itself is `modelhost_protocol::placement`.
 
-use modelhost_protocol::placement::{DeviceId, DeviceSpec, GpuLayers, Mode, PlanOptions};
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use modelhost_protocol::placement::{
+    DeviceId, DeviceKind, DeviceSpec, GpuLayers, Mode, PlanOptions,
+};
 use modelhost_protocol::GgmlType;
 use modelhost_worker::devices::{self, DeviceError};
 use serde::{Deserialize, Serialize};
@@ -17,6 +23,9 @@ pub enum PlacementError {
     BadDevice { text: String, message: String },
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// A device query in a worker process failed or timed out; the text names the device.
+    #[error("{0}")]
+    DeviceQuery(String),
     #[error("{0}")]
     BadOption(String),
 }
@@ -71,8 +80,19 @@ impl PlacementRequest {
 /// The tag a stated size leaves in a device's name.
 const STATED: &str = "(stated)";
 
+/// Where a CUDA device's free memory is asked for.
+#[derive(Debug, Clone, Copy)]
+pub enum DeviceQuery {
+    /// In this process: for the CLI, which exits after one plan.
+    InProcess,
+    /// In a `modelhost-worker --inventory` child, killed after `timeout`: for the daemon. The
+    /// daemon never loads the CUDA driver, so it holds no context and no driver threads, and a
+    /// driver that hangs (a lost GPU) costs one load its answer rather than the daemon a thread.
+    Worker { timeout: Duration },
+}
+
 /// Parses `cuda:0=24GiB` (a stated size) or `cuda:0` (asked of the device).
-pub fn device_spec(text: &str) -> Result<DeviceSpec, PlacementError> {
+pub fn device_spec(text: &str, query: DeviceQuery) -> Result<DeviceSpec, PlacementError> {
     let bad = |message: String| PlacementError::BadDevice {
         text: text.to_owned(),
         message,
@@ -93,8 +113,69 @@ pub fn device_spec(text: &str) -> Result<DeviceSpec, PlacementError> {
             free_bytes: bytes,
             limit_bytes: None,
         }),
-        None => Ok(devices::inventory(id)?),
+        None => match (id.kind, query) {
+            (DeviceKind::Cuda, DeviceQuery::Worker { timeout }) => query_in_worker(id, timeout),
+            _ => Ok(devices::inventory(id)?),
+        },
     }
+}
+
+/// Runs `modelhost-worker --inventory --device ID` and reads the JSON `DeviceSpec` it prints.
+fn query_in_worker(id: DeviceId, timeout: Duration) -> Result<DeviceSpec, PlacementError> {
+    let failed = |message: String| PlacementError::DeviceQuery(format!("{id}: {message}"));
+    let binary = crate::supervisor::worker_binary();
+    let mut child = Command::new(&binary)
+        .arg("--inventory")
+        .arg("--device")
+        .arg(id.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("starting {}: {e}", binary.display())))?;
+    // The answer is a few hundred bytes, far below a pipe's buffer: the child never blocks on
+    // output, so waiting for its exit before reading cannot deadlock.
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failed(format!(
+                    "the CUDA driver did not answer within {} ms (device_query_timeout_ms); the \
+                     GPU may be hung or lost, see nvidia-smi",
+                    timeout.as_millis()
+                )));
+            }
+            Err(e) => return Err(failed(format!("waiting for the device query: {e}"))),
+        }
+    };
+    let read = |pipe: Option<&mut dyn Read>| {
+        let mut text = String::new();
+        if let Some(pipe) = pipe {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        text
+    };
+    let stdout = read(child.stdout.as_mut().map(|p| p as &mut dyn Read));
+    let stderr = read(child.stderr.as_mut().map(|p| p as &mut dyn Read));
+    if !status.success() {
+        // The worker's own message already names the device: pass it on as it is.
+        let message = stderr.trim().trim_start_matches("modelhost-worker: ");
+        return Err(PlacementError::DeviceQuery(if message.is_empty() {
+            format!("{id}: the device query failed ({status})")
+        } else {
+            message.to_owned()
+        }));
+    }
+    let spec: DeviceSpec = serde_json::from_str(stdout.trim())
+        .map_err(|e| failed(format!("unreadable answer from the device query: {e}")))?;
+    if spec.id != id {
+        return Err(failed(format!("the device query answered for {}", spec.id)));
+    }
+    Ok(spec)
 }
 
 /// Host memory for a model: a stated CPU size when one is given (cpu=64GiB); else MemAvailable

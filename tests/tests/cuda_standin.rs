@@ -302,6 +302,13 @@ fn a_host_runs_cuda_workers_on_the_standin_driver() {
         );
     }
 
+    // The daemon asked a worker process about the device: it never loaded the driver itself.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", daemon.pid())).unwrap();
+    assert!(
+        !maps.contains("libcuda"),
+        "the host process has the CUDA driver loaded"
+    );
+
     // kill -9: the supervisor restarts the CUDA worker, which uploads again.
     let before = get(socket, "/v1/models/staged").json();
     let victim = before["workers"][0]["pid"].as_u64().unwrap();
@@ -331,4 +338,72 @@ fn a_host_runs_cuda_workers_on_the_standin_driver() {
         let model = get(socket, &format!("/v1/models/{name}")).json();
         assert!(ready_with(&model, n), "{name} kept serving: {model}");
     }
+}
+
+#[test]
+fn a_hung_driver_costs_one_load_its_answer_not_the_host() {
+    let dir = Scratch::new("standin-hang");
+    let config = dir.path("config.toml");
+    std::fs::write(&config, "device_query_timeout_ms = 300\n").unwrap();
+    let daemon = Daemon::start(
+        &dir.path("control.sock"),
+        DaemonOptions {
+            config: Some(&config),
+            env: vec![
+                ("LD_LIBRARY_PATH", library_dir().display().to_string()),
+                ("STANDIN_CUDA_HANG_INIT", "1".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    let socket = &daemon.socket;
+    let steady = json!({ "path": gemma_model(), "name": "steady" });
+    assert_eq!(
+        request(socket, "POST", "/v1/models", Some(&steady)).status,
+        201
+    );
+
+    let started = std::time::Instant::now();
+    let body = json!({
+        "path": gemma_model(), "name": "on-gpu", "spawn_workers": true, "devices": ["cuda:0"],
+    });
+    let response = request(socket, "POST", "/v1/models", Some(&body));
+    let elapsed = started.elapsed();
+    let error: Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(response.status, 422, "{error}");
+    assert_eq!(error["error"]["code"], "device_unavailable", "{error}");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("cuda:0: the CUDA driver did not answer within 300 ms"),
+        "{message}"
+    );
+    assert!(
+        elapsed < std::time::Duration::from_secs(5),
+        "the refusal took {elapsed:?}"
+    );
+
+    // The hung query was killed, and the host serves on.
+    let host = daemon.pid().to_string();
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let parent = status.lines().find_map(|l| l.strip_prefix("PPid:"))?.trim();
+            let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+            (parent == host && cmdline.contains("--inventory")).then(|| format!("{pid}"))
+        })
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "device queries left running: {leftovers:?}"
+    );
+    assert_eq!(get(socket, "/healthz").status, 200);
+    let steady = get(socket, "/v1/models/steady").json();
+    assert_eq!(steady["state"], "ready", "{steady}");
+    assert_eq!(
+        get(socket, "/v1/models/on-gpu").status,
+        404,
+        "the refused load left nothing behind"
+    );
 }

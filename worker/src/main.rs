@@ -40,17 +40,33 @@ struct Args {
     /// A name for the host's logs.
     #[arg(long, default_value = "worker")]
     worker_id: String,
+    /// Print the device's inventory (name, total and free memory) as JSON, and exit. The host
+    /// asks the CUDA driver this way, so that the daemon itself never loads the driver.
+    #[arg(long, conflicts_with_all = ["fd", "connect"])]
+    inventory: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args) {
+    let outcome = if args.inventory {
+        print_inventory(args.device)
+    } else {
+        run(args)
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("modelhost-worker: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn print_inventory(device: DeviceId) -> Result<(), String> {
+    let spec = devices::inventory(device).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
+    println!("{json}");
+    Ok(())
 }
 
 fn send(sender: &Mutex<Sender>, message: &Message) {

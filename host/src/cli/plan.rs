@@ -11,7 +11,7 @@ use modelhost_worker::devices;
 use super::CliError;
 use crate::model_file::MappedModel;
 use crate::pages;
-use crate::placement::{device_spec, host_available, PlacementRequest};
+use crate::placement::{device_spec, host_available, DeviceQuery, PlacementRequest};
 use crate::units::{format_bytes, parse_size};
 
 #[derive(Debug, Args)]
@@ -104,7 +104,7 @@ pub fn run(args: PlanArgs) -> Result<(), CliError> {
     } else {
         args.devices
             .iter()
-            .map(|d| device_spec(d))
+            .map(|d| device_spec(d, DeviceQuery::InProcess))
             .collect::<Result<_, _>>()?
     };
     let mut options = args.request()?.options()?;

@@ -63,7 +63,7 @@ impl From<LoadError> for ApiError {
             LoadError::Placement(PlacementError::BadOption(_)) => {
                 (StatusCode::BAD_REQUEST, "invalid_placement")
             }
-            LoadError::Placement(PlacementError::Device(_)) => {
+            LoadError::Placement(PlacementError::Device(_) | PlacementError::DeviceQuery(_)) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "device_unavailable")
             }
             LoadError::Plan(_) | LoadError::NoManifest(_) => {

@@ -17,7 +17,7 @@ use crate::control::types::{LayerSummary, LoadRequest, MlockMode, ModelInfo, Mod
 use crate::events::{Event, Phase, ProgressThrottle};
 use crate::model_file::{MappedModel, OpenError};
 use crate::pages;
-use crate::placement::{device_spec, host_available, PlacementError};
+use crate::placement::{device_spec, host_available, DeviceQuery, PlacementError};
 use crate::supervisor::{WorkerHandle, WorkerSpec};
 
 /// Why a load was refused before it started.
@@ -292,7 +292,14 @@ impl Registry {
         let devices = req
             .devices
             .iter()
-            .map(|d| device_spec(d))
+            .map(|d| {
+                device_spec(
+                    d,
+                    DeviceQuery::Worker {
+                        timeout: self.policy().device_query_timeout,
+                    },
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut options = req.placement.options()?;
         options.host_available_bytes = host_available(&devices, mapped)?;

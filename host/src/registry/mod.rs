@@ -78,10 +78,21 @@ pub enum UnloadError {
 }
 
 /// Policy that SIGHUP can change.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     /// When not empty, loads must come from inside these (normalized, absolute) directories.
     pub model_dirs: Vec<PathBuf>,
+    /// The limit on a CUDA device query at load time.
+    pub device_query_timeout: std::time::Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            model_dirs: Vec::new(),
+            device_query_timeout: std::time::Duration::from_secs(20),
+        }
+    }
 }
 
 /// All loaded models.
