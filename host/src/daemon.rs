@@ -100,12 +100,12 @@ async fn run_async(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let preload = config.models.clone();
     let state = AppState::new(Arc::clone(&registry), config, shutdown_rx);
-    let server = tokio::spawn(serve(listener, Arc::clone(&state)));
+    // Both sockets exist before either accepts: a client that reaches the control socket can
+    // count on the worker socket being there too.
     let worker_socket = state.config().worker_socket.clone();
-    let workers = tokio::spawn(accept_workers(
-        bind(&worker_socket, state.config().allow_gid)?,
-        Arc::clone(&state),
-    ));
+    let worker_listener = bind(&worker_socket, state.config().allow_gid)?;
+    let server = tokio::spawn(serve(listener, Arc::clone(&state)));
+    let workers = tokio::spawn(accept_workers(worker_listener, Arc::clone(&state)));
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "modelhost serving");
 
     load_configured(&registry, preload).await;

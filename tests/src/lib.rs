@@ -108,6 +108,31 @@ pub mod models {
 
     use crate::http::get;
 
+    /// POSTs a load and fails the test unless the host answers 201 Created; returns the model.
+    pub fn load(socket: &Path, body: &Value) -> Value {
+        let response = crate::http::request(socket, "POST", "/v1/models", Some(body));
+        assert_eq!(
+            response.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        response.json()
+    }
+
+    /// Loads `model` as `name` with one spawned worker on `device`, at a 4096-token context in
+    /// replicate mode; the fields of `extra` replace or add to the request's.
+    pub fn load_on_device(socket: &Path, model: &Path, name: &str, device: &str, extra: Value) {
+        let mut body = serde_json::json!({
+            "path": model, "name": name, "spawn_workers": true, "devices": [device],
+            "placement": { "ctx": 4096, "mode": "replicate" },
+        });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        load(socket, &body);
+    }
+
     /// Polls `GET /v1/models/NAME` until `done` holds, or fails the test after 30 s.
     pub fn wait_for(socket: &Path, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -17,7 +17,7 @@ use modelhost_protocol::placement::DeviceId;
 use modelhost_protocol::wire::{checksum64, WorkerOptions};
 use modelhost_tests::daemon::{Daemon, DaemonOptions};
 use modelhost_tests::http::{get, request};
-use modelhost_tests::models::{ready_with, wait_for};
+use modelhost_tests::models::{load_on_device, ready_with, wait_for};
 use modelhost_tests::standin_cuda::{counter, library_dir, trace};
 use modelhost_tests::{gemma_model, Scratch};
 use modelhost_worker::backend::cuda::CudaBackend;
@@ -183,23 +183,6 @@ fn own_trace_or_empty(dir: &Path) -> BTreeMap<String, u64> {
         .collect()
 }
 
-fn load(socket: &Path, name: &str, device: &str, extra: Value) {
-    let mut body = json!({
-        "path": gemma_model(), "name": name, "spawn_workers": true, "devices": [device],
-        "placement": { "ctx": 4096, "mode": "replicate" },
-    });
-    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
-        body.extend(extra.clone());
-    }
-    let response = request(socket, "POST", "/v1/models", Some(&body));
-    assert_eq!(
-        response.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
-}
-
 #[test]
 fn a_host_runs_cuda_workers_on_the_standin_driver() {
     let dir = Scratch::new("standin-host");
@@ -221,8 +204,9 @@ fn a_host_runs_cuda_workers_on_the_standin_driver() {
 
     // `cuda:0` with no size: the host asks the driver for the device's free memory.
     for (name, registered) in [("staged", false), ("registered", true)] {
-        load(
+        load_on_device(
             socket,
+            &gemma_model(),
             name,
             "cuda:0",
             json!({ "worker_options": { "registered_upload": registered } }),
@@ -262,8 +246,9 @@ fn a_host_runs_cuda_workers_on_the_standin_driver() {
     }
 
     // Split mode: one instance across both devices, a worker per device with its own blocks.
-    load(
+    load_on_device(
         socket,
+        &gemma_model(),
         "split",
         "cuda:0",
         json!({ "devices": ["cuda:0", "cuda:1"],
@@ -320,8 +305,9 @@ fn a_host_runs_cuda_workers_on_the_standin_driver() {
 
     // A plan for a bigger card than the device has: the KV allocation meets a full device, the
     // worker fails with that, and the host goes on serving the others.
-    load(
+    load_on_device(
         socket,
+        &gemma_model(),
         "toolarge",
         "cuda:0=64GiB",
         json!({ "placement": { "ctx": 32768, "parallel": 32, "mode": "replicate" } }),
@@ -358,10 +344,7 @@ fn a_hung_driver_costs_one_load_its_answer_not_the_host() {
     );
     let socket = &daemon.socket;
     let steady = json!({ "path": gemma_model(), "name": "steady" });
-    assert_eq!(
-        request(socket, "POST", "/v1/models", Some(&steady)).status,
-        201
-    );
+    modelhost_tests::models::load(socket, &steady);
 
     let started = std::time::Instant::now();
     let body = json!({

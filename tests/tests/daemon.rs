@@ -15,14 +15,7 @@ use serde_json::{json, Value};
 const EVENT_WAIT: Duration = Duration::from_secs(60);
 
 fn load(socket: &Path, body: Value) -> Value {
-    let response = request(socket, "POST", "/v1/models", Some(&body));
-    assert_eq!(
-        response.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
-    response.json()
+    modelhost_tests::models::load(socket, &body)
 }
 
 /// Collects events until `model` reaches ready or failed; returns them all.

@@ -6,33 +6,15 @@
 //!
 //! The model is synthetic (`modelhost synth`), so the test needs nothing from the network.
 
-use std::path::Path;
 use std::time::Instant;
 
 use modelhost_tests::daemon::{Daemon, DaemonOptions};
 use modelhost_tests::http::{get, request};
-use modelhost_tests::models::{ready_with, wait_for};
+use modelhost_tests::models::{load_on_device, ready_with, wait_for};
 use modelhost_tests::{modelhost_ok, Scratch};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
-
-fn load(socket: &Path, model: &Path, name: &str, device: &str, extra: Value) {
-    let mut body = json!({
-        "path": model, "name": name, "spawn_workers": true, "devices": [device],
-        "placement": { "ctx": 4096, "mode": "replicate" },
-    });
-    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
-        body.extend(extra.clone());
-    }
-    let response = request(socket, "POST", "/v1/models", Some(&body));
-    assert_eq!(
-        response.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
-}
 
 fn worker(model: &Value) -> &Value {
     &model["workers"][0]
@@ -59,7 +41,7 @@ fn cuda_workers_upload_every_block_restart_and_report_a_full_device() {
 
     for (name, registered) in [("staged", false), ("registered", true)] {
         let started = Instant::now();
-        load(
+        load_on_device(
             socket,
             &model,
             name,
@@ -100,7 +82,7 @@ fn cuda_workers_upload_every_block_restart_and_report_a_full_device() {
 
     // A plan for a far larger card than this one: the worker's KV allocation meets a full device,
     // says so, and the host keeps serving the other models.
-    load(
+    load_on_device(
         socket,
         &model,
         "toolarge",

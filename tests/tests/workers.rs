@@ -17,13 +17,7 @@ fn load_with_workers(socket: &Path, name: &str, workers: usize) {
         "path": gemma_model(), "name": name, "spawn_workers": true,
         "devices": vec!["cpu"; workers], "placement": { "ctx": 4096, "mode": "replicate" },
     });
-    let response = request(socket, "POST", "/v1/models", Some(&body));
-    assert_eq!(
-        response.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
+    modelhost_tests::models::load(socket, &body);
 }
 
 fn pids(model: &Value) -> Vec<u32> {
