@@ -212,11 +212,11 @@ fn a_host_runs_cuda_workers_on_the_standin_driver() {
             json!({ "worker_options": { "registered_upload": registered } }),
         );
         let model = wait_for(socket, name, "a ready CUDA worker", |m| ready_with(m, 1));
-        // The budget is the driver's free memory less the 512 MiB reserve and 256 MiB overhead.
+        // The budget is the driver's free memory less the 512 MiB reserve.
         let plan = &model["plan"]["replicas"][0]["devices"][0];
         assert_eq!(
             plan["budget_bytes"].as_u64(),
-            Some(DEVICE_BYTES - (768 << 20)),
+            Some(DEVICE_BYTES - (512 << 20)),
             "planned from the driver's free memory: {plan}"
         );
         let worker = &model["workers"][0];

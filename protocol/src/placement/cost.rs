@@ -104,13 +104,17 @@ pub(crate) fn output_scratch(manifest: &ModelManifest, options: &PlanOptions) ->
         * (manifest.vocab_size + u64::from(manifest.hyper_params.embedding_length))
 }
 
-/// What a GPU may hold: the smaller of free memory and its configured limit, less the reserve
-/// (headroom that stays free) and the backend's fixed overhead.
-pub(crate) fn gpu_budget(device: &DeviceSpec, options: &PlanOptions) -> u64 {
-    let usable = device
+/// What a GPU may hold in all: the smaller of free memory and its configured limit, less the
+/// reserve (headroom that stays free). A plan's `budget_bytes`.
+pub(crate) fn gpu_room(device: &DeviceSpec, options: &PlanOptions) -> u64 {
+    device
         .limit_bytes
-        .map_or(device.free_bytes, |l| l.min(device.free_bytes));
-    usable
+        .map_or(device.free_bytes, |l| l.min(device.free_bytes))
         .saturating_sub(options.gpu_reserve_bytes)
-        .saturating_sub(options.gpu_overhead_bytes)
+}
+
+/// What a GPU may hold of weights, KV cache and scratch: its room less the backend's fixed
+/// overhead.
+pub(crate) fn gpu_budget(device: &DeviceSpec, options: &PlanOptions) -> u64 {
+    gpu_room(device, options).saturating_sub(options.gpu_overhead_bytes)
 }

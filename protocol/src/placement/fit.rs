@@ -2,7 +2,7 @@
 
 use core::ops::Range;
 
-use super::cost::{block_scratch, gpu_budget, output_scratch, KvCosts};
+use super::cost::{block_scratch, gpu_budget, gpu_room, output_scratch, KvCosts};
 use super::{
     DeviceId, DeviceSpec, DeviceUse, GpuLayers, HostUse, Mode, Plan, PlanError, PlanOptions,
     Replica,
@@ -356,9 +356,8 @@ fn instance(
     let devices: Vec<DeviceUse> = gpus
         .iter()
         .zip(&rs)
-        .zip(&budgets)
         .enumerate()
-        .map(|(i, ((g, r), &budget))| {
+        .map(|(i, (g, r))| {
             let output = output_on == Some(i);
             let (weight_bytes, kv_bytes, scratch_bytes) = costs.device(r.clone(), output);
             let used = !r.is_empty() || output;
@@ -372,7 +371,7 @@ fn instance(
                 scratch_bytes,
                 overhead_bytes,
                 total_bytes: weight_bytes + kv_bytes + scratch_bytes + overhead_bytes,
-                budget_bytes: budget,
+                budget_bytes: gpu_room(g, options),
             }
         })
         .collect();

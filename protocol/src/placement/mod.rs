@@ -204,7 +204,8 @@ pub struct DeviceUse {
     pub overhead_bytes: u64,
     /// weight + kv + scratch + overhead.
     pub total_bytes: u64,
-    /// What the device may hold after the reserve (`total_bytes` never exceeds it).
+    /// What the device may hold after the reserve: free memory (or its limit, if smaller) less
+    /// the reserve. `total_bytes` never exceeds it.
     pub budget_bytes: u64,
 }
 
