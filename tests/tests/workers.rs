@@ -146,6 +146,18 @@ fn a_killed_worker_restarts_without_reading_the_disk() {
         model["workers"][0]["restarts"], 0,
         "the other worker was not disturbed"
     );
+    // The restart is what an operator's alert sees.
+    let metrics = String::from_utf8(get(&daemon.socket, "/metrics").body).unwrap();
+    for line in [
+        "# TYPE modelhost_worker_restarts_total counter",
+        "modelhost_worker_restarts_total{model=\"g\",worker=\"g-1\",device=\"cpu\"} 1",
+        "modelhost_worker_restarts_total{model=\"g\",worker=\"g-0\",device=\"cpu\"} 0",
+        "modelhost_worker_ready{model=\"g\",worker=\"g-1\",device=\"cpu\"} 1",
+        "modelhost_worker_failed{model=\"g\",worker=\"g-1\",device=\"cpu\"} 0",
+        "modelhost_worker_layers_ready{model=\"g\",worker=\"g-1\",device=\"cpu\"} 18",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
 }
 
 #[test]

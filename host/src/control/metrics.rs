@@ -6,6 +6,8 @@ use std::sync::atomic::Ordering;
 use super::types::ModelState;
 use super::AppState;
 use crate::pages;
+use crate::supervisor::machine::WorkerState;
+use crate::supervisor::WorkerInfo;
 
 pub fn render_metrics(state: &AppState) -> String {
     let mut out = String::new();
@@ -68,9 +70,58 @@ pub fn render_metrics(state: &AppState) -> String {
         &per_model(&|m| {
             m.workers
                 .iter()
-                .filter(|w| w.state == crate::supervisor::machine::WorkerState::Ready)
+                .filter(|w| w.state == WorkerState::Ready)
                 .count() as f64
         }),
+    );
+    // Per worker, labelled by model, worker and device: what an operator alerts on when one
+    // device's worker keeps failing while the model's other workers serve.
+    let workers: Vec<(String, &WorkerInfo)> = models
+        .iter()
+        .flat_map(|m| {
+            m.workers.iter().map(move |w| {
+                (
+                    format!(
+                        "{{model=\"{}\",worker=\"{}\",device=\"{}\"}}",
+                        m.name, w.id, w.device
+                    ),
+                    w,
+                )
+            })
+        })
+        .collect();
+    let per_worker = |f: &dyn Fn(&WorkerInfo) -> f64| -> Vec<(String, f64)> {
+        workers.iter().map(|(l, w)| (l.clone(), f(w))).collect()
+    };
+    gauge(
+        "modelhost_worker_ready",
+        "1 while the worker is ready.",
+        &per_worker(&|w| f64::from(u8::from(w.state == WorkerState::Ready))),
+    );
+    gauge(
+        "modelhost_worker_failed",
+        "1 when the worker has failed for good (the supervisor gave up restarting it).",
+        &per_worker(&|w| f64::from(u8::from(w.state == WorkerState::Failed))),
+    );
+    gauge(
+        "modelhost_worker_layers_ready",
+        "Blocks the worker has placed on its device.",
+        &per_worker(&|w| f64::from(w.layers_ready)),
+    );
+    gauge(
+        "modelhost_worker_weights_bytes",
+        "Bytes of weights the worker holds on its device (on the CPU: uses in place).",
+        &per_worker(&|w| w.weights_bytes as f64),
+    );
+    gauge(
+        "modelhost_worker_kv_bytes",
+        "Bytes of the worker's KV cache.",
+        &per_worker(&|w| w.kv_bytes as f64),
+    );
+    gauge(
+        "modelhost_worker_pss_bytes",
+        "Proportional set size of the worker process.",
+        &per_worker(&|w| w.memory.map_or(0.0, |m| m.pss_bytes as f64)),
     );
     let memory = pages::process_memory(None).unwrap_or_default();
     gauge(
@@ -83,6 +134,17 @@ pub fn render_metrics(state: &AppState) -> String {
         "Proportional set size of the host.",
         &[(String::new(), memory.pss_bytes as f64)],
     );
+    let _ = writeln!(
+        out,
+        "# HELP modelhost_worker_restarts_total Times the supervisor restarted the worker.\n# TYPE modelhost_worker_restarts_total counter"
+    );
+    for (labels, w) in &workers {
+        let _ = writeln!(
+            out,
+            "modelhost_worker_restarts_total{labels} {}",
+            w.restarts
+        );
+    }
     let c = &state.counters;
     let _ = writeln!(
         out,
