@@ -384,3 +384,46 @@ fn a_numa_worker_is_pinned_and_worker_options_reach_the_workers() {
         "VmLck {locked_kb} kB for {weights} bytes of weights"
     );
 }
+
+#[test]
+fn a_workers_stderr_reaches_the_host_log_as_json_lines() {
+    let dir = Scratch::new("stderr");
+    // A worker that says why it is giving up, in two lines, and exits.
+    let worker = dir.path("talkative-worker");
+    std::fs::write(
+        &worker,
+        "#!/bin/sh\nprintf 'modelhost-worker: first words\\nlast words' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path("config.toml");
+    std::fs::write(&config, "log_format = \"json\"\n").unwrap();
+    let daemon = Daemon::start(
+        &dir.path("control.sock"),
+        DaemonOptions {
+            config: Some(&config),
+            env: vec![("MODELHOST_WORKER", worker.display().to_string())],
+            ..Default::default()
+        },
+    );
+    load_with_workers(&daemon.socket, "m", 1);
+    wait_for(&daemon.socket, "m", "the worker to fail", |m| {
+        m["workers"][0]["state"] == "failed"
+    });
+    let log = daemon.log_text();
+    let events: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let said = |words: &str| {
+        events.iter().any(|e| {
+            e["worker"] == "m-0"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m == format!("worker stderr: {words}"))
+        })
+    };
+    assert!(said("first words"), "the prefix is dropped:\n{log}");
+    assert!(said("last words"), "a last line without a newline:\n{log}");
+}

@@ -6,6 +6,7 @@
 
 pub mod machine;
 
+use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -99,6 +100,52 @@ impl WorkerHandle {
                 let _ = thread.join();
             }
         }
+    }
+}
+
+/// Re-emits a spawned worker's stderr through the host's log, one event per line with the
+/// worker's id, so that its last words reach the same place in the same format (JSON lines
+/// when configured) instead of raw text among the host's events. It reads until the worker
+/// closes stderr, and never stops early: a worker whose stderr is closed under it could die of
+/// its own error message.
+fn forward_stderr(worker: String, pid: u32, mut stderr: std::process::ChildStderr) {
+    /// A line longer than this is logged in pieces.
+    const MAX_LINE: usize = 16 << 10;
+    let forward = move || {
+        let emit = |bytes: &[u8]| {
+            let text = String::from_utf8_lossy(bytes);
+            let text = text.trim_end();
+            if !text.is_empty() {
+                let text = text.strip_prefix("modelhost-worker: ").unwrap_or(text);
+                tracing::warn!(worker = %worker, pid, "worker stderr: {text}");
+            }
+        };
+        let mut line = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = match stderr.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            for &byte in &chunk[..n] {
+                if byte == b'\n' || line.len() >= MAX_LINE {
+                    emit(&line);
+                    line.clear();
+                }
+                if byte != b'\n' {
+                    line.push(byte);
+                }
+            }
+        }
+        emit(&line);
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("worker-stderr".into())
+        .spawn(forward)
+    {
+        tracing::warn!(error = %e, "cannot forward a worker's stderr");
     }
 }
 
@@ -304,7 +351,8 @@ impl Shell {
             .arg("--device")
             .arg(self.spec.attach.assignment.device.to_string())
             .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         // SAFETY: between fork and exec this runs only async-signal-safe calls (dup2, fcntl,
         // prctl) on descriptors that exist in the child.
         unsafe {
@@ -322,11 +370,14 @@ impl Shell {
                 Ok(())
             });
         }
-        let child = command
+        let mut child = command
             .spawn()
             .map_err(|e| format!("starting {}: {e}", worker_binary().display()))?;
         drop(worker_end);
         let pid = child.id();
+        if let Some(stderr) = child.stderr.take() {
+            forward_stderr(self.spec.id.clone(), pid, stderr);
+        }
         self.child = Some(child);
         self.spawned_at = Instant::now();
         self.expected_layers = self.spec.attach.assignment.layers.clone();
