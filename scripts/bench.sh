@@ -99,6 +99,17 @@ cat >> docs/benchmarks.md <<'MD'
 - **Cold load.** One run measured 0.89× `cat` on gemma, while `cat` itself varied from 69 to
   98 ms between runs. The figure is within this machine's noise; the other runs were 0.93× to
   1.17×.
+- **Warm attach against a moving floor.** One run put the 2 GiB attach at 2.36× its floor: the
+  attach took 24 ms as usual, but the floor fell from 54 ms to 10 ms. Run alone three times,
+  the floor measured 10, 19 and 20 ms, and 56 ms in the next full run. How the kernel maps the
+  file decides it: when the page cache holds the file in 2 MiB folios, a 2 MiB-aligned mapping
+  takes one fault per 2 MiB (`FilePmdMapped` in smaps) instead of one per 64 KiB, and the
+  folio sizes depend on how the file was last read in. The worker's own mapping is aligned and
+  PMD-mapped too. strace of an attach shows where its time goes beyond the floor: zero-filling
+  and faulting in the 37 MiB KV cache took 13 ms of the 24. Transparent huge pages for the KV
+  cache cut that to 1.8 ms, but 3 of 12 attaches then stalled 65 to 70 ms inside
+  `MADV_POPULATE_WRITE`, with no compaction or reclaim counted; fault-in without huge pages
+  saved nothing. Neither was adopted: a steady 24 ms beats a fast attach with a 100 ms tail.
 
 ## GPU upload
 
