@@ -196,10 +196,17 @@ impl Machine {
                 vec![Action::Kill]
             }
             Event::HeartbeatTimeout => {
-                self.attempt_error = Some(format!(
-                    "no heartbeat for {:?}",
-                    self.policy.heartbeat_timeout
-                ));
+                // Before its Hello the worker has not even described its device: for CUDA that
+                // is the driver's initialisation, the usual place for a lost GPU to hang.
+                self.attempt_error = Some(if self.state == WorkerState::Starting {
+                    format!(
+                        "no Hello within {:?} of starting: the worker hung before it could \
+                         describe its device (for cuda:N, a hung driver or GPU; see nvidia-smi)",
+                        self.policy.heartbeat_timeout
+                    )
+                } else {
+                    format!("no heartbeat for {:?}", self.policy.heartbeat_timeout)
+                });
                 vec![Action::Kill]
             }
             Event::Exited(status) => {
@@ -355,6 +362,21 @@ mod tests {
             vec![Action::Wait]
         );
         assert!(m.last_error.as_deref().unwrap().contains("no heartbeat"));
+    }
+
+    #[test]
+    fn a_worker_silent_before_its_hello_is_named_as_such() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(Policy::default(), t0);
+        m.start();
+        m.handle(Event::Spawned { pid: 7 }, t0);
+        assert_eq!(m.handle(Event::Tick, at(t0, 3100)), vec![Action::Kill]);
+        m.handle(Event::Exited("killed".into()), at(t0, 3110));
+        let error = m.last_error.as_deref().unwrap();
+        assert!(
+            error.starts_with("no Hello within 3s of starting"),
+            "{error}"
+        );
     }
 
     #[test]
