@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError, LogFormat, Overrides};
-use crate::control::listener::{bind, BindError};
+use crate::control::listener::{self, bind, BindError};
 use crate::control::{credentials_allowed, serve, AppState};
 use crate::events::EventBus;
 use crate::notify::Notifier;
@@ -94,16 +94,24 @@ async fn run_async(
     let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
     let socket = config.socket.clone();
-    let listener = bind(&socket, config.allow_gid)?;
+    // The worker socket is bound before the control socket: a client's connect succeeds as soon
+    // as the control socket is bound, and by then the worker socket must be there. The control
+    // socket's path is checked first, so that its problems are the ones reported.
+    listener::prepare(&socket)?;
+    let worker_socket = config.worker_socket.clone();
+    let worker_listener = bind(&worker_socket, config.allow_gid)?;
+    let listener = match bind(&socket, config.allow_gid) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = std::fs::remove_file(&worker_socket);
+            return Err(e.into());
+        }
+    };
     let events = Arc::new(EventBus::new());
     let registry = Registry::new(events, policy(&config));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let preload = config.models.clone();
     let state = AppState::new(Arc::clone(&registry), config, shutdown_rx);
-    // Both sockets exist before either accepts: a client that reaches the control socket can
-    // count on the worker socket being there too.
-    let worker_socket = state.config().worker_socket.clone();
-    let worker_listener = bind(&worker_socket, state.config().allow_gid)?;
     let server = tokio::spawn(serve(listener, Arc::clone(&state)));
     let workers = tokio::spawn(accept_workers(worker_listener, Arc::clone(&state)));
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "modelhost serving");

@@ -23,9 +23,10 @@ pub enum BindError {
     },
 }
 
-/// Binds `path` with mode 0600 (0660 and group `group` when a group is allowed), creating its
-/// directory with mode 0700 if needed.
-pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, BindError> {
+/// Makes `path` ready to bind: creates its directory with mode 0700 if needed, refuses a path
+/// another daemon serves or that is not a socket, and removes a stale socket. `bind` does this
+/// itself; calling it first lets a caller find out before it binds anything else.
+pub fn prepare(path: &Path) -> Result<(), BindError> {
     let io = |source| BindError::Io {
         path: path.to_owned(),
         source,
@@ -59,6 +60,17 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, BindError> 
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
+    Ok(())
+}
+
+/// Binds `path` with mode 0600 (0660 and group `group` when a group is allowed), after
+/// [`prepare`].
+pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, BindError> {
+    let io = |source| BindError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    prepare(path)?;
     let listener = StdListener::bind(path).map_err(io)?;
     // The directory is 0700 (or the operator's), so nobody else can reach the socket between
     // bind and chmod.
