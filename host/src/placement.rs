@@ -91,8 +91,52 @@ pub enum DeviceQuery {
     Worker { timeout: Duration },
 }
 
-/// Parses `cuda:0=24GiB` (a stated size) or `cuda:0` (asked of the device).
-pub fn device_spec(text: &str, query: DeviceQuery) -> Result<DeviceSpec, PlacementError> {
+/// Parses a device list, in order: `cuda:0=24GiB` (a stated size) or `cuda:0` (asked of the
+/// device). The CUDA devices without a stated size are asked about
+/// together: with `DeviceQuery::Worker`, in one child process, so eight GPUs cost one driver
+/// initialisation, not eight.
+pub fn device_specs(
+    texts: &[String],
+    query: DeviceQuery,
+) -> Result<Vec<DeviceSpec>, PlacementError> {
+    let parsed = texts
+        .iter()
+        .map(|text| parse_device(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    let unsized_gpus: Vec<DeviceId> = parsed
+        .iter()
+        .filter(|(id, size)| size.is_none() && id.kind == DeviceKind::Cuda)
+        .map(|(id, _)| *id)
+        .collect();
+    let mut asked = match query {
+        DeviceQuery::Worker { timeout } if !unsized_gpus.is_empty() => {
+            query_in_worker(&unsized_gpus, timeout)?
+        }
+        _ => Vec::new(),
+    }
+    .into_iter();
+    parsed
+        .into_iter()
+        .map(|(id, size)| match size {
+            Some(bytes) => Ok(DeviceSpec {
+                id,
+                name: format!("{id} {STATED}"),
+                total_bytes: bytes,
+                free_bytes: bytes,
+                limit_bytes: None,
+            }),
+            None => match (id.kind, query) {
+                (DeviceKind::Cuda, DeviceQuery::Worker { .. }) => asked.next().ok_or_else(|| {
+                    PlacementError::DeviceQuery(format!("{id}: the device query left it out"))
+                }),
+                _ => Ok(devices::inventory(id)?),
+            },
+        })
+        .collect()
+}
+
+/// `cuda:0=24GiB` → (cuda:0, Some(24 GiB)); `cuda:0` → (cuda:0, None).
+fn parse_device(text: &str) -> Result<(DeviceId, Option<u64>), PlacementError> {
     let bad = |message: String| PlacementError::BadDevice {
         text: text.to_owned(),
         message,
@@ -105,29 +149,22 @@ pub fn device_spec(text: &str, query: DeviceQuery) -> Result<DeviceSpec, Placeme
         .trim()
         .parse()
         .map_err(|e: modelhost_protocol::placement::BadDeviceId| bad(e.to_string()))?;
-    match size {
-        Some(bytes) => Ok(DeviceSpec {
-            id,
-            name: format!("{id} {STATED}"),
-            total_bytes: bytes,
-            free_bytes: bytes,
-            limit_bytes: None,
-        }),
-        None => match (id.kind, query) {
-            (DeviceKind::Cuda, DeviceQuery::Worker { timeout }) => query_in_worker(id, timeout),
-            _ => Ok(devices::inventory(id)?),
-        },
-    }
+    Ok((id, size))
 }
 
-/// Runs `modelhost-worker --inventory --device ID` and reads the JSON `DeviceSpec` it prints.
-fn query_in_worker(id: DeviceId, timeout: Duration) -> Result<DeviceSpec, PlacementError> {
-    let failed = |message: String| PlacementError::DeviceQuery(format!("{id}: {message}"));
+/// Runs `modelhost-worker --inventory IDS` and reads the JSON `DeviceSpec`s it prints, one per
+/// id, in order.
+fn query_in_worker(ids: &[DeviceId], timeout: Duration) -> Result<Vec<DeviceSpec>, PlacementError> {
+    let list = ids
+        .iter()
+        .map(DeviceId::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let failed = |message: String| PlacementError::DeviceQuery(format!("{list}: {message}"));
     let binary = crate::supervisor::worker_binary();
     let mut child = Command::new(&binary)
         .arg("--inventory")
-        .arg("--device")
-        .arg(id.to_string())
+        .arg(&list)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -165,17 +202,20 @@ fn query_in_worker(id: DeviceId, timeout: Duration) -> Result<DeviceSpec, Placem
         // The worker's own message already names the device: pass it on as it is.
         let message = stderr.trim().trim_start_matches("modelhost-worker: ");
         return Err(PlacementError::DeviceQuery(if message.is_empty() {
-            format!("{id}: the device query failed ({status})")
+            format!("{list}: the device query failed ({status})")
         } else {
             message.to_owned()
         }));
     }
-    let spec: DeviceSpec = serde_json::from_str(stdout.trim())
+    let specs: Vec<DeviceSpec> = serde_json::from_str(stdout.trim())
         .map_err(|e| failed(format!("unreadable answer from the device query: {e}")))?;
-    if spec.id != id {
-        return Err(failed(format!("the device query answered for {}", spec.id)));
+    let answered: Vec<DeviceId> = specs.iter().map(|s| s.id).collect();
+    if answered != ids {
+        return Err(failed(format!(
+            "the device query answered for {answered:?} instead"
+        )));
     }
-    Ok(spec)
+    Ok(specs)
 }
 
 /// Host memory for a model: a stated CPU size when one is given (cpu=64GiB); else MemAvailable

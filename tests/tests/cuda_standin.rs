@@ -287,11 +287,31 @@ fn a_host_runs_cuda_workers_on_the_standin_driver() {
         );
     }
 
-    // The daemon asked a worker process about the device: it never loaded the driver itself.
+    // The daemon asked a worker process about the devices: it never loaded the driver itself,
+    // and one query served each load, the split one's two devices included.
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", daemon.pid())).unwrap();
     assert!(
         !maps.contains("libcuda"),
         "the host process has the CUDA driver loaded"
+    );
+    assert!(!traces.join(format!("{}.trace", daemon.pid())).exists());
+    let queries = std::fs::read_dir(&traces)
+        .unwrap()
+        .filter_map(|e| {
+            let pid = e
+                .ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".trace")?
+                .parse()
+                .ok()?;
+            Some(trace(&traces, pid))
+        })
+        .filter(|t| counter(t, "allocs") == 0)
+        .count();
+    assert_eq!(
+        queries, 3,
+        "one device query per load (staged, registered, split)"
     );
 
     // kill -9: the supervisor restarts the CUDA worker, which uploads again.

@@ -40,18 +40,18 @@ struct Args {
     /// A name for the host's logs.
     #[arg(long, default_value = "worker")]
     worker_id: String,
-    /// Print the device's inventory (name, total and free memory) as JSON, and exit. The host
-    /// asks the CUDA driver this way, so that the daemon itself never loads the driver.
-    #[arg(long, conflicts_with_all = ["fd", "connect"])]
-    inventory: bool,
+    /// Print these devices' inventories (name, total and free memory) as a JSON array, and
+    /// exit: `--inventory cuda:0,cuda:1`. The host asks the CUDA driver this way, so that the
+    /// daemon itself never loads the driver.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["fd", "connect"])]
+    inventory: Option<Vec<DeviceId>>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let outcome = if args.inventory {
-        print_inventory(args.device)
-    } else {
-        run(args)
+    let outcome = match &args.inventory {
+        Some(devices) => print_inventory(devices),
+        None => run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,9 +62,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_inventory(device: DeviceId) -> Result<(), String> {
-    let spec = devices::inventory(device).map_err(|e| e.to_string())?;
-    let json = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
+fn print_inventory(ids: &[DeviceId]) -> Result<(), String> {
+    let specs = ids
+        .iter()
+        .map(|&id| devices::inventory(id).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let json = serde_json::to_string(&specs).map_err(|e| e.to_string())?;
     println!("{json}");
     Ok(())
 }

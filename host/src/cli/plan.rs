@@ -11,7 +11,7 @@ use modelhost_worker::devices;
 use super::CliError;
 use crate::model_file::MappedModel;
 use crate::pages;
-use crate::placement::{device_spec, host_available, DeviceQuery, PlacementRequest};
+use crate::placement::{device_specs, host_available, DeviceQuery, PlacementRequest};
 use crate::units::{format_bytes, parse_size};
 
 #[derive(Debug, Args)]
@@ -102,10 +102,7 @@ pub fn run(args: PlanArgs) -> Result<(), CliError> {
             gpus
         }
     } else {
-        args.devices
-            .iter()
-            .map(|d| device_spec(d, DeviceQuery::InProcess))
-            .collect::<Result<_, _>>()?
+        device_specs(&args.devices, DeviceQuery::InProcess)?
     };
     let mut options = args.request()?.options()?;
     options.gpu_reserve_bytes = args.reserve;

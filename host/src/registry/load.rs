@@ -17,7 +17,7 @@ use crate::control::types::{LayerSummary, LoadRequest, MlockMode, ModelInfo, Mod
 use crate::events::{Event, Phase, ProgressThrottle};
 use crate::model_file::{MappedModel, OpenError};
 use crate::pages;
-use crate::placement::{device_spec, host_available, DeviceQuery, PlacementError};
+use crate::placement::{device_specs, host_available, DeviceQuery, PlacementError};
 use crate::supervisor::{WorkerHandle, WorkerSpec};
 
 /// Why a load was refused before it started.
@@ -289,18 +289,12 @@ impl Registry {
                     .unwrap_or_else(|| "no general.architecture".into()),
             )
         })?;
-        let devices = req
-            .devices
-            .iter()
-            .map(|d| {
-                device_spec(
-                    d,
-                    DeviceQuery::Worker {
-                        timeout: self.policy().device_query_timeout,
-                    },
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let devices = device_specs(
+            &req.devices,
+            DeviceQuery::Worker {
+                timeout: self.policy().device_query_timeout,
+            },
+        )?;
         let mut options = req.placement.options()?;
         options.host_available_bytes = host_available(&devices, mapped)?;
         Ok(Some(plan(manifest, &devices, &options)?))
