@@ -148,7 +148,11 @@ fn the_cuda_backend_keeps_the_driver_contract() {
     }
 
     let mut backend = CudaBackend::new(DeviceId::cuda(0)).unwrap();
-    backend.allocate_kv(64 << 20).unwrap();
+    let mut cleared = Vec::new();
+    backend
+        .allocate_kv((1 << 30) + 4096, &mut |n| cleared.push(n))
+        .unwrap();
+    assert_eq!(cleared, [1 << 30, 4096], "KV progress in steps");
     let allocs = counter(&own_trace(&traces), "allocs");
     backend.reserve_scratch(0).unwrap();
     backend
@@ -159,7 +163,7 @@ fn the_cuda_backend_keeps_the_driver_contract() {
         allocs,
         "nothing is allocated for zero bytes"
     );
-    let full = backend.allocate_kv(DEVICE_BYTES).unwrap_err();
+    let full = backend.allocate_kv(DEVICE_BYTES, &mut |_| {}).unwrap_err();
     assert!(
         matches!(full, BackendError::OutOfMemory { what: "KV cache", bytes } if bytes == DEVICE_BYTES),
         "a full device is OutOfMemory: {full}"

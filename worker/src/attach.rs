@@ -200,24 +200,30 @@ pub fn attach(
         true,
     );
     let a = &attach.assignment;
-    report(Message::Progress(Progress {
-        phase: WorkerPhase::Kv,
-        done_bytes: 0,
-        total_bytes: a.kv_bytes,
-        layers_done,
-        layers_total,
-    }));
-    backend.allocate_kv(a.kv_bytes).map_err(|e| e.to_string())?;
+    let kv_progress = |done, last: &mut Option<Instant>, report: &mut dyn FnMut(Message), force| {
+        if force || last.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+            *last = Some(Instant::now());
+            report(Message::Progress(Progress {
+                phase: WorkerPhase::Kv,
+                done_bytes: done,
+                total_bytes: a.kv_bytes,
+                layers_done,
+                layers_total,
+            }));
+        }
+    };
+    kv_progress(0, &mut last_report, report, true);
+    let mut cleared = 0u64;
+    backend
+        .allocate_kv(a.kv_bytes, &mut |n| {
+            cleared += n;
+            kv_progress(cleared, &mut last_report, report, false);
+        })
+        .map_err(|e| e.to_string())?;
     backend
         .reserve_scratch(a.scratch_bytes)
         .map_err(|e| e.to_string())?;
-    report(Message::Progress(Progress {
-        phase: WorkerPhase::Kv,
-        done_bytes: a.kv_bytes,
-        total_bytes: a.kv_bytes,
-        layers_done,
-        layers_total,
-    }));
+    kv_progress(a.kv_bytes, &mut last_report, report, true);
     Ok(Attached {
         maps,
         stats: ReadyStats {

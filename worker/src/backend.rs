@@ -41,8 +41,13 @@ pub trait Backend {
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), BackendError>;
 
-    /// Allocates the KV cache.
-    fn allocate_kv(&mut self, bytes: u64) -> Result<(), BackendError>;
+    /// Allocates the KV cache, zeroed. `progress` receives bytes as they are done: a cache of
+    /// tens of GiB takes seconds to clear.
+    fn allocate_kv(
+        &mut self,
+        bytes: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BackendError>;
 
     /// Reserves scratch space.
     fn reserve_scratch(&mut self, bytes: u64) -> Result<(), BackendError>;

@@ -111,14 +111,18 @@ fn kv_cache_and_scratch_live_in_device_memory_and_a_full_device_says_so() {
     let context = CudaContext::new(0).unwrap();
     let (free, _) = context.mem_get_info().unwrap();
     let mut backend = CudaBackend::new(DeviceId::cuda(0)).unwrap();
-    backend.allocate_kv(1 << 30).unwrap();
+    let mut cleared = 0;
+    backend.allocate_kv(1 << 30, &mut |n| cleared += n).unwrap();
+    assert_eq!(cleared, 1 << 30);
     backend.reserve_scratch(256 << 20).unwrap();
     let (after, _) = context.mem_get_info().unwrap();
     assert!(
         free - after >= (1 << 30) + (256 << 20),
         "the KV cache and scratch are device memory: free went from {free} to {after}"
     );
-    let err = backend.allocate_kv(free as u64 + (8 << 30)).unwrap_err();
+    let err = backend
+        .allocate_kv(free as u64 + (8 << 30), &mut |_| {})
+        .unwrap_err();
     assert!(
         matches!(
             err,

@@ -8,6 +8,9 @@ use super::{Backend, BackendError};
 /// Bytes faulted in per step between progress reports.
 const STEP: usize = 4 << 20;
 
+/// Bytes of KV cache cleared per step between progress reports (about 10 ms of work).
+const KV_STEP: usize = 64 << 20;
+
 #[derive(Default)]
 pub struct CpuBackend {
     weights: u64,
@@ -81,7 +84,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn allocate_kv(&mut self, bytes: u64) -> Result<(), BackendError> {
+    fn allocate_kv(
+        &mut self,
+        bytes: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BackendError> {
         let len = BackendError::len_for("KV cache", bytes)?;
         let mut kv = Vec::new();
         kv.try_reserve_exact(len)
@@ -90,9 +97,11 @@ impl Backend for CpuBackend {
                 bytes,
             })?;
         // Zeroed and touched, as an engine's cache is once used: the memory is really held.
-        kv.resize(len, 0);
-        for page in kv.chunks_mut(4096) {
-            page[0] = 1;
+        // In steps, with progress between them.
+        while kv.len() < len {
+            let step = (len - kv.len()).min(KV_STEP);
+            kv.resize(kv.len() + step, 0);
+            progress(step as u64);
         }
         self.kv = kv;
         Ok(())
@@ -112,5 +121,21 @@ impl Backend for CpuBackend {
 
     fn weights_bytes(&self) -> u64 {
         self.weights
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kv_cache_is_cleared_in_steps_with_progress_and_held() {
+        let mut backend = CpuBackend::new();
+        let bytes = 2 * KV_STEP as u64 + 5;
+        let mut steps = Vec::new();
+        backend.allocate_kv(bytes, &mut |n| steps.push(n)).unwrap();
+        assert_eq!(steps, [KV_STEP as u64, KV_STEP as u64, 5]);
+        assert_eq!(backend.kv.len() as u64, bytes);
+        assert!(backend.kv.iter().step_by(4096).all(|&b| b == 0));
     }
 }

@@ -17,6 +17,9 @@ use crate::devices;
 /// Bytes per staging buffer: large enough for full-speed transfers, small enough to overlap.
 const STAGE: usize = 16 << 20;
 
+/// Bytes of KV cache cleared per step between progress reports.
+const KV_STEP: usize = 1 << 30;
+
 /// Bytes per copy on the registered path. Each copy completes as an event, so progress is
 /// reported as bytes land, many times a second even for a piece of gigabytes.
 const REGISTERED_STEP: usize = 64 << 20;
@@ -193,16 +196,33 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn allocate_kv(&mut self, bytes: u64) -> Result<(), BackendError> {
+    fn allocate_kv(
+        &mut self,
+        bytes: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), BackendError> {
         let len = BackendError::len_for("KV cache", bytes)?;
-        self.kv = match len {
-            0 => None,
-            _ => Some(
-                self.stream
-                    .alloc_zeros::<u8>(len)
-                    .map_err(allocation_failed("KV cache", bytes))?,
-            ),
-        };
+        if len == 0 {
+            self.kv = None;
+            return Ok(());
+        }
+        // SAFETY: every byte is cleared below before the buffer is kept.
+        let mut kv = unsafe { self.stream.alloc::<u8>(len) }
+            .map_err(allocation_failed("KV cache", bytes))?;
+        // Cleared in steps, each followed by an event, and progress counts the steps completed.
+        let mut steps = Vec::with_capacity(len.div_ceil(KV_STEP));
+        for start in (0..len).step_by(KV_STEP) {
+            let end = (start + KV_STEP).min(len);
+            self.stream
+                .memset_zeros(&mut kv.slice_mut(start..end))
+                .map_err(cuda)?;
+            steps.push((self.stream.record_event(None).map_err(cuda)?, end - start));
+        }
+        for (done, step) in steps {
+            done.synchronize().map_err(cuda)?;
+            progress(step as u64);
+        }
+        self.kv = Some(kv);
         Ok(())
     }
 
