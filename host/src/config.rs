@@ -26,6 +26,7 @@ struct FileConfig {
     worker_socket: Option<PathBuf>,
     worker_handshake_timeout_ms: Option<u64>,
     device_query_timeout_ms: Option<u64>,
+    worker_start_timeout_ms: Option<u64>,
     allow_group: Option<GroupSpec>,
     #[serde(default)]
     model_dirs: Vec<PathBuf>,
@@ -58,6 +59,8 @@ pub struct Config {
     /// How long a CUDA device query (`modelhost-worker --inventory`) may take before it is
     /// killed and the load refused.
     pub device_query_timeout: Duration,
+    /// How long a spawned worker has to say Hello before it is killed and restarted.
+    pub worker_start_timeout: Duration,
     /// A group whose members may use the control socket besides the daemon's own user.
     pub allow_gid: Option<u32>,
     /// When not empty, models may only be loaded from inside these directories.
@@ -141,6 +144,9 @@ impl Config {
             ),
             device_query_timeout: Duration::from_millis(
                 file.device_query_timeout_ms.unwrap_or(20_000),
+            ),
+            worker_start_timeout: Duration::from_millis(
+                file.worker_start_timeout_ms.unwrap_or(20_000),
             ),
             socket,
             allow_gid,

@@ -62,6 +62,7 @@ fn policy(config: &Config) -> Policy {
     Policy {
         model_dirs: config.model_dirs.clone(),
         device_query_timeout: config.device_query_timeout,
+        worker_start_timeout: config.worker_start_timeout,
     }
 }
 

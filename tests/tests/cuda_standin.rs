@@ -353,18 +353,10 @@ fn a_host_runs_cuda_workers_on_the_standin_driver() {
 #[test]
 fn a_hung_driver_costs_one_load_its_answer_not_the_host() {
     let dir = Scratch::new("standin-hang");
-    let config = dir.path("config.toml");
-    std::fs::write(&config, "device_query_timeout_ms = 300\n").unwrap();
-    let daemon = Daemon::start(
-        &dir.path("control.sock"),
-        DaemonOptions {
-            config: Some(&config),
-            env: vec![
-                ("LD_LIBRARY_PATH", library_dir().display().to_string()),
-                ("STANDIN_CUDA_HANG_INIT", "1".into()),
-            ],
-            ..Default::default()
-        },
+    let daemon = standin_daemon(
+        &dir,
+        "device_query_timeout_ms = 300\n",
+        ("STANDIN_CUDA_HANG_INIT", "1"),
     );
     let socket = &daemon.socket;
     let steady = json!({ "path": gemma_model(), "name": "steady" });
@@ -413,4 +405,67 @@ fn a_hung_driver_costs_one_load_its_answer_not_the_host() {
         404,
         "the refused load left nothing behind"
     );
+}
+
+/// A host with the stand-in driver, `extra_env` added, and `config` as its config file.
+fn standin_daemon(dir: &Scratch, config: &str, extra_env: (&'static str, &str)) -> Daemon {
+    let config_path = dir.path("config.toml");
+    std::fs::write(&config_path, config).unwrap();
+    Daemon::start(
+        &dir.path("control.sock"),
+        DaemonOptions {
+            config: Some(&config_path),
+            env: vec![
+                ("LD_LIBRARY_PATH", library_dir().display().to_string()),
+                (extra_env.0, extra_env.1.to_owned()),
+            ],
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn a_slow_driver_start_is_waited_for() {
+    // 3.5 s in cuInit, before the worker's Hello: longer than the 3 s heartbeat timeout, as a
+    // machine without persistence mode can take.
+    let dir = Scratch::new("standin-slow");
+    let daemon = standin_daemon(&dir, "", ("STANDIN_CUDA_INIT_MS", "3500"));
+    load_on_device(
+        &daemon.socket,
+        &gemma_model(),
+        "slow",
+        "cuda:0=2GiB",
+        json!({}),
+    );
+    let model = wait_for(&daemon.socket, "slow", "the slow worker", |m| {
+        ready_with(m, 1)
+    });
+    assert_eq!(model["workers"][0]["restarts"], 0, "{model}");
+    assert!(model["workers"][0]["ready_ms"].as_u64().unwrap() >= 3500);
+}
+
+#[test]
+fn a_worker_hung_in_the_driver_is_named_and_given_up() {
+    let dir = Scratch::new("standin-hung-worker");
+    let daemon = standin_daemon(
+        &dir,
+        "worker_start_timeout_ms = 300\n",
+        ("STANDIN_CUDA_HANG_INIT", "1"),
+    );
+    load_on_device(
+        &daemon.socket,
+        &gemma_model(),
+        "hung",
+        "cuda:0=2GiB",
+        json!({}),
+    );
+    let model = wait_for(&daemon.socket, "hung", "the worker to fail", |m| {
+        m["workers"][0]["state"] == "failed"
+    });
+    let error = model["workers"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("no Hello within 300ms of starting"),
+        "{error}"
+    );
+    assert_eq!(get(&daemon.socket, "/healthz").status, 200);
 }

@@ -302,6 +302,7 @@ impl Registry {
 
     /// Starts the model's workers, one per device in its plan, once its pages are ready.
     fn spawn_workers(&self, name: &str) {
+        let hello_timeout = self.policy().worker_start_timeout;
         let mut models = self.lock();
         let Some(entry) = models.get_mut(name) else {
             return;
@@ -311,7 +312,10 @@ impl Registry {
         };
         for (i, assignment) in assignments(plan).into_iter().enumerate() {
             let spec = match worker_spec(entry, format!("{name}-{i}"), assignment) {
-                Ok(spec) => spec,
+                Ok(mut spec) => {
+                    spec.policy.hello_timeout = hello_timeout;
+                    spec
+                }
                 Err(e) => {
                     tracing::error!(model = name, error = %e, "cannot prepare a worker");
                     continue;

@@ -84,6 +84,8 @@ pub struct Policy {
     pub model_dirs: Vec<PathBuf>,
     /// The limit on a CUDA device query at load time.
     pub device_query_timeout: std::time::Duration,
+    /// How long a spawned worker has to say Hello.
+    pub worker_start_timeout: std::time::Duration,
 }
 
 impl Default for Policy {
@@ -91,6 +93,7 @@ impl Default for Policy {
         Policy {
             model_dirs: Vec::new(),
             device_query_timeout: std::time::Duration::from_secs(20),
+            worker_start_timeout: std::time::Duration::from_secs(20),
         }
     }
 }

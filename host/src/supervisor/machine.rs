@@ -71,8 +71,12 @@ pub struct Policy {
     pub backoff_max: Duration,
     /// Consecutive failures (without reaching Ready) after which the slot gives up.
     pub max_failures: u32,
-    /// A worker silent this long is killed and restarted.
+    /// A worker silent this long after its Hello is killed and restarted.
     pub heartbeat_timeout: Duration,
+    /// How long a new worker has to say Hello. Longer than the heartbeat timeout: before its
+    /// Hello a CUDA worker initialises the driver, which takes seconds on some machines (no
+    /// persistence mode, many GPUs), and it sends no heartbeats yet.
+    pub hello_timeout: Duration,
     /// How long a stopping worker has before it is killed.
     pub stop_grace: Duration,
 }
@@ -84,6 +88,7 @@ impl Default for Policy {
             backoff_max: Duration::from_secs(10),
             max_failures: 5,
             heartbeat_timeout: Duration::from_secs(3),
+            hello_timeout: Duration::from_secs(20),
             stop_grace: Duration::from_secs(1),
         }
     }
@@ -202,7 +207,7 @@ impl Machine {
                     format!(
                         "no Hello within {:?} of starting: the worker hung before it could \
                          describe its device (for cuda:N, a hung driver or GPU; see nvidia-smi)",
-                        self.policy.heartbeat_timeout
+                        self.policy.hello_timeout
                     )
                 } else {
                     format!("no heartbeat for {:?}", self.policy.heartbeat_timeout)
@@ -258,7 +263,12 @@ impl Machine {
                 self.state = WorkerState::Starting;
                 vec![Action::Spawn]
             }
-            WorkerState::Starting | WorkerState::Attaching | WorkerState::Ready
+            WorkerState::Starting
+                if self.alive && now.duration_since(self.last_seen) > self.policy.hello_timeout =>
+            {
+                self.handle(Event::HeartbeatTimeout, now)
+            }
+            WorkerState::Attaching | WorkerState::Ready
                 if self.alive
                     && now.duration_since(self.last_seen) > self.policy.heartbeat_timeout =>
             {
@@ -370,11 +380,14 @@ mod tests {
         let mut m = Machine::new(Policy::default(), t0);
         m.start();
         m.handle(Event::Spawned { pid: 7 }, t0);
-        assert_eq!(m.handle(Event::Tick, at(t0, 3100)), vec![Action::Kill]);
-        m.handle(Event::Exited("killed".into()), at(t0, 3110));
+        // A slow driver initialisation is not a silent worker...
+        assert_eq!(m.handle(Event::Tick, at(t0, 19_900)), vec![]);
+        // ...but one that outlasts the Hello timeout is.
+        assert_eq!(m.handle(Event::Tick, at(t0, 20_100)), vec![Action::Kill]);
+        m.handle(Event::Exited("killed".into()), at(t0, 20_110));
         let error = m.last_error.as_deref().unwrap();
         assert!(
-            error.starts_with("no Hello within 3s of starting"),
+            error.starts_with("no Hello within 20s of starting"),
             "{error}"
         );
     }
