@@ -27,6 +27,7 @@ struct FileConfig {
     worker_handshake_timeout_ms: Option<u64>,
     device_query_timeout_ms: Option<u64>,
     worker_start_timeout_ms: Option<u64>,
+    worker_heartbeat_timeout_ms: Option<u64>,
     allow_group: Option<GroupSpec>,
     #[serde(default)]
     model_dirs: Vec<PathBuf>,
@@ -61,6 +62,8 @@ pub struct Config {
     pub device_query_timeout: Duration,
     /// How long a spawned worker has to say Hello before it is killed and restarted.
     pub worker_start_timeout: Duration,
+    /// How long a worker may be silent after its Hello before it is killed and restarted.
+    pub worker_heartbeat_timeout: Duration,
     /// A group whose members may use the control socket besides the daemon's own user.
     pub allow_gid: Option<u32>,
     /// When not empty, models may only be loaded from inside these directories.
@@ -147,6 +150,9 @@ impl Config {
             ),
             worker_start_timeout: Duration::from_millis(
                 file.worker_start_timeout_ms.unwrap_or(20_000),
+            ),
+            worker_heartbeat_timeout: Duration::from_millis(
+                file.worker_heartbeat_timeout_ms.unwrap_or(3_000).max(300),
             ),
             socket,
             allow_gid,

@@ -63,6 +63,7 @@ fn policy(config: &Config) -> Policy {
         model_dirs: config.model_dirs.clone(),
         device_query_timeout: config.device_query_timeout,
         worker_start_timeout: config.worker_start_timeout,
+        worker_heartbeat_timeout: config.worker_heartbeat_timeout,
     }
 }
 

@@ -155,7 +155,15 @@ fn workers_killed_at_random_points_always_come_back_and_nothing_leaks() {
 #[test]
 fn a_frozen_worker_misses_its_heartbeats_and_is_replaced() {
     let dir = Scratch::new("sigstop");
-    let daemon = Daemon::start(&dir.path("control.sock"), DaemonOptions::default());
+    let config = dir.path("config.toml");
+    std::fs::write(&config, "worker_heartbeat_timeout_ms = 1000\n").unwrap();
+    let daemon = Daemon::start(
+        &dir.path("control.sock"),
+        DaemonOptions {
+            config: Some(&config),
+            ..Default::default()
+        },
+    );
     load(&daemon.socket, "s", 1);
     let model = wait_for(&daemon.socket, "s", "the worker", |m| ready_with(m, 1));
     let frozen = model["workers"][0]["pid"].as_u64().unwrap();
@@ -167,8 +175,12 @@ fn a_frozen_worker_misses_its_heartbeats_and_is_replaced() {
     let took = stopped.elapsed();
     println!("frozen worker replaced after {took:?}");
     assert!(
-        took >= Duration::from_secs(3),
-        "replaced before the 3 s heartbeat timeout: {took:?}"
+        took >= Duration::from_secs(1),
+        "replaced before the 1 s heartbeat timeout: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "the configured timeout, not the default 3 s: {took:?}"
     );
     assert_eq!(model["workers"][0]["restarts"], 1);
     assert!(gone(frozen), "the frozen worker was killed");

@@ -302,7 +302,7 @@ impl Registry {
 
     /// Starts the model's workers, one per device in its plan, once its pages are ready.
     fn spawn_workers(&self, name: &str) {
-        let hello_timeout = self.policy().worker_start_timeout;
+        let policy = self.policy();
         let mut models = self.lock();
         let Some(entry) = models.get_mut(name) else {
             return;
@@ -311,11 +311,8 @@ impl Registry {
             return;
         };
         for (i, assignment) in assignments(plan).into_iter().enumerate() {
-            let spec = match worker_spec(entry, format!("{name}-{i}"), assignment) {
-                Ok(mut spec) => {
-                    spec.policy.hello_timeout = hello_timeout;
-                    spec
-                }
+            let spec = match worker_spec(entry, format!("{name}-{i}"), assignment, &policy) {
+                Ok(spec) => spec,
                 Err(e) => {
                     tracing::error!(model = name, error = %e, "cannot prepare a worker");
                     continue;
@@ -374,7 +371,7 @@ impl Registry {
             .into_iter()
             .next()
             .ok_or("the plan has no assignment")?;
-        worker_spec(entry, hello.worker_id.clone(), assignment)
+        worker_spec(entry, hello.worker_id.clone(), assignment, &self.policy())
     }
 
     /// Tracks a worker that joined by itself.
@@ -557,7 +554,12 @@ fn assignments(plan: &Plan) -> Vec<Assignment> {
 }
 
 /// The attach for one worker of `entry`, with its own duplicates of the model's descriptors.
-fn worker_spec(entry: &Entry, id: String, assignment: Assignment) -> Result<WorkerSpec, String> {
+fn worker_spec(
+    entry: &Entry,
+    id: String,
+    assignment: Assignment,
+    policy: &super::Policy,
+) -> Result<WorkerSpec, String> {
     let manifest = entry
         .summary
         .manifest
@@ -584,10 +586,15 @@ fn worker_spec(entry: &Entry, id: String, assignment: Assignment) -> Result<Work
                 .collect(),
             assignment,
             options: entry.worker_options.clone(),
-            heartbeat_ms: 500,
+            // Several heartbeats fit in a timeout, so one late beat is not a death.
+            heartbeat_ms: (policy.worker_heartbeat_timeout.as_millis() / 6).clamp(50, 500) as u32,
         },
         files: fds,
-        policy: Default::default(),
+        policy: crate::supervisor::machine::Policy {
+            heartbeat_timeout: policy.worker_heartbeat_timeout,
+            hello_timeout: policy.worker_start_timeout,
+            ..Default::default()
+        },
     })
 }
 

@@ -86,6 +86,8 @@ pub struct Policy {
     pub device_query_timeout: std::time::Duration,
     /// How long a spawned worker has to say Hello.
     pub worker_start_timeout: std::time::Duration,
+    /// How long a worker may be silent after its Hello before it is killed.
+    pub worker_heartbeat_timeout: std::time::Duration,
 }
 
 impl Default for Policy {
@@ -94,6 +96,7 @@ impl Default for Policy {
             model_dirs: Vec::new(),
             device_query_timeout: std::time::Duration::from_secs(20),
             worker_start_timeout: std::time::Duration::from_secs(20),
+            worker_heartbeat_timeout: std::time::Duration::from_secs(3),
         }
     }
 }
