@@ -92,9 +92,8 @@ pub enum DeviceQuery {
 }
 
 /// Parses a device list, in order: `cuda:0=24GiB` (a stated size) or `cuda:0` (asked of the
-/// device). The CUDA devices without a stated size are asked about
-/// together: with `DeviceQuery::Worker`, in one child process, so eight GPUs cost one driver
-/// initialisation, not eight.
+/// device). The CUDA devices without a stated size are asked about together: with
+/// `DeviceQuery::Worker`, in one child process, so eight GPUs cost one driver initialisation.
 pub fn device_specs(
     texts: &[String],
     query: DeviceQuery,
@@ -189,15 +188,13 @@ fn query_in_worker(ids: &[DeviceId], timeout: Duration) -> Result<Vec<DeviceSpec
             Err(e) => return Err(failed(format!("waiting for the device query: {e}"))),
         }
     };
-    let read = |pipe: Option<&mut dyn Read>| {
-        let mut text = String::new();
-        if let Some(pipe) = pipe {
-            let _ = pipe.read_to_string(&mut text);
-        }
-        text
-    };
-    let stdout = read(child.stdout.as_mut().map(|p| p as &mut dyn Read));
-    let stderr = read(child.stderr.as_mut().map(|p| p as &mut dyn Read));
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let Some(mut pipe) = child.stdout.take() {
+        let _ = pipe.read_to_string(&mut stdout);
+    }
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
     if !status.success() {
         // The worker's own message already names the device: pass it on as it is.
         let message = stderr.trim().trim_start_matches("modelhost-worker: ");
