@@ -17,6 +17,7 @@ use crate::config::default_socket_path;
 use crate::control::types::{LoadRequest, MlockMode, ModelInfo, ModelState, Status};
 use crate::events::Event;
 use crate::placement::PlacementRequest;
+use crate::registry::planned_workers;
 use crate::supervisor::machine::WorkerState;
 use crate::units::format_bytes;
 
@@ -235,7 +236,7 @@ async fn wait_until_ready(
 ) -> Result<ModelInfo, CliError> {
     let name = registered.name.as_str();
     let model_path = format!("/v1/models/{name}");
-    let expected = registered.plan.as_ref().map_or(0, |p| p.replicas.len());
+    let expected = registered.plan.as_ref().map_or(0, planned_workers);
     let bars = MultiProgress::new();
     if quiet {
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());

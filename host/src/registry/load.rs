@@ -523,6 +523,11 @@ impl Registry {
 
 /// One assignment per device that holds something, in plan order; a CPU-only instance is one
 /// CPU worker with every block.
+/// How many workers a model with this plan runs when the host spawns them.
+pub fn planned_workers(plan: &Plan) -> usize {
+    assignments(plan).len()
+}
+
 fn assignments(plan: &Plan) -> Vec<Assignment> {
     let mut out = Vec::new();
     for replica in &plan.replicas {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-pub use load::LoadError;
+pub use load::{planned_workers, LoadError};
 
 use crate::control::types::{LayerSummary, MlockMode, ModelInfo, ModelState, Residency};
 use crate::events::{Event, EventBus};
