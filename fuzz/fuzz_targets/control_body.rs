@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use modelhost_host::control::types::LoadRequest;
+use modelhost_host::api::LoadRequest;
 
 fuzz_target!(|bytes: &[u8]| {
     let Ok(request) = serde_json::from_slice::<LoadRequest>(bytes) else {

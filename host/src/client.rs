@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::UnixStream;
 
-use crate::control::types::ErrorBody;
-use crate::events::Envelope;
+use crate::api::Envelope;
+use crate::api::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::control::types::LoadRequest;
+use crate::api::LoadRequest;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -146,7 +146,8 @@ impl Config {
                 file.worker_handshake_timeout_ms.unwrap_or(5_000),
             ),
             device_query_timeout: Duration::from_millis(
-                file.device_query_timeout_ms.unwrap_or(20_000),
+                file.device_query_timeout_ms
+                    .unwrap_or(DEFAULT_DEVICE_QUERY_TIMEOUT.as_millis() as u64),
             ),
             worker_start_timeout: Duration::from_millis(
                 file.worker_start_timeout_ms.unwrap_or(20_000),
@@ -175,6 +176,19 @@ fn resolve_group(group: &str) -> Result<u32, ConfigError> {
         Ok(Some(g)) => Ok(g.gid.as_raw()),
         _ => Err(ConfigError::UnknownGroup(group.to_owned())),
     }
+}
+
+/// How long a device query (`modelhost-worker --inventory`) may take unless configured.
+pub const DEFAULT_DEVICE_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The worker binary: `$MODELHOST_WORKER`, else `modelhost-worker` beside this executable.
+pub fn worker_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("MODELHOST_WORKER") {
+        return PathBuf::from(path);
+    }
+    std::env::current_exe()
+        .map(|exe| exe.with_file_name("modelhost-worker"))
+        .unwrap_or_else(|_| PathBuf::from("modelhost-worker"))
 }
 
 /// The control socket path: `$MODELHOST_SOCKET`; else `/run/modelhost/control.sock` for root;

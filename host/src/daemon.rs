@@ -17,8 +17,8 @@ use crate::control::{credentials_allowed, serve, AppState};
 use crate::events::EventBus;
 use crate::notify::Notifier;
 use crate::registry::{Policy, Registry};
+use crate::supervisor;
 use modelhost_protocol::wire::Message;
-use modelhost_worker::channel::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -185,7 +185,7 @@ async fn accept_workers(listener: tokio::net::UnixListener, state: Arc<AppState>
     }
 }
 
-/// Handshake, Hello, plan, attach: then the worker is supervised like a spawned one, except that
+/// Greeting, Hello, plan, attach: then the worker is supervised like a spawned one, except that
 /// its process manager, not the host, restarts it.
 fn adopt_worker(stream: tokio::net::UnixStream, pid: u32, state: &AppState) {
     let timeout = state.config().worker_handshake_timeout;
@@ -196,20 +196,9 @@ fn adopt_worker(stream: tokio::net::UnixStream, pid: u32, state: &AppState) {
         Ok(s) => s,
         Err(e) => return tracing::warn!(error = %e, "worker connection unusable"),
     };
-    let mut channel = match Channel::handshake(stream, timeout) {
-        Ok(c) => c,
-        Err(e) => return tracing::warn!(pid, error = %e, "worker connection dropped: no handshake"),
-    };
-    let _ = channel.set_read_timeout(Some(timeout));
-    let hello = match channel.recv() {
-        Ok(Message::Hello(hello)) => hello,
-        Ok(other) => {
-            return tracing::warn!(
-                pid,
-                "worker connection dropped: expected Hello, got {other:?}"
-            )
-        }
-        Err(e) => return tracing::warn!(pid, error = %e, "worker connection dropped: no Hello"),
+    let (mut channel, hello) = match supervisor::greet_joining(stream, timeout) {
+        Ok(greeted) => greeted,
+        Err(e) => return tracing::warn!(pid, "worker connection dropped: {e}"),
     };
     let spec = match state.registry.external_spec(&hello) {
         Ok(spec) => spec,
@@ -220,7 +209,13 @@ fn adopt_worker(stream: tokio::net::UnixStream, pid: u32, state: &AppState) {
         }
     };
     let model = spec.model.clone();
-    match crate::supervisor::adopt(spec, channel, pid, Arc::clone(state.registry.events())) {
+    match supervisor::adopt(
+        spec,
+        channel,
+        pid,
+        &hello,
+        Arc::clone(state.registry.events()),
+    ) {
         Ok(handle) => {
             tracing::info!(pid, worker = %hello.worker_id, %model, device = %hello.device, "worker joined");
             state.registry.add_worker(&model, handle);
@@ -231,10 +226,7 @@ fn adopt_worker(stream: tokio::net::UnixStream, pid: u32, state: &AppState) {
 
 /// Loads the models a config file declares that are not loaded yet. Failures are logged: one
 /// bad entry does not stop the others or the daemon.
-async fn load_configured(
-    registry: &Arc<Registry>,
-    models: Vec<crate::control::types::LoadRequest>,
-) {
+async fn load_configured(registry: &Arc<Registry>, models: Vec<crate::api::LoadRequest>) {
     for request in models {
         let registry = Arc::clone(registry);
         let path = request.path.clone();

@@ -2,6 +2,7 @@
 //! control server, signals, notify), the model-file opener, the synthetic model writer and the
 //! `modelhost` CLI. See ARCHITECTURE.md for the map.
 
+pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -5,13 +5,11 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use modelhost_protocol::placement::{
-    DeviceId, DeviceKind, DeviceSpec, GpuLayers, Mode, PlanOptions,
-};
-use modelhost_protocol::GgmlType;
-use modelhost_worker::devices::{self, DeviceError};
-use serde::{Deserialize, Serialize};
+use modelhost_node::cpu::{self, CpuError};
+use modelhost_protocol::placement::{DeviceId, DeviceKind, DeviceSpec};
 
+use crate::api::PlacementOptionError;
+use crate::config::worker_binary;
 use crate::model_file::MappedModel;
 use crate::pages;
 use crate::units::parse_size;
@@ -22,81 +20,28 @@ pub enum PlacementError {
     #[error("device {text:?}: {message}")]
     BadDevice { text: String, message: String },
     #[error(transparent)]
-    Device(#[from] DeviceError),
+    Cpu(#[from] CpuError),
     /// A device query in a worker process failed or timed out; the text names the device.
     #[error("{0}")]
     DeviceQuery(String),
-    #[error("{0}")]
-    BadOption(String),
-}
-
-/// Placement options as a load request or the CLI gives them; unset fields take the defaults.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlacementRequest {
-    /// Context length per sequence (default: the model's).
-    #[serde(default)]
-    pub ctx: Option<u32>,
-    /// Sequences served in parallel (default 1).
-    #[serde(default)]
-    pub parallel: Option<u32>,
-    /// KV cache type: f16 (default), f32, bf16, q8_0 or q4_0.
-    #[serde(default)]
-    pub kv_type: Option<String>,
-    /// Blocks to offload; absent means as many as fit.
-    #[serde(default)]
-    pub gpu_layers: Option<u32>,
-    /// Share of the offloaded blocks per GPU.
-    #[serde(default)]
-    pub tensor_split: Option<Vec<f64>>,
-    /// split (default) or replicate.
-    #[serde(default)]
-    pub mode: Option<Mode>,
-    /// Size sliding-window layers for the whole context (llama.cpp's swa_full).
-    #[serde(default)]
-    pub swa_full: bool,
-}
-
-impl PlacementRequest {
-    pub fn options(&self) -> Result<PlanOptions, PlacementError> {
-        let kv_type = match &self.kv_type {
-            None => GgmlType::F16,
-            Some(name) => GgmlType::from_name(name)
-                .ok_or_else(|| PlacementError::BadOption(format!("unknown KV type {name:?}")))?,
-        };
-        Ok(PlanOptions {
-            context_length: self.ctx,
-            parallel: self.parallel.unwrap_or(1),
-            kv_type,
-            gpu_layers: self.gpu_layers.map_or(GpuLayers::Auto, GpuLayers::Count),
-            tensor_split: self.tensor_split.clone(),
-            mode: self.mode.unwrap_or_default(),
-            swa_full: self.swa_full,
-            ..PlanOptions::default()
-        })
-    }
+    #[error(transparent)]
+    BadOption(#[from] PlacementOptionError),
 }
 
 /// The tag a stated size leaves in a device's name.
 const STATED: &str = "(stated)";
 
-/// Where a CUDA device's free memory is asked for.
-#[derive(Debug, Clone, Copy)]
-pub enum DeviceQuery {
-    /// In this process: for the CLI, which exits after one plan.
-    InProcess,
-    /// In a `modelhost-worker --inventory` child, killed after `timeout`: for the daemon. The
-    /// daemon never loads the CUDA driver, so it holds no context and no driver threads, and a
-    /// driver that hangs (a lost GPU) costs one load its answer rather than the daemon a thread.
-    Worker { timeout: Duration },
-}
-
 /// Parses a device list, in order: `cuda:0=24GiB` (a stated size) or `cuda:0` (asked of the
-/// device). The CUDA devices without a stated size are asked about together: with
-/// `DeviceQuery::Worker`, in one child process, so eight GPUs cost one driver initialisation.
+/// device). The CUDA devices without a stated size are asked about together, in one
+/// `modelhost-worker --inventory` process killed after `timeout`, so eight GPUs cost one driver
+/// initialisation.
+///
+/// Neither the daemon nor the CLI loads the CUDA driver: the daemon holds no context and no
+/// driver threads, a driver that hangs (a lost GPU) costs one load its answer rather than the
+/// daemon a thread, and the host does not link cudarc at all.
 pub fn device_specs(
     texts: &[String],
-    query: DeviceQuery,
+    timeout: Duration,
 ) -> Result<Vec<DeviceSpec>, PlacementError> {
     let parsed = texts
         .iter()
@@ -107,11 +52,22 @@ pub fn device_specs(
         .filter(|(id, size)| size.is_none() && id.kind == DeviceKind::Cuda)
         .map(|(id, _)| *id)
         .collect();
-    let mut asked = match query {
-        DeviceQuery::Worker { timeout } if !unsized_gpus.is_empty() => {
-            query_in_worker(&unsized_gpus, timeout)?
+    let mut asked = if unsized_gpus.is_empty() {
+        Vec::new()
+    } else {
+        let list = unsized_gpus
+            .iter()
+            .map(DeviceId::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let specs = query_in_worker(&["--inventory", &list], &list, timeout)?;
+        let answered: Vec<DeviceId> = specs.iter().map(|s| s.id).collect();
+        if answered != unsized_gpus {
+            return Err(PlacementError::DeviceQuery(format!(
+                "{list}: the device query answered for {answered:?} instead"
+            )));
         }
-        _ => Vec::new(),
+        specs
     }
     .into_iter();
     parsed
@@ -124,11 +80,11 @@ pub fn device_specs(
                 free_bytes: bytes,
                 limit_bytes: None,
             }),
-            None => match (id.kind, query) {
-                (DeviceKind::Cuda, DeviceQuery::Worker { .. }) => asked.next().ok_or_else(|| {
+            None => match id.kind {
+                DeviceKind::Cuda => asked.next().ok_or_else(|| {
                     PlacementError::DeviceQuery(format!("{id}: the device query left it out"))
                 }),
-                _ => Ok(devices::inventory(id)?),
+                DeviceKind::Cpu => Ok(cpu::inventory(id)?),
             },
         })
         .collect()
@@ -151,19 +107,22 @@ fn parse_device(text: &str) -> Result<(DeviceId, Option<u64>), PlacementError> {
     Ok((id, size))
 }
 
-/// Runs `modelhost-worker --inventory IDS` and reads the JSON `DeviceSpec`s it prints, one per
-/// id, in order.
-fn query_in_worker(ids: &[DeviceId], timeout: Duration) -> Result<Vec<DeviceSpec>, PlacementError> {
-    let list = ids
-        .iter()
-        .map(DeviceId::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let failed = |message: String| PlacementError::DeviceQuery(format!("{list}: {message}"));
-    let binary = crate::supervisor::worker_binary();
+/// Every CUDA device on this machine (none without a driver), asked of a worker process.
+pub fn cuda_devices(timeout: Duration) -> Result<Vec<DeviceSpec>, PlacementError> {
+    query_in_worker(&["--cuda-devices"], "cuda", timeout)
+}
+
+/// Runs `modelhost-worker ARGS` and reads the JSON `DeviceSpec`s it prints. `what` names the
+/// devices asked about in errors.
+fn query_in_worker(
+    args: &[&str],
+    what: &str,
+    timeout: Duration,
+) -> Result<Vec<DeviceSpec>, PlacementError> {
+    let failed = |message: String| PlacementError::DeviceQuery(format!("{what}: {message}"));
+    let binary = worker_binary();
     let mut child = Command::new(&binary)
-        .arg("--inventory")
-        .arg(&list)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -199,20 +158,13 @@ fn query_in_worker(ids: &[DeviceId], timeout: Duration) -> Result<Vec<DeviceSpec
         // The worker's own message already names the device: pass it on as it is.
         let message = stderr.trim().trim_start_matches("modelhost-worker: ");
         return Err(PlacementError::DeviceQuery(if message.is_empty() {
-            format!("{list}: the device query failed ({status})")
+            format!("{what}: the device query failed ({status})")
         } else {
             message.to_owned()
         }));
     }
-    let specs: Vec<DeviceSpec> = serde_json::from_str(stdout.trim())
-        .map_err(|e| failed(format!("unreadable answer from the device query: {e}")))?;
-    let answered: Vec<DeviceId> = specs.iter().map(|s| s.id).collect();
-    if answered != ids {
-        return Err(failed(format!(
-            "the device query answered for {answered:?} instead"
-        )));
-    }
-    Ok(specs)
+    serde_json::from_str(stdout.trim())
+        .map_err(|e| failed(format!("unreadable answer from the device query: {e}")))
 }
 
 /// Host memory for a model: a stated CPU size when one is given (cpu=64GiB); else MemAvailable
@@ -224,7 +176,7 @@ pub fn host_available(devices: &[DeviceSpec], mapped: &MappedModel) -> Result<u6
     {
         return Ok(cpu.free_bytes);
     }
-    let host = devices::inventory(DeviceId::cpu())?;
+    let host = cpu::inventory(DeviceId::cpu())?;
     let resident: u64 = mapped
         .files()
         .iter()

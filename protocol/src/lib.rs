@@ -7,6 +7,7 @@
 //! - [`layers`]: the page-aligned layer regions the host advertises to workers.
 //! - [`manifest`]: the model manifest the planner and the workers receive.
 //! - [`placement`]: the placement planner.
+//! - [`progress`]: how often progress is reported.
 //! - [`units`]: byte sizes for people.
 //! - [`wire`]: the host↔worker protocol.
 
@@ -15,6 +16,7 @@ pub mod gguf;
 pub mod layers;
 pub mod manifest;
 pub mod placement;
+pub mod progress;
 pub mod units;
 pub mod wire;
 

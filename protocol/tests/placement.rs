@@ -466,3 +466,52 @@ proptest! {
             "{} -> {} blocks", before.gpu_layer_count(), after.gpu_layer_count());
     }
 }
+
+/// A plan becomes one worker per GPU that holds something, or one CPU worker for an instance
+/// with no GPU; each carries that device's blocks, output stage, KV and scratch.
+#[test]
+fn assignments_are_one_worker_per_device_that_holds_something() {
+    let m = uniform(10);
+    let split = plan(
+        &m,
+        &[gpu(0, room_for(3)), gpu(1, room_for(3))],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    let workers = split.assignments();
+    let devices: Vec<String> = workers.iter().map(|a| a.device.to_string()).collect();
+    assert_eq!(devices, ["cuda:0", "cuda:1"]);
+    let gpu_blocks: Vec<u32> = workers.iter().flat_map(|a| a.layers.clone()).collect();
+    assert_eq!(gpu_blocks, (4..10).collect::<Vec<_>>());
+    for (a, d) in workers.iter().zip(&split.replicas[0].devices) {
+        assert_eq!(
+            (&a.layers, a.output, a.kv_bytes, a.scratch_bytes),
+            (&d.layers, d.output, d.kv_bytes, d.scratch_bytes)
+        );
+    }
+
+    let cpu_only = plan(&m, &[cpu()], &PlanOptions::default()).unwrap();
+    let workers = cpu_only.assignments();
+    assert_eq!(workers.len(), 1);
+    let r = &cpu_only.replicas[0];
+    assert_eq!(workers[0].device, DeviceId::cpu());
+    assert_eq!(workers[0].layers, (0..10).collect::<Vec<_>>());
+    assert!(workers[0].output);
+    assert_eq!(
+        (workers[0].kv_bytes, workers[0].scratch_bytes),
+        (r.cpu_kv_bytes, r.cpu_scratch_bytes)
+    );
+
+    let replicas = plan(
+        &m,
+        &[gpu(0, 24 * GIB), gpu(1, 24 * GIB)],
+        &PlanOptions {
+            mode: Mode::Replicate,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let workers = replicas.assignments();
+    assert_eq!(workers.len(), 2, "one worker per replica");
+    assert!(workers.iter().all(|a| a.layers.len() == 10 && a.output));
+}

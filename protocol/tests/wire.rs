@@ -67,14 +67,96 @@ fn every_violation_from_literal_bytes() {
         }
     );
     assert!(check_preamble(&preamble()).is_ok());
-    // The last variant still decodes: LAST_VARIANT is right.
-    assert_eq!(decode_payload(b"\x08"), Ok(Message::Detach));
 }
 
 /// An Attach with a real manifest crosses the wire intact (postcard needs every type in it to be
 /// self-describing-free: no untagged or flattened serde forms).
 #[test]
 fn an_attach_with_a_manifest_round_trips() {
+    let attach = sample_attach();
+    let mut decoder = FrameDecoder::new();
+    decoder.push(&encode(&attach));
+    assert_eq!(decoder.next_message(), Ok(Some(attach)));
+}
+
+/// The wire index of each message: its place in the enum, which postcard writes as the frame's
+/// first byte. A new variant fails to compile here until it is given its index, and then
+/// `every_message_kind_decodes` fails until it has a sample that the decoder accepts.
+fn wire_index(message: &Message) -> u8 {
+    match message {
+        Message::Hello(_) => 0,
+        Message::Attach(_) => 1,
+        Message::Progress(_) => 2,
+        Message::LayerReady { .. } => 3,
+        Message::Ready(_) => 4,
+        Message::Failed { .. } => 5,
+        Message::Heartbeat { .. } => 6,
+        Message::Shutdown => 7,
+        Message::Detach => 8,
+    }
+}
+
+/// One message of every kind.
+fn every_kind() -> Vec<Message> {
+    use modelhost_protocol::placement::{DeviceId, DeviceSpec};
+    use modelhost_protocol::wire::Hello;
+    vec![
+        Message::Hello(Hello {
+            worker_id: "w".into(),
+            pid: 7,
+            device: DeviceId::cuda(0),
+            inventory: vec![DeviceSpec {
+                id: DeviceId::cuda(0),
+                name: "gpu".into(),
+                total_bytes: 8,
+                free_bytes: 4,
+                limit_bytes: None,
+            }],
+            model: Some("m".into()),
+        }),
+        sample_attach(),
+        Message::Progress(Progress {
+            phase: WorkerPhase::Kv,
+            done_bytes: 1,
+            total_bytes: 2,
+            layers_done: 3,
+            layers_total: 4,
+        }),
+        Message::LayerReady { layer: 3 },
+        Message::Ready(ReadyStats::default()),
+        Message::Failed { error: "no".into() },
+        Message::Heartbeat { seq: 1 },
+        Message::Shutdown,
+        Message::Detach,
+    ]
+}
+
+/// The decoder names an unknown message by comparing the frame's variant index with the last
+/// one it knows. That bound must follow the enum: every kind decodes, and the next index is
+/// unknown.
+#[test]
+fn every_message_kind_decodes() {
+    let messages = every_kind();
+    let mut indices: Vec<u8> = messages.iter().map(wire_index).collect();
+    for message in &messages {
+        let frame = encode(message);
+        assert_eq!(frame[4], wire_index(message), "{message:?}");
+        assert_eq!(decode_payload(&frame[4..]).as_ref(), Ok(message));
+    }
+    indices.sort_unstable();
+    let last = *indices.last().unwrap();
+    assert_eq!(
+        indices,
+        (0..=last).collect::<Vec<_>>(),
+        "a sample of every kind"
+    );
+    assert!(matches!(
+        decode_payload(&[last + 1]),
+        Err(WireError::UnknownMessage { .. })
+    ));
+}
+
+fn sample_attach() -> Message {
     use modelhost_protocol::gguf::{GgufFile, GgufModel, GgufWriter, OwnedValue, ValueType};
     use modelhost_protocol::layers::PageSize;
     use modelhost_protocol::manifest::ModelManifest;
@@ -97,7 +179,7 @@ fn an_attach_with_a_manifest_round_trips() {
     let bytes = w.layout().unwrap().to_bytes(|_, _| {});
     let model = GgufModel::single("m", GgufFile::parse(&bytes).unwrap()).unwrap();
     let manifest = ModelManifest::from_model(&model, PageSize::FOUR_KIB).unwrap();
-    let attach = Message::Attach(Box::new(Attach {
+    Message::Attach(Box::new(Attach {
         model: "m".into(),
         manifest,
         files: vec![FileCheck {
@@ -114,10 +196,7 @@ fn an_attach_with_a_manifest_round_trips() {
         },
         options: WorkerOptions::default(),
         heartbeat_ms: 500,
-    }));
-    let mut decoder = FrameDecoder::new();
-    decoder.push(&encode(&attach));
-    assert_eq!(decoder.next_message(), Ok(Some(attach)));
+    }))
 }
 
 #[test]

@@ -182,6 +182,15 @@ fn bad_requests_get_clear_4xx_and_the_loaded_model_keeps_serving() {
             "/etc/hosts",
         ),
         (
+            // Refused even without devices to plan for: the options are kept for joining
+            // workers, and a default must never stand in for a bad one.
+            "unknown KV type without devices",
+            json!({ "path": model, "name": "kv", "placement": { "kv_type": "q3_bogus" } }),
+            400,
+            "invalid_placement",
+            "unknown KV type \"q3_bogus\"",
+        ),
+        (
             "relative path",
             json!({ "path": "models/x.gguf" }),
             400,

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use modelhost_tests::daemon::{Daemon, DaemonOptions};
-use modelhost_tests::http::{get, request};
+use modelhost_tests::http::{get, request, subscribe};
 use modelhost_tests::models::{gone, ready_with, wait_for};
 use modelhost_tests::{gemma_model, Scratch};
 use nix::sys::signal::{kill, Signal};
@@ -185,6 +185,65 @@ fn a_frozen_worker_misses_its_heartbeats_and_is_replaced() {
     assert_eq!(model["workers"][0]["restarts"], 1);
     assert!(gone(frozen), "the frozen worker was killed");
     assert!(daemon.log_text().contains("worker spawned"));
+}
+
+/// A forced unload waits for its workers to exit: frozen ones are killed only after the 1 s stop
+/// grace. That wait must not hold the async threads, which answer every other request (and will
+/// carry token streams): with two such unloads running, the API still answers at once. When the
+/// handler waited on the runtime, both of its threads sat in the unloads and `/healthz` came back
+/// only after one of them.
+#[test]
+fn forced_unloads_of_frozen_workers_leave_the_api_answering() {
+    let dir = Scratch::new("unload-frozen");
+    let daemon = Daemon::start(&dir.path("control.sock"), DaemonOptions::default());
+    let socket = daemon.socket.clone();
+    let mut frozen = Vec::new();
+    for name in ["a", "b"] {
+        load(&socket, name, 1);
+        let model = wait_for(&socket, name, "the worker", |m| ready_with(m, 1));
+        frozen.push(model["workers"][0]["pid"].as_u64().unwrap());
+    }
+    for &pid in &frozen {
+        kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+    }
+    let events = subscribe(&socket);
+    let unloads: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let r = request(
+                    &socket,
+                    "DELETE",
+                    &format!("/v1/models/{name}?force=true"),
+                    None,
+                );
+                (r.status, Instant::now())
+            })
+        })
+        .collect();
+    // Both unloads are under way once both workers are told to stop.
+    let mut stopping = 0;
+    while stopping < 2 {
+        let e = events
+            .recv_timeout(Duration::from_secs(10))
+            .expect("stopping events");
+        if e["type"] == "worker_state" && e["state"] == "stopping" {
+            stopping += 1;
+        }
+    }
+    let health = get(&socket, "/healthz");
+    let answered = Instant::now();
+    assert_eq!(health.status, 200);
+    for unload in unloads {
+        let (status, done) = unload.join().unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            answered < done,
+            "/healthz waited for a forced unload to finish"
+        );
+    }
+    assert!(frozen.iter().all(|&pid| gone(pid)), "frozen workers left");
 }
 
 /// The model file truncated on disk while loaded. The guarantee (ARCHITECTURE.md): the host never

@@ -365,7 +365,7 @@ fn a_numa_worker_is_pinned_and_worker_options_reach_the_workers() {
     let pid = model["workers"][0]["pid"].as_u64().unwrap();
 
     let node_cpus = std::fs::read_to_string("/sys/devices/system/node/node0/cpulist").unwrap();
-    let parse = |s: &str| modelhost_worker::devices::parse_cpulist(s.trim()).unwrap();
+    let parse = |s: &str| modelhost_node::cpu::parse_cpulist(s.trim()).unwrap();
     assert_eq!(
         parse(&status_field(pid, "Cpus_allowed_list:")),
         parse(&node_cpus)

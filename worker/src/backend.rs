@@ -1,7 +1,10 @@
 //! Device backends behind one small trait: place a layer's bytes, allocate the KV cache and
 //! scratch, and say what is held.
 
+use modelhost_node::pages::PopulateError;
 use modelhost_protocol::wire::WorkerOptions;
+
+use crate::devices::DeviceError;
 
 pub mod cpu;
 pub mod cuda;
@@ -9,8 +12,15 @@ pub mod cuda;
 /// Why a backend could not do its work.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("{0}")]
-    Device(String),
+    /// The device cannot be used at all: no driver, no such device.
+    #[error(transparent)]
+    Unavailable(#[from] DeviceError),
+    /// The device's driver refused a call; the text is the driver's own.
+    #[error("CUDA: {0}")]
+    Driver(String),
+    /// The shared pages cannot be read: the model file shrank or was replaced on disk.
+    #[error("the model's pages cannot be read ({0}); reload the model")]
+    Pages(#[from] PopulateError),
     #[error(
         "locking {bytes} bytes failed ({source}); raise RLIMIT_MEMLOCK or attach without mlock"
     )]

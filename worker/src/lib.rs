@@ -1,13 +1,16 @@
 //! The modelhost worker library: attaches to the pages the host mapped, through the file
-//! descriptor it is passed, and uploads its assigned layers to its device.
+//! descriptor it is passed, and places its assigned layers on its device.
 //!
-//! Built so far: [`devices`], the device inventory (CUDA through cudarc with dynamic loading, CPU
-//! and NUMA nodes), which the host's planner uses and which a worker will report in its Hello.
-//! The attach path, the device backends and the `modelhost-worker` binary are the subject of the
-//! workers issue. The worker never parses GGUF: it depends on `modelhost-protocol` only for the
-//! manifest and wire types.
+//! - [`attach`]: check the passed descriptors, map them, place the assigned regions, allocate the
+//!   KV cache, reporting progress as it goes.
+//! - [`backend`]: the device backends behind one trait (the CPU uses the pages in place; CUDA
+//!   uploads them through cudarc).
+//! - [`devices`]: the device inventory a worker reports in its Hello (CUDA here, the CPU from
+//!   `modelhost_node`).
+//!
+//! The worker never parses GGUF: it depends on `modelhost-protocol` for the manifest and wire
+//! types, and on `modelhost-node` for the link to the host.
 
 pub mod attach;
 pub mod backend;
-pub mod channel;
 pub mod devices;

@@ -12,13 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
+use modelhost_node::channel::{Channel, ChannelError, Sender};
+use modelhost_node::cpu::pin_to_numa_node;
 use modelhost_protocol::placement::{DeviceId, DeviceKind};
 use modelhost_protocol::wire::{Hello, Message};
 use modelhost_worker::attach::attach;
 use modelhost_worker::backend::cpu::CpuBackend;
 use modelhost_worker::backend::cuda::CudaBackend;
 use modelhost_worker::backend::Backend;
-use modelhost_worker::channel::{Channel, ChannelError, Sender};
 use modelhost_worker::devices;
 
 /// Attach to a model the modelhost host has mapped, and serve it on one device.
@@ -45,12 +46,16 @@ struct Args {
     /// daemon itself never loads the driver.
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["fd", "connect"])]
     inventory: Option<Vec<DeviceId>>,
+    /// Print every CUDA device's inventory as a JSON array (empty without a driver), and exit.
+    #[arg(long, conflicts_with_all = ["fd", "connect", "inventory"])]
+    cuda_devices: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let outcome = match &args.inventory {
         Some(devices) => print_inventory(devices),
+        None if args.cuda_devices => print_json(&devices::cuda_devices()),
         None => run(args),
     };
     match outcome {
@@ -67,7 +72,11 @@ fn print_inventory(ids: &[DeviceId]) -> Result<(), String> {
         .iter()
         .map(|&id| devices::inventory(id).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
-    let json = serde_json::to_string(&specs).map_err(|e| e.to_string())?;
+    print_json(&specs)
+}
+
+fn print_json(specs: &[modelhost_protocol::placement::DeviceSpec]) -> Result<(), String> {
+    let json = serde_json::to_string(specs).map_err(|e| e.to_string())?;
     println!("{json}");
     Ok(())
 }
@@ -144,8 +153,8 @@ fn run(args: Args) -> Result<(), String> {
     // A cpu:N worker runs on node N's cores, with its memory there, before it allocates anything.
     let device = attach_msg.assignment.device;
     if let (DeviceKind::Cpu, Some(node)) = (device.kind, device.index) {
-        if let Err(e) = devices::pin_to_numa_node(node) {
-            let error = format!("{device}: pinning to NUMA node {node}: {e}");
+        if let Err(e) = pin_to_numa_node(device, node) {
+            let error = e.to_string();
             send(
                 &sender,
                 &Message::Failed {
@@ -185,6 +194,7 @@ fn run(args: Args) -> Result<(), String> {
             }
         }
         Err(error) => {
+            let error = error.to_string();
             send(
                 &sender,
                 &Message::Failed {

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::{block_on, CliError, ConnectArgs};
-use crate::events::Event;
+use crate::api::Event;
 use crate::units::format_bytes;
 
 #[derive(Debug, Args)]

@@ -7,8 +7,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{block_on, CliError, ConnectArgs};
-use crate::control::types::{LoadRequest, MlockMode, ModelInfo, ModelState};
-use crate::events::{Event, Phase};
+use crate::api::{Event, Phase};
+use crate::api::{LoadRequest, MlockMode, ModelInfo, ModelState};
 use crate::units::format_bytes;
 
 #[derive(Debug, Args)]
@@ -64,7 +64,7 @@ pub fn run(args: LoadArgs) -> Result<(), CliError> {
         },
         copy: args.copy,
         devices: args.devices.clone(),
-        placement: crate::placement::PlacementRequest {
+        placement: crate::api::PlacementRequest {
             ctx: args.ctx,
             parallel: args.parallel,
             ..Default::default()

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::{block_on, CliError, ConnectArgs};
-use crate::control::types::{ModelInfo, ModelState};
+use crate::api::{ModelInfo, ModelState};
 use crate::units::format_bytes;
 
 #[derive(Debug, Args)]

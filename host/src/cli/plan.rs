@@ -3,15 +3,17 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use modelhost_node::cpu;
 use modelhost_protocol::layers::PageSize;
 use modelhost_protocol::manifest::ModelManifest;
 use modelhost_protocol::placement::{plan, DeviceId, DeviceSpec, Mode, Plan};
-use modelhost_worker::devices;
 
 use super::CliError;
+use crate::api::PlacementRequest;
+use crate::config::DEFAULT_DEVICE_QUERY_TIMEOUT;
 use crate::model_file::MappedModel;
 use crate::pages;
-use crate::placement::{device_specs, host_available, DeviceQuery, PlacementRequest};
+use crate::placement::{cuda_devices, device_specs, host_available};
 use crate::units::{format_bytes, parse_size};
 
 #[derive(Debug, Args)]
@@ -95,14 +97,14 @@ pub fn run(args: PlanArgs) -> Result<(), CliError> {
     let page = PageSize::new(pages::page_size() as u64).unwrap_or(PageSize::FOUR_KIB);
     let manifest = ModelManifest::from_model(&model, page)?;
     let devices: Vec<DeviceSpec> = if args.devices.is_empty() {
-        let gpus = devices::cuda_devices();
+        let gpus = cuda_devices(DEFAULT_DEVICE_QUERY_TIMEOUT)?;
         if gpus.is_empty() {
-            vec![devices::inventory(DeviceId::cpu())?]
+            vec![cpu::inventory(DeviceId::cpu())?]
         } else {
             gpus
         }
     } else {
-        device_specs(&args.devices, DeviceQuery::InProcess)?
+        device_specs(&args.devices, DEFAULT_DEVICE_QUERY_TIMEOUT)?
     };
     let mut options = args.request()?.options()?;
     options.gpu_reserve_bytes = args.reserve;

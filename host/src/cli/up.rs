@@ -12,13 +12,13 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use modelhost_protocol::placement::Mode;
 
 use super::{block_on, CliError, ConnectArgs};
+use crate::api::Event;
+use crate::api::PlacementRequest;
+use crate::api::WorkerState;
+use crate::api::{LoadRequest, MlockMode, ModelInfo, ModelState, Status};
 use crate::client::{Client, ClientError, EventStream};
 use crate::config::default_socket_path;
-use crate::control::types::{LoadRequest, MlockMode, ModelInfo, ModelState, Status};
-use crate::events::Event;
-use crate::placement::PlacementRequest;
 use crate::registry::planned_workers;
-use crate::supervisor::machine::WorkerState;
 use crate::units::format_bytes;
 
 #[derive(Debug, Args)]

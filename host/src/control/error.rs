@@ -2,7 +2,7 @@
 
 use hyper::StatusCode;
 
-use super::types::{ErrorBody, ErrorDetail};
+use crate::api::{ErrorBody, ErrorDetail};
 use crate::model_file::OpenError;
 use crate::placement::PlacementError;
 use crate::registry::{LoadError, UnloadError};
@@ -63,7 +63,7 @@ impl From<LoadError> for ApiError {
             LoadError::Placement(PlacementError::BadOption(_)) => {
                 (StatusCode::BAD_REQUEST, "invalid_placement")
             }
-            LoadError::Placement(PlacementError::Device(_) | PlacementError::DeviceQuery(_)) => {
+            LoadError::Placement(PlacementError::Cpu(_) | PlacementError::DeviceQuery(_)) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "device_unavailable")
             }
             LoadError::Plan(_) | LoadError::NoManifest(_) => {

@@ -13,7 +13,7 @@ use hyper::StatusCode;
 use tokio::sync::{broadcast, mpsc};
 
 use super::{AppState, Response};
-use crate::events::{Envelope, Event};
+use crate::api::{Envelope, Event};
 
 /// A response body fed by a channel.
 struct ChannelBody(mpsc::Receiver<Bytes>);

@@ -3,11 +3,11 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use super::types::ModelState;
 use super::AppState;
+use crate::api::ModelState;
+use crate::api::WorkerInfo;
+use crate::api::WorkerState;
 use crate::pages;
-use crate::supervisor::machine::WorkerState;
-use crate::supervisor::WorkerInfo;
 
 pub fn render_metrics(state: &AppState) -> String {
     let mut out = String::new();
@@ -18,7 +18,7 @@ pub fn render_metrics(state: &AppState) -> String {
         }
     };
     let models = state.registry.list();
-    let per_model = |f: &dyn Fn(&super::types::ModelInfo) -> f64| -> Vec<(String, f64)> {
+    let per_model = |f: &dyn Fn(&crate::api::ModelInfo) -> f64| -> Vec<(String, f64)> {
         models
             .iter()
             .map(|m| (format!("{{model=\"{}\"}}", m.name), f(m)))

@@ -6,7 +6,6 @@ mod events;
 pub mod listener;
 mod metrics;
 mod routes;
-pub mod types;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +51,7 @@ pub struct AppState {
     pub counters: Counters,
     /// `/v1/status` computed at most every 250 ms: probes and dashboards poll it, and its
     /// residency and /proc figures cost milliseconds on big models.
-    status_cache: std::sync::Mutex<Option<(Instant, u64, types::Status)>>,
+    status_cache: std::sync::Mutex<Option<(Instant, u64, crate::api::Status)>>,
 }
 
 impl AppState {
@@ -77,7 +76,7 @@ impl AppState {
     }
 
     /// The cached status, if it is fresh: under 250 ms old, and no model changed since.
-    pub(crate) fn cached_status(&self) -> Option<types::Status> {
+    pub(crate) fn cached_status(&self) -> Option<crate::api::Status> {
         let cache = self.status_cache.lock().unwrap_or_else(|e| e.into_inner());
         let generation = self.registry.generation();
         cache
@@ -89,7 +88,7 @@ impl AppState {
     }
 
     /// Caches a status computed when the registry was at `generation`.
-    pub(crate) fn cache_status(&self, generation: u64, status: &types::Status) {
+    pub(crate) fn cache_status(&self, generation: u64, status: &crate::api::Status) {
         *self.status_cache.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((Instant::now(), generation, status.clone()));
     }

@@ -11,8 +11,8 @@ use hyper::{Method, Request, StatusCode};
 use super::error::ApiError;
 use super::events::event_stream;
 use super::metrics::render_metrics;
-use super::types::{LoadRequest, Status};
 use super::{json_response, text_response, AppState, Response};
+use crate::api::{LoadRequest, Status};
 use crate::pages;
 
 /// Every route: method and path template. The OpenAPI document must describe exactly these.
@@ -74,7 +74,10 @@ pub async fn dispatch(state: Arc<AppState>, req: Request<Incoming>) -> Result<Re
                 .uri()
                 .query()
                 .is_some_and(|q| q.split('&').any(|kv| kv == "force=true" || kv == "force=1"));
-            state.registry.unload(name, force)?;
+            // Stopping workers waits for them to exit: off the async threads, which carry every
+            // other request and stream meanwhile.
+            let (registry, key) = (Arc::clone(&state.registry), name.to_string());
+            blocking(move || registry.unload(&key, force)).await??;
             Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({ "unloaded": name }),
@@ -184,19 +187,12 @@ async fn load(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response, 
     let request: LoadRequest = json_body(&state, req).await?;
     let registry = Arc::clone(&state.registry);
     // Opening, mapping and parsing do blocking I/O; keep them off the async workers.
-    let info = tokio::task::spawn_blocking(move || registry.load(request))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("load task: {e}"),
-            )
-        })??;
+    let info = blocking(move || registry.load(request)).await??;
     Ok(json_response(StatusCode::CREATED, &info))
 }
 
-/// Runs mincore and /proc reads off the async threads, which must keep answering.
+/// Runs blocking work (mincore, /proc reads, opening files, waiting for workers to stop) off the
+/// async threads, which must keep answering.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -243,10 +239,8 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::control::types::{
-        ErrorBody, ErrorDetail, MlockMode, ModelInfo, ModelState, Residency,
-    };
-    use crate::events::{Envelope, Event, Phase};
+    use crate::api::{Envelope, Event, Phase};
+    use crate::api::{ErrorBody, ErrorDetail, MlockMode, ModelInfo, ModelState, Residency};
 
     fn openapi() -> Value {
         serde_json::from_str(OPENAPI).expect("openapi.json is JSON")
@@ -386,7 +380,7 @@ mod tests {
                 model: "m".into(),
                 worker: "m-0".into(),
                 device: "cpu".into(),
-                state: crate::supervisor::machine::WorkerState::Ready,
+                state: crate::api::WorkerState::Ready,
                 pid: Some(1),
                 restarts: 0,
                 error: Some("e".into()),

@@ -9,16 +9,15 @@ use modelhost_protocol::gguf::HyperParams;
 use modelhost_protocol::layers::{layer_regions, PageSize};
 use modelhost_protocol::manifest::ModelManifest;
 use modelhost_protocol::placement::{plan, Plan, PlanError, PlanOptions};
-use modelhost_protocol::wire::{checksum64, Assignment, Attach, FileCheck, Hello};
+use modelhost_protocol::progress::ProgressThrottle;
+use modelhost_protocol::wire::{checksum64, FileCheck};
 
 use super::{info, unix_now, Entry, Registry, Summary};
+use crate::api::{Event, LayerSummary, LoadRequest, MlockMode, ModelInfo, ModelState, Phase};
 use crate::config::normalize;
-use crate::control::types::{LayerSummary, LoadRequest, MlockMode, ModelInfo, ModelState};
-use crate::events::{Event, Phase, ProgressThrottle};
 use crate::model_file::{MappedModel, OpenError};
 use crate::pages;
-use crate::placement::{device_specs, host_available, DeviceQuery, PlacementError};
-use crate::supervisor::{WorkerHandle, WorkerSpec};
+use crate::placement::{device_specs, host_available, PlacementError};
 
 /// Why a load was refused before it started.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +167,9 @@ impl Registry {
         if !req.path.is_absolute() {
             return Err(LoadError::RelativePath(req.path));
         }
+        // Validated once, here, whether or not devices are given: the options are kept for
+        // workers that join later, and a bad one must be refused, not replaced by a default.
+        let placement = req.placement.options().map_err(PlacementError::from)?;
         // Check the allow-list before touching the filesystem, so refusals reveal nothing about
         // what exists outside it; check again after resolving symlinks.
         let lexical = normalize(&req.path);
@@ -183,7 +185,7 @@ impl Registry {
 
         let fresh = MappedModel::open(&canonical)?;
         let summary = summarize(&fresh)?;
-        let plan = self.plan_for(&req, &summary, &fresh)?;
+        let plan = self.plan_for(&req, &placement, &summary, &fresh)?;
         let identity = fresh.files()[0].identity();
         let cancel = Arc::new(AtomicBool::new(false));
         let needs_job = req.copy || req.prefault || req.mlock != MlockMode::Off;
@@ -221,7 +223,7 @@ impl Registry {
             locked: false,
             shares_mapping_with,
             plan,
-            placement: req.placement.options().unwrap_or_default(),
+            placement,
             spawn_workers: req.spawn_workers,
             worker_options: req.worker_options.clone(),
             workers: Vec::new(),
@@ -275,6 +277,7 @@ impl Registry {
     fn plan_for(
         &self,
         req: &LoadRequest,
+        options: &PlanOptions,
         summary: &Summary,
         mapped: &MappedModel,
     ) -> Result<Option<Plan>, LoadError> {
@@ -289,97 +292,12 @@ impl Registry {
                     .unwrap_or_else(|| "no general.architecture".into()),
             )
         })?;
-        let devices = device_specs(
-            &req.devices,
-            DeviceQuery::Worker {
-                timeout: self.policy().device_query_timeout,
-            },
-        )?;
-        let mut options = req.placement.options()?;
-        options.host_available_bytes = host_available(&devices, mapped)?;
-        Ok(Some(plan(manifest, &devices, &options)?))
-    }
-
-    /// Starts the model's workers, one per device in its plan, once its pages are ready.
-    fn spawn_workers(&self, name: &str) {
-        let policy = self.policy();
-        let mut models = self.lock();
-        let Some(entry) = models.get_mut(name) else {
-            return;
-        };
-        let (Some(plan), true) = (&entry.plan, entry.spawn_workers) else {
-            return;
-        };
-        for (i, assignment) in assignments(plan).into_iter().enumerate() {
-            let spec = match worker_spec(entry, format!("{name}-{i}"), assignment, &policy) {
-                Ok(spec) => spec,
-                Err(e) => {
-                    tracing::error!(model = name, error = %e, "cannot prepare a worker");
-                    continue;
-                }
-            };
-            match crate::supervisor::start(spec, Arc::clone(&self.events)) {
-                Ok(handle) => entry.workers.push(handle),
-                Err(e) => tracing::error!(model = name, error = %e, "cannot start a worker thread"),
-            }
-        }
-    }
-
-    /// Prepares the attach for a worker that connected by itself and said Hello: plans its one
-    /// device (from the inventory it reports) with the model's placement options.
-    pub fn external_spec(&self, hello: &Hello) -> Result<WorkerSpec, String> {
-        let model = hello.model.as_deref().ok_or("the Hello names no model")?;
-        let models = self.lock();
-        let entry = models
-            .get(model)
-            .ok_or_else(|| format!("no model named {model:?}"))?;
-        if entry.state != ModelState::Ready {
-            return Err(format!("model {model:?} is not ready"));
-        }
-        if entry
-            .workers
-            .iter()
-            .any(|w| w.id == hello.worker_id && w.alive())
-        {
-            return Err(format!(
-                "a worker named {:?} is already attached to {model:?}",
-                hello.worker_id
-            ));
-        }
-        let manifest = entry
-            .summary
-            .manifest
-            .as_ref()
-            .ok_or("the model has no manifest")?;
-        let device = hello
-            .inventory
-            .iter()
-            .find(|d| d.id == hello.device)
-            .cloned()
-            .ok_or_else(|| {
-                format!(
-                    "the worker reports no inventory for its device {}",
-                    hello.device
-                )
-            })?;
+        let devices = device_specs(&req.devices, self.policy().device_query_timeout)?;
         let options = PlanOptions {
-            mode: modelhost_protocol::placement::Mode::Replicate,
-            ..entry.placement.clone()
+            host_available_bytes: host_available(&devices, mapped)?,
+            ..options.clone()
         };
-        let planned = plan(manifest, &[device], &options).map_err(|e| e.to_string())?;
-        let assignment = assignments(&planned)
-            .into_iter()
-            .next()
-            .ok_or("the plan has no assignment")?;
-        worker_spec(entry, hello.worker_id.clone(), assignment, &self.policy())
-    }
-
-    /// Tracks a worker that joined by itself.
-    pub fn add_worker(&self, model: &str, handle: Arc<WorkerHandle>) {
-        if let Some(entry) = self.lock().get_mut(model) {
-            entry.workers.retain(|w| w.alive());
-            entry.workers.push(handle);
-        }
+        Ok(Some(plan(manifest, &devices, &options)?))
     }
 
     fn progress(
@@ -390,7 +308,7 @@ impl Registry {
         total: u64,
         throttle: &mut ProgressThrottle,
     ) {
-        if throttle.should_report(done, total) {
+        if throttle.due(Instant::now(), done >= total) {
             self.events.publish(Event::Progress {
                 model: name.to_owned(),
                 phase,
@@ -519,88 +437,6 @@ impl Registry {
             error,
         });
     }
-}
-
-/// One assignment per device that holds something, in plan order; a CPU-only instance is one
-/// CPU worker with every block.
-/// How many workers a model with this plan runs when the host spawns them.
-pub fn planned_workers(plan: &Plan) -> usize {
-    assignments(plan).len()
-}
-
-fn assignments(plan: &Plan) -> Vec<Assignment> {
-    let mut out = Vec::new();
-    for replica in &plan.replicas {
-        let on_gpus: Vec<_> = replica
-            .devices
-            .iter()
-            .filter(|d| !d.layers.is_empty() || d.output)
-            .collect();
-        if on_gpus.is_empty() {
-            out.push(Assignment {
-                device: replica.name,
-                layers: replica.cpu_layers.clone(),
-                output: replica.cpu_output,
-                kv_bytes: replica.cpu_kv_bytes,
-                scratch_bytes: replica.cpu_scratch_bytes,
-            });
-        }
-        for d in on_gpus {
-            out.push(Assignment {
-                device: d.device,
-                layers: d.layers.clone(),
-                output: d.output,
-                kv_bytes: d.kv_bytes,
-                scratch_bytes: d.scratch_bytes,
-            });
-        }
-    }
-    out
-}
-
-/// The attach for one worker of `entry`, with its own duplicates of the model's descriptors.
-fn worker_spec(
-    entry: &Entry,
-    id: String,
-    assignment: Assignment,
-    policy: &super::Policy,
-) -> Result<WorkerSpec, String> {
-    let manifest = entry
-        .summary
-        .manifest
-        .as_ref()
-        .ok_or("the model has no manifest")?;
-    let fds = entry
-        .summary
-        .shards
-        .iter()
-        .map(|(file, _)| entry.mapping.files()[*file].fd().try_clone_to_owned())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("duplicating the model's descriptors: {e}"))?;
-    Ok(WorkerSpec {
-        id,
-        model: entry.name.clone(),
-        attach: Attach {
-            model: entry.name.clone(),
-            manifest: (**manifest).clone(),
-            files: entry
-                .summary
-                .shards
-                .iter()
-                .map(|(_, c)| c.clone())
-                .collect(),
-            assignment,
-            options: entry.worker_options.clone(),
-            // Several heartbeats fit in a timeout, so one late beat is not a death.
-            heartbeat_ms: (policy.worker_heartbeat_timeout.as_millis() / 6).clamp(50, 500) as u32,
-        },
-        files: fds,
-        policy: crate::supervisor::machine::Policy {
-            heartbeat_timeout: policy.worker_heartbeat_timeout,
-            hello_timeout: policy.worker_start_timeout,
-            ..Default::default()
-        },
-    })
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! on the event stream. The same file loaded twice under two names shares one mapping.
 
 mod load;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,10 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-pub use load::{planned_workers, LoadError};
+pub use load::LoadError;
+pub use workers::{planned_workers, JoinError};
 
-use crate::control::types::{LayerSummary, MlockMode, ModelInfo, ModelState, Residency};
-use crate::events::{Event, EventBus};
+use crate::api::Event;
+use crate::api::{LayerSummary, MlockMode, ModelInfo, ModelState, Residency};
+use crate::events::EventBus;
 use crate::model_file::{FileIdentity, MappedModel};
 use crate::pages;
 use modelhost_protocol::gguf::{HyperParams, SplitSummary};

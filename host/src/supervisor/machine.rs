@@ -1,28 +1,16 @@
 //! The supervisor for one worker slot as a pure state machine: `handle(event, now) -> actions`.
 //! No processes, sockets or clocks here; the shell feeds it events and carries out its actions.
+//!
+//! The protocol's rules about a worker's messages live here too, where they are tested without
+//! processes: a Hello must name the slot's device, and LayerReady must come once per assigned
+//! block, in the assigned order. Breaking either is a violation: the worker is killed and the
+//! attempt counts as a failure.
 
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use modelhost_protocol::placement::DeviceId;
 
-/// Where a worker slot is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkerState {
-    /// Spawned; waiting for its Hello.
-    Starting,
-    /// Attach sent; placing its layers.
-    Attaching,
-    Ready,
-    /// Exited unexpectedly; waiting out the backoff before the next spawn.
-    Restarting,
-    /// Told to stop; waiting for it to exit.
-    Stopping,
-    /// Stopped on request.
-    Stopped,
-    /// Gave up after too many failures in a row.
-    Failed,
-}
+pub use crate::api::WorkerState;
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,13 +20,18 @@ pub enum Event {
     },
     /// The process could not be started at all.
     SpawnFailed(String),
-    Hello,
+    /// The worker said Hello for this device.
+    Hello {
+        device: DeviceId,
+    },
     Progress,
+    /// The worker says this block is in place.
     LayerReady(u32),
     Ready,
     /// The worker reported a failure (it exits next).
     Failed(String),
-    /// A protocol violation: the worker is killed and counts as failed.
+    /// A protocol violation the shell saw on the wire (bad framing, a message a worker may not
+    /// send): the worker is killed and counts as failed.
     Violation(String),
     Exited(String),
     HeartbeatTimeout,
@@ -58,6 +51,8 @@ pub enum Action {
     SendAttach,
     SendShutdown,
     Kill,
+    /// Tell the host's subscribers that this block is ready (it came in order).
+    AnnounceLayer(u32),
     /// Nothing to do until the machine says so.
     Wait,
 }
@@ -94,10 +89,25 @@ impl Default for Policy {
     }
 }
 
+/// Who restarts a slot's worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The host spawned it, and restarts it with backoff.
+    Spawned,
+    /// A process manager started it and connected it (`modelhost-worker --connect`); the
+    /// process manager restarts it, so when it goes the slot stops.
+    Joined,
+}
+
 /// One worker slot's supervision state.
 #[derive(Debug, Clone)]
 pub struct Machine {
     pub policy: Policy,
+    origin: Origin,
+    /// The device the slot is for: a Hello must name it.
+    device: DeviceId,
+    /// The blocks assigned, in the order their LayerReady must come.
+    layers: Vec<u32>,
     pub state: WorkerState,
     /// Restarts so far (for display).
     pub restarts: u32,
@@ -115,9 +125,19 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn new(policy: Policy, now: Instant) -> Machine {
+    /// A slot for `device` whose worker must place `layers` in this order.
+    pub fn new(
+        policy: Policy,
+        origin: Origin,
+        device: DeviceId,
+        layers: Vec<u32>,
+        now: Instant,
+    ) -> Machine {
         Machine {
             policy,
+            origin,
+            device,
+            layers,
             state: WorkerState::Starting,
             restarts: 0,
             consecutive_failures: 0,
@@ -131,9 +151,22 @@ impl Machine {
         }
     }
 
-    /// The first action: spawn.
+    /// The first action: spawn (a joined worker is already running).
     pub fn start(&mut self) -> Vec<Action> {
-        vec![Action::Spawn]
+        match self.origin {
+            Origin::Spawned => vec![Action::Spawn],
+            Origin::Joined => vec![],
+        }
+    }
+
+    /// What the current attempt was refused or failed for, before its exit is seen.
+    pub fn attempt_error(&self) -> Option<&str> {
+        self.attempt_error.as_deref()
+    }
+
+    fn violation(&mut self, reason: String) -> Vec<Action> {
+        self.attempt_error = Some(reason);
+        vec![Action::Kill]
     }
 
     fn backoff(&self) -> Duration {
@@ -166,8 +199,14 @@ impl Machine {
                 vec![]
             }
             Event::SpawnFailed(reason) => self.failure(reason, now),
-            Event::Hello => {
+            Event::Hello { device } => {
                 self.last_seen = now;
+                if device != self.device {
+                    return self.violation(format!(
+                        "protocol violation: worker says it drives {device}, but this slot is for {}",
+                        self.device
+                    ));
+                }
                 if self.state == WorkerState::Starting {
                     self.state = WorkerState::Attaching;
                     return vec![Action::SendAttach];
@@ -178,10 +217,17 @@ impl Machine {
                 self.last_seen = now;
                 vec![]
             }
-            Event::LayerReady(_) => {
+            Event::LayerReady(layer) => {
                 self.last_seen = now;
+                let expected = self.layers.get(self.layers_ready as usize).copied();
+                if expected != Some(layer) {
+                    return self.violation(format!(
+                        "protocol violation: LayerReady({layer}) out of order (expected {})",
+                        expected.map_or("no more".into(), |l| format!("LayerReady({l})"))
+                    ));
+                }
                 self.layers_ready += 1;
-                vec![]
+                vec![Action::AnnounceLayer(layer)]
             }
             Event::Ready => {
                 self.last_seen = now;
@@ -196,10 +242,7 @@ impl Machine {
                 self.attempt_error = Some(reason);
                 vec![]
             }
-            Event::Violation(reason) => {
-                self.attempt_error = Some(reason);
-                vec![Action::Kill]
-            }
+            Event::Violation(reason) => self.violation(reason),
             Event::HeartbeatTimeout => {
                 // Before its Hello the worker has not even described its device: for CUDA that
                 // is the driver's initialisation, the usual place for a lost GPU to hang.
@@ -224,6 +267,12 @@ impl Machine {
                     .attempt_error
                     .take()
                     .map_or(status.clone(), |e| format!("{e} ({status})"));
+                if self.origin == Origin::Joined {
+                    // Its process manager restarts it; the host must not, and the slot ends.
+                    self.last_error = Some(reason);
+                    self.state = WorkerState::Stopped;
+                    return vec![];
+                }
                 self.failure(reason, now)
             }
             Event::Unload | Event::Shutdown => {
@@ -291,17 +340,122 @@ mod tests {
         start + Duration::from_millis(ms)
     }
 
+    const GPU: DeviceId = DeviceId {
+        kind: modelhost_protocol::placement::DeviceKind::Cuda,
+        index: Some(1),
+    };
+
+    fn hello() -> Event {
+        Event::Hello { device: GPU }
+    }
+
+    /// A slot on cuda:1 for blocks 4 and 5.
+    fn machine(t0: Instant) -> Machine {
+        Machine::new(Policy::default(), Origin::Spawned, GPU, vec![4, 5], t0)
+    }
+
     fn ready_machine(t0: Instant) -> Machine {
-        let mut m = Machine::new(Policy::default(), t0);
+        let mut m = machine(t0);
         assert_eq!(m.start(), vec![Action::Spawn]);
         assert_eq!(m.handle(Event::Spawned { pid: 1 }, t0), vec![]);
-        assert_eq!(m.handle(Event::Hello, at(t0, 5)), vec![Action::SendAttach]);
+        assert_eq!(m.handle(hello(), at(t0, 5)), vec![Action::SendAttach]);
         assert_eq!(m.state, WorkerState::Attaching);
-        m.handle(Event::LayerReady(0), at(t0, 10));
-        m.handle(Event::LayerReady(1), at(t0, 11));
+        assert_eq!(
+            m.handle(Event::LayerReady(4), at(t0, 10)),
+            vec![Action::AnnounceLayer(4)]
+        );
+        assert_eq!(
+            m.handle(Event::LayerReady(5), at(t0, 11)),
+            vec![Action::AnnounceLayer(5)]
+        );
         m.handle(Event::Ready, at(t0, 12));
         assert_eq!((m.state, m.layers_ready), (WorkerState::Ready, 2));
         m
+    }
+
+    /// Brings a fresh slot to Attaching, then feeds `layers` as LayerReady; returns the actions
+    /// of the last one.
+    fn attach_with_layers(layers: &[u32]) -> (Machine, Vec<Action>) {
+        let t0 = Instant::now();
+        let mut m = machine(t0);
+        m.handle(Event::Spawned { pid: 1 }, t0);
+        m.handle(hello(), t0);
+        let mut last = Vec::new();
+        for &layer in layers {
+            last = m.handle(Event::LayerReady(layer), t0);
+        }
+        (m, last)
+    }
+
+    #[test]
+    fn layer_ready_out_of_order_is_a_violation() {
+        // Skipping a block, repeating one, and one too many are all refused.
+        for layers in [&[5][..], &[4, 4], &[4, 5, 6], &[7]] {
+            let (mut m, last) = attach_with_layers(layers);
+            assert_eq!(last, vec![Action::Kill], "{layers:?}");
+            let error = m.attempt_error().unwrap().to_owned();
+            assert!(error.contains("out of order"), "{error}");
+            m.handle(Event::Exited("killed".into()), Instant::now());
+            assert_eq!(m.state, WorkerState::Restarting);
+            assert_eq!(m.consecutive_failures, 1, "a violation counts as a failure");
+        }
+        let (m, last) = attach_with_layers(&[4, 5]);
+        assert_eq!(last, vec![Action::AnnounceLayer(5)]);
+        assert_eq!(m.attempt_error(), None);
+    }
+
+    #[test]
+    fn a_restarted_worker_reports_its_layers_from_the_start_again() {
+        let t0 = Instant::now();
+        let mut m = ready_machine(t0);
+        m.handle(Event::Exited("killed".into()), t0);
+        assert_eq!(m.handle(Event::Tick, t0), vec![Action::Spawn]);
+        m.handle(Event::Spawned { pid: 2 }, t0);
+        m.handle(hello(), t0);
+        assert_eq!(
+            m.handle(Event::LayerReady(4), t0),
+            vec![Action::AnnounceLayer(4)]
+        );
+    }
+
+    #[test]
+    fn a_hello_for_another_device_is_a_violation() {
+        let t0 = Instant::now();
+        let mut m = machine(t0);
+        m.handle(Event::Spawned { pid: 1 }, t0);
+        let actions = m.handle(
+            Event::Hello {
+                device: DeviceId::cuda(0),
+            },
+            t0,
+        );
+        assert_eq!(actions, vec![Action::Kill], "no Attach for a lying worker");
+        assert_eq!(m.state, WorkerState::Starting);
+        m.handle(Event::Exited("killed".into()), t0);
+        let error = m.last_error.as_deref().unwrap();
+        assert!(
+            error.starts_with(
+                "protocol violation: worker says it drives cuda:0, but this slot is for cuda:1"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_joined_worker_that_goes_is_stopped_not_restarted() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(Policy::default(), Origin::Joined, GPU, vec![4], t0);
+        assert_eq!(m.start(), vec![], "a joined worker is already running");
+        m.handle(Event::Spawned { pid: 9 }, t0);
+        assert_eq!(m.handle(hello(), t0), vec![Action::SendAttach]);
+        m.handle(Event::Ready, t0);
+        assert_eq!(
+            m.handle(Event::Exited("connection closed".into()), t0),
+            vec![]
+        );
+        assert_eq!(m.state, WorkerState::Stopped);
+        assert_eq!(m.last_error.as_deref(), Some("connection closed"));
+        assert_eq!(m.handle(Event::Tick, at(t0, 10_000)), vec![]);
     }
 
     #[test]
@@ -349,7 +503,7 @@ mod tests {
             now += Duration::from_millis(10);
         }
         m.handle(Event::Spawned { pid: 3 }, now);
-        m.handle(Event::Hello, now);
+        m.handle(hello(), now);
         m.handle(Event::Ready, now);
         assert_eq!(m.consecutive_failures, 0);
         assert_eq!(m.handle(Event::Exited("x".into()), now), vec![Action::Wait]);
@@ -377,7 +531,7 @@ mod tests {
     #[test]
     fn a_worker_silent_before_its_hello_is_named_as_such() {
         let t0 = Instant::now();
-        let mut m = Machine::new(Policy::default(), t0);
+        let mut m = machine(t0);
         m.start();
         m.handle(Event::Spawned { pid: 7 }, t0);
         // A slow driver initialisation is not a silent worker...
@@ -395,7 +549,7 @@ mod tests {
     #[test]
     fn failures_and_violations_are_remembered_with_the_exit() {
         let t0 = Instant::now();
-        let mut m = Machine::new(Policy::default(), t0);
+        let mut m = machine(t0);
         m.handle(Event::Spawned { pid: 1 }, t0);
         assert_eq!(
             m.handle(Event::Violation("bad magic".into()), t0),

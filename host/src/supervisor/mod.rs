@@ -1,8 +1,9 @@
 //! Worker supervision: one thread per worker slot, a thin shell around the pure [`machine`].
 //!
-//! The shell spawns `modelhost-worker` with one end of a socketpair as fd 3, exchanges
-//! preambles, sends Attach with the model's descriptors (SCM_RIGHTS), and turns what it reads into
-//! machine events; it carries out the machine's actions (spawn, attach, shutdown, kill).
+//! The shell spawns `modelhost-worker` with one end of a socketpair as fd 3 (or takes over a
+//! worker that joined by itself), exchanges preambles, sends Attach with the model's descriptors
+//! (SCM_RIGHTS), and turns what it reads into machine events; it carries out the machine's
+//! actions (spawn, attach, shutdown, kill, announce). The protocol's rules are the machine's.
 
 pub mod machine;
 
@@ -10,45 +11,24 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use modelhost_node::channel::{Channel, ChannelError};
 use modelhost_protocol::placement::DeviceId;
-use modelhost_protocol::wire::{Attach, Message, ReadyStats};
-use modelhost_worker::channel::{Channel, ChannelError};
-use serde::{Deserialize, Serialize};
+use modelhost_protocol::wire::{Attach, Hello, Message, ReadyStats};
 
-use crate::events::{Event as HostEvent, EventBus};
-use crate::pages::{self, ProcessMemory};
-use machine::{Action, Event, Machine, Policy, WorkerState};
+use crate::api::{Event as HostEvent, WorkerInfo, WorkerState};
+use crate::config::worker_binary;
+use crate::events::EventBus;
+use crate::pages;
+use machine::{Action, Event, Machine, Origin, Policy};
 
 /// How often the shell wakes to tick the machine when nothing arrives.
 const TICK: Duration = Duration::from_millis(100);
-
-/// A worker as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkerInfo {
-    pub id: String,
-    pub device: DeviceId,
-    pub state: WorkerState,
-    pub pid: Option<u32>,
-    /// Blocks assigned, and how many are ready.
-    pub layers: u32,
-    pub layers_ready: u32,
-    pub weights_bytes: u64,
-    pub kv_bytes: u64,
-    pub scratch_bytes: u64,
-    pub restarts: u32,
-    pub error: Option<String>,
-    /// From spawn to Ready, for the latest start.
-    pub ready_ms: Option<u64>,
-    /// RSS and PSS of the worker process, from /proc.
-    pub memory: Option<ProcessMemory>,
-}
 
 /// What a slot runs.
 pub struct WorkerSpec {
@@ -149,28 +129,80 @@ fn forward_stderr(worker: String, pid: u32, mut stderr: std::process::ChildStder
     }
 }
 
-/// The worker binary: `$MODELHOST_WORKER`, else `modelhost-worker` beside this executable.
-pub fn worker_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("MODELHOST_WORKER") {
-        return PathBuf::from(path);
+/// The host's side of a new worker connection: preambles exchanged within `timeout`, then reads
+/// that wake the shell every tick.
+fn open_channel(stream: UnixStream, timeout: Duration) -> Result<Channel, ChannelError> {
+    let channel = Channel::handshake(stream, timeout)?;
+    channel.set_read_timeout(Some(TICK))?;
+    Ok(channel)
+}
+
+/// Why a joining worker's connection was dropped before it could be supervised.
+#[derive(Debug, thiserror::Error)]
+pub enum GreetError {
+    #[error("no handshake: {0}")]
+    Handshake(#[source] ChannelError),
+    #[error("no Hello: {0}")]
+    Hello(#[source] ChannelError),
+}
+
+/// Greets a worker that connected to the worker socket by itself: preambles, then its Hello,
+/// each within `timeout`. The Hello says which model it wants, so the caller can prepare its
+/// attach before [`adopt`] supervises it.
+pub fn greet_joining(
+    stream: UnixStream,
+    timeout: Duration,
+) -> Result<(Channel, Hello), GreetError> {
+    let mut channel = open_channel(stream, timeout).map_err(GreetError::Handshake)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match channel.recv() {
+            Ok(Message::Hello(hello)) => return Ok((channel, hello)),
+            Ok(other) => {
+                return Err(GreetError::Hello(ChannelError::Unexpected {
+                    expected: "Hello",
+                    got: format!("{other:?}"),
+                }))
+            }
+            Err(ChannelError::Timeout) if Instant::now() < deadline => continue,
+            Err(e) => return Err(GreetError::Hello(e)),
+        }
     }
-    std::env::current_exe()
-        .map(|exe| exe.with_file_name("modelhost-worker"))
-        .unwrap_or_else(|_| PathBuf::from("modelhost-worker"))
 }
 
 /// Starts a slot's supervision thread.
 pub fn start(spec: WorkerSpec, events: Arc<EventBus>) -> std::io::Result<Arc<WorkerHandle>> {
+    supervise(spec, None, events)
+}
+
+/// A worker a process manager started, as it introduced itself.
+#[derive(Debug, Clone, Copy)]
+struct Joined {
+    pid: u32,
+    /// The device its Hello named.
+    device: DeviceId,
+}
+
+/// Runs a slot's shell on a thread of its own: for a spawned worker (`joined` is `None`), or for
+/// a joined one with its greeted channel.
+fn supervise(
+    spec: WorkerSpec,
+    joined: Option<(Channel, Joined)>,
+    events: Arc<EventBus>,
+) -> std::io::Result<Arc<WorkerHandle>> {
     let handle = start_handle(&spec);
+    let (channel, external) = match joined {
+        Some((channel, joined)) => (Some(channel), Some(joined)),
+        None => (None, None),
+    };
     let shell = Shell {
         handle: Arc::clone(&handle),
         spec,
         events,
         child: None,
-        channel: None,
+        channel,
         spawned_at: Instant::now(),
-        expected_layers: Vec::new(),
-        external: None,
+        external,
     };
     let thread = std::thread::Builder::new()
         .name(format!("worker-{}", handle.id))
@@ -211,67 +243,55 @@ struct Shell {
     child: Option<Child>,
     channel: Option<Channel>,
     spawned_at: Instant,
-    /// LayerReady must come in this order.
-    expected_layers: Vec<u32>,
-    /// For a worker a process manager started: its pid. The shell neither spawns nor restarts
-    /// it; closing the connection is how it is stopped.
-    external: Option<u32>,
+    /// For a worker a process manager started. The shell neither spawns nor restarts it;
+    /// closing the connection is how it is stopped.
+    external: Option<Joined>,
 }
 
-/// Supervises a worker that connected by itself (`modelhost-worker --connect`), whose Hello has
-/// been read and accepted.
+/// Supervises a worker that connected by itself (`modelhost-worker --connect`) and said
+/// `hello` (see [`greet_joining`]). `pid` is the kernel's word for the peer (SO_PEERCRED), not
+/// the Hello's.
 pub fn adopt(
     spec: WorkerSpec,
     channel: Channel,
     pid: u32,
+    hello: &Hello,
     events: Arc<EventBus>,
 ) -> std::io::Result<Arc<WorkerHandle>> {
-    let handle = start_handle(&spec);
-    let _ = channel.set_read_timeout(Some(TICK));
-    let mut shell = Shell {
-        handle: Arc::clone(&handle),
-        spec,
-        events,
-        child: None,
-        channel: Some(channel),
-        spawned_at: Instant::now(),
-        expected_layers: Vec::new(),
-        external: Some(pid),
+    let joined = Joined {
+        pid,
+        device: hello.device,
     };
-    shell.expected_layers = shell
-        .spec
-        .attach
-        .assignment
-        .layers
-        .iter()
-        .rev()
-        .copied()
-        .collect();
-    let thread = std::thread::Builder::new()
-        .name(format!("worker-{}", handle.id))
-        .spawn(move || shell.run())?;
-    *handle.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
-    Ok(handle)
+    supervise(spec, Some((channel, joined)), events)
 }
 
 impl Shell {
     fn run(mut self) {
-        let mut machine = Machine::new(self.spec.policy, Instant::now());
-        let mut actions = match self.external {
-            None => machine.start(),
-            // Already connected and greeted: straight to attaching.
-            Some(pid) => {
-                machine.handle(Event::Spawned { pid }, Instant::now());
-                machine.handle(Event::Hello, Instant::now())
-            }
+        let assignment = &self.spec.attach.assignment;
+        let origin = match self.external {
+            None => Origin::Spawned,
+            Some(_) => Origin::Joined,
         };
+        let mut machine = Machine::new(
+            self.spec.policy,
+            origin,
+            assignment.device,
+            assignment.layers.clone(),
+            Instant::now(),
+        );
+        let mut actions = machine.start();
+        if let Some(Joined { pid, device }) = self.external {
+            // Already connected and greeted: its Hello goes through the machine's checks.
+            machine.handle(Event::Spawned { pid }, Instant::now());
+            actions.extend(machine.handle(Event::Hello { device }, Instant::now()));
+        }
         let mut stop_sent = false;
         let mut last_state = None;
         loop {
             while !actions.is_empty() {
                 let mut next = Vec::new();
                 for action in actions.drain(..) {
-                    if let Some(event) = self.perform(action) {
+                    if let Some(event) = self.perform(action, &machine) {
                         next.extend(machine.handle(event, Instant::now()));
                     }
                 }
@@ -286,21 +306,13 @@ impl Shell {
                 break;
             }
             let event = self.next_event();
-            let exited = matches!(event, Event::Exited(_));
             actions.extend(machine.handle(event, Instant::now()));
-            // A process manager restarts its own workers: when one goes, its slot ends here,
-            // before a tick could schedule a spawn the host must not make.
-            if exited && self.external.is_some() {
-                machine.state = WorkerState::Stopped;
-                self.publish(&machine, &mut last_state);
-                break;
-            }
             actions.extend(machine.handle(Event::Tick, Instant::now()));
         }
         self.reap();
     }
 
-    fn perform(&mut self, action: Action) -> Option<Event> {
+    fn perform(&mut self, action: Action, machine: &Machine) -> Option<Event> {
         match action {
             Action::Spawn => Some(match self.spawn() {
                 Ok(pid) => Event::Spawned { pid },
@@ -325,6 +337,9 @@ impl Shell {
                 None
             }
             Action::Kill => {
+                if let Some(reason) = machine.attempt_error() {
+                    tracing::warn!(worker = %self.spec.id, %reason, "refusing worker");
+                }
                 if let Some(child) = self.child.as_mut() {
                     let _ = child.kill();
                 }
@@ -333,6 +348,14 @@ impl Shell {
                     self.channel = None;
                     return Some(Event::Exited("disconnected by the host".into()));
                 }
+                None
+            }
+            Action::AnnounceLayer(layer) => {
+                self.events.publish(HostEvent::WorkerLayerReady {
+                    model: self.spec.model.clone(),
+                    worker: self.spec.id.clone(),
+                    layer,
+                });
                 None
             }
             Action::Wait => None,
@@ -380,11 +403,8 @@ impl Shell {
         }
         self.child = Some(child);
         self.spawned_at = Instant::now();
-        self.expected_layers = self.spec.attach.assignment.layers.clone();
-        self.expected_layers.reverse();
-        match Channel::handshake(host_end, Duration::from_secs(10)) {
+        match open_channel(host_end, Duration::from_secs(10)) {
             Ok(channel) => {
-                let _ = channel.set_read_timeout(Some(TICK));
                 self.channel = Some(channel);
                 tracing::info!(worker = %self.spec.id, pid, "worker spawned");
                 Ok(pid)
@@ -478,17 +498,9 @@ impl Shell {
     fn event_for(&mut self, message: Message) -> Event {
         let id = &self.spec.id;
         match message {
-            Message::Hello(hello) => {
-                if hello.device != self.spec.attach.assignment.device {
-                    let reason = format!(
-                        "protocol violation: worker says it drives {}, but this slot is for {}",
-                        hello.device, self.spec.attach.assignment.device
-                    );
-                    tracing::warn!(worker = %id, %reason, "refusing worker");
-                    return Event::Violation(reason);
-                }
-                Event::Hello
-            }
+            Message::Hello(hello) => Event::Hello {
+                device: hello.device,
+            },
             Message::Progress(p) => {
                 self.events.publish(HostEvent::WorkerProgress {
                     model: self.spec.model.clone(),
@@ -500,20 +512,7 @@ impl Shell {
                 });
                 Event::Progress
             }
-            Message::LayerReady { layer } => {
-                if self.expected_layers.pop() != Some(layer) {
-                    tracing::warn!(worker = %id, layer, "LayerReady out of order");
-                    return Event::Violation(format!(
-                        "protocol violation: LayerReady({layer}) out of order"
-                    ));
-                }
-                self.events.publish(HostEvent::WorkerLayerReady {
-                    model: self.spec.model.clone(),
-                    worker: id.clone(),
-                    layer,
-                });
-                Event::LayerReady(layer)
-            }
+            Message::LayerReady { layer } => Event::LayerReady(layer),
             Message::Ready(stats) => {
                 let ready_ms = self.spawned_at.elapsed().as_millis() as u64;
                 self.update(|s| set_stats(s, stats, ready_ms));
@@ -536,7 +535,12 @@ impl Shell {
     }
 
     fn publish(&self, machine: &Machine, last: &mut Option<(WorkerState, Option<u32>)>) {
-        let connected = self.channel.is_some().then_some(self.external).flatten();
+        let connected = self
+            .channel
+            .is_some()
+            .then_some(self.external)
+            .flatten()
+            .map(|j| j.pid);
         let pid = self.child.as_ref().map(Child::id).or(connected);
         self.update(|s| {
             s.state = machine.state;

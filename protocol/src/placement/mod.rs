@@ -13,6 +13,7 @@
 //!   budget or by `tensor_split`; **replicate** runs an independent instance per device, each with
 //!   its own KV cache, sharing the host's pages for whatever stays on the CPU.
 
+mod assign;
 mod cost;
 mod fit;
 
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::GgmlType;
 
+pub use assign::Assignment;
 pub use fit::plan;
 
 /// The kind of a device.

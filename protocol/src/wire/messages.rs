@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::ModelManifest;
+pub use crate::placement::Assignment;
 use crate::placement::{DeviceId, DeviceSpec};
 
 /// Every message, in both directions.
@@ -54,20 +55,6 @@ pub struct FileCheck {
     pub header_len: u64,
     /// `checksum64` of those bytes.
     pub header_hash: u64,
-}
-
-/// What a worker should do on its device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Assignment {
-    pub device: DeviceId,
-    /// Blocks to place, in order.
-    pub layers: Vec<u32>,
-    /// Whether this worker runs the output stage.
-    pub output: bool,
-    /// KV cache bytes to allocate.
-    pub kv_bytes: u64,
-    /// Scratch bytes to reserve.
-    pub scratch_bytes: u64,
 }
 
 /// Options for how a worker attaches.
@@ -159,8 +146,13 @@ mod tests {
             assert_ne!(checksum64(&changed), base, "byte {i}");
         }
         assert_ne!(checksum64(&bytes[..999]), base);
-        // Pinned: host and worker builds must agree.
-        assert_eq!(checksum64(b"modelhost"), checksum64(b"modelhost"));
+        // Pinned values: host and worker builds must agree across versions, so a change to the
+        // algorithm (word order, tail handling, constants) fails here. The empty input is
+        // FNV-1a's offset basis; a tail-only input is byte-wise FNV-1a ("a" is its published
+        // test vector).
         assert_eq!(checksum64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(checksum64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        // One 8-byte word then one tail byte, computed by hand from the definition above.
+        assert_eq!(checksum64(b"modelhost"), 0x716f_d03a_0275_c4c4);
     }
 }

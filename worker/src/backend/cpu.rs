@@ -1,6 +1,7 @@
 //! The CPU backend: layers are used in place, in the pages the host mapped. Placing a layer
 //! means faulting its pages in (and optionally locking or checksumming them); nothing is copied.
 
+use modelhost_node::pages::populate_read;
 use modelhost_protocol::wire::{checksum64, WorkerOptions};
 
 use super::{Backend, BackendError};
@@ -26,36 +27,6 @@ impl CpuBackend {
     }
 }
 
-/// Faults `bytes` in: MADV_POPULATE_READ where the kernel has it, else a read per page. A file
-/// that shrank on disk is an error here (EFAULT), never a touch that would raise SIGBUS.
-fn populate(bytes: &[u8]) -> Result<(), BackendError> {
-    // SAFETY: `bytes` lies inside a live read-only mapping; madvise only asks the kernel to fault
-    // those pages in and changes no memory.
-    let rc = unsafe {
-        libc::madvise(
-            bytes.as_ptr() as *mut libc::c_void,
-            bytes.len(),
-            libc::MADV_POPULATE_READ,
-        )
-    };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINVAL) {
-            return Err(BackendError::Device(format!(
-                "the model's pages cannot be read ({e}): the file was truncated or replaced on disk; reload it"
-            )));
-        }
-        // A kernel without MADV_POPULATE_READ (before 5.14): touch each page instead.
-        let mut sum = 0u8;
-        for offset in (0..bytes.len()).step_by(4096) {
-            // SAFETY: offset < bytes.len(); a volatile read keeps the touch from being optimised out.
-            sum ^= unsafe { std::ptr::read_volatile(bytes.as_ptr().add(offset)) };
-        }
-        std::hint::black_box(sum);
-    }
-    Ok(())
-}
-
 impl Backend for CpuBackend {
     fn place(
         &mut self,
@@ -64,7 +35,7 @@ impl Backend for CpuBackend {
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), BackendError> {
         for chunk in bytes.chunks(STEP) {
-            populate(chunk)?;
+            populate_read(chunk)?;
             if options.verify {
                 self.checksum ^= checksum64(chunk);
             }

@@ -25,7 +25,7 @@ const KV_STEP: usize = 1 << 30;
 const REGISTERED_STEP: usize = 64 << 20;
 
 fn cuda(e: DriverError) -> BackendError {
-    BackendError::Device(format!("CUDA: {e}"))
+    BackendError::Driver(e.to_string())
 }
 
 /// An allocation's failure: a full device is `OutOfMemory`, which the host reports as such;
@@ -35,7 +35,7 @@ fn allocation_failed(what: &'static str, bytes: u64) -> impl Fn(DriverError) -> 
         if e.0 == cudarc::driver::sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
             BackendError::OutOfMemory { what, bytes }
         } else {
-            BackendError::Device(format!("CUDA: allocating {bytes} bytes of {what}: {e}"))
+            BackendError::Driver(format!("allocating {bytes} bytes of {what}: {e}"))
         }
     }
 }
@@ -54,9 +54,7 @@ impl CudaBackend {
     /// Opens device `id` (cuda:N). Fails clearly, without touching cudarc, when there is no driver.
     pub fn new(id: DeviceId) -> Result<CudaBackend, BackendError> {
         if !devices::cuda_driver_present() {
-            return Err(BackendError::Device(
-                devices::DeviceError::NoCudaDriver { device: id }.to_string(),
-            ));
+            return Err(devices::DeviceError::NoCudaDriver { device: id }.into());
         }
         let context = CudaContext::new(id.index.unwrap_or(0) as usize).map_err(cuda)?;
         let stream = context.new_stream().map_err(cuda)?;
@@ -135,8 +133,8 @@ impl CudaBackend {
             )
             .result()
             .map_err(|e| {
-                BackendError::Device(format!(
-                    "CUDA: registering {} bytes of the mapping read-only: {e}",
+                BackendError::Driver(format!(
+                    "registering {} bytes of the mapping read-only: {e}",
                     bytes.len()
                 ))
             })?;

@@ -27,6 +27,8 @@ pub enum ChannelError {
     Timeout,
     #[error("the peer sent {got} file descriptors, more than the {MAX_FDS} allowed")]
     TooManyFds { got: usize },
+    #[error("expected {expected}, got {got}")]
+    Unexpected { expected: &'static str, got: String },
 }
 
 /// One side of a host↔worker connection.

@@ -1,13 +1,14 @@
-//! The control API's request and response bodies, shared by the daemon and the CLI.
+//! Models as the control API loads and shows them, and the host's status.
 
 use std::path::PathBuf;
 
+use modelhost_node::memory::ProcessMemory;
 use modelhost_protocol::gguf::{HyperParams, SplitSummary};
-use modelhost_protocol::placement::Plan;
+use modelhost_protocol::placement::{GpuLayers, Mode, Plan, PlanOptions};
+use modelhost_protocol::GgmlType;
 use serde::{Deserialize, Serialize};
 
-use crate::pages::ProcessMemory;
-use crate::placement::PlacementRequest;
+use super::WorkerInfo;
 
 /// Where a model is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +73,61 @@ fn default_true() -> bool {
     true
 }
 
+/// Placement options as a load request or the CLI gives them; unset fields take the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementRequest {
+    /// Context length per sequence (default: the model's).
+    #[serde(default)]
+    pub ctx: Option<u32>,
+    /// Sequences served in parallel (default 1).
+    #[serde(default)]
+    pub parallel: Option<u32>,
+    /// KV cache type: f16 (default), f32, bf16, q8_0 or q4_0.
+    #[serde(default)]
+    pub kv_type: Option<String>,
+    /// Blocks to offload; absent means as many as fit.
+    #[serde(default)]
+    pub gpu_layers: Option<u32>,
+    /// Share of the offloaded blocks per GPU.
+    #[serde(default)]
+    pub tensor_split: Option<Vec<f64>>,
+    /// split (default) or replicate.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Size sliding-window layers for the whole context (llama.cpp's swa_full).
+    #[serde(default)]
+    pub swa_full: bool,
+}
+
+/// A placement option that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementOptionError {
+    #[error("unknown KV type {0:?}")]
+    UnknownKvType(String),
+}
+
+impl PlacementRequest {
+    /// The planner's options, or the first option that cannot be used.
+    pub fn options(&self) -> Result<PlanOptions, PlacementOptionError> {
+        let kv_type = match &self.kv_type {
+            None => GgmlType::F16,
+            Some(name) => GgmlType::from_name(name)
+                .ok_or_else(|| PlacementOptionError::UnknownKvType(name.clone()))?,
+        };
+        Ok(PlanOptions {
+            context_length: self.ctx,
+            parallel: self.parallel.unwrap_or(1),
+            kv_type,
+            gpu_layers: self.gpu_layers.map_or(GpuLayers::Auto, GpuLayers::Count),
+            tensor_split: self.tensor_split.clone(),
+            mode: self.mode.unwrap_or_default(),
+            swa_full: self.swa_full,
+            ..PlanOptions::default()
+        })
+    }
+}
+
 /// Residency of one model's pages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Residency {
@@ -117,7 +173,7 @@ pub struct ModelInfo {
     pub shares_mapping_with: Option<String>,
     pub residency: Residency,
     /// The model's workers: device, state, pid, layers, bytes, memory, restarts.
-    pub workers: Vec<crate::supervisor::WorkerInfo>,
+    pub workers: Vec<WorkerInfo>,
     /// Seconds since the Unix epoch when the load started, and how long it took.
     pub loaded_at: u64,
     pub load_ms: Option<u64>,

@@ -1,0 +1,164 @@
+//! A model's workers: spawning one per assignment of its plan once its pages are ready, and
+//! preparing the attach for workers that join by themselves.
+
+use std::sync::Arc;
+
+use modelhost_protocol::placement::{plan, Assignment, Mode, Plan, PlanError, PlanOptions};
+use modelhost_protocol::wire::{Attach, Hello};
+
+use super::{Entry, Registry};
+use crate::api::ModelState;
+use crate::supervisor::{self, WorkerHandle, WorkerSpec};
+
+/// Why a worker that connected by itself cannot serve the model it asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("the Hello names no model")]
+    NoModel,
+    #[error("no model named {0:?}")]
+    UnknownModel(String),
+    #[error("model {0:?} is not ready")]
+    NotReady(String),
+    #[error("a worker named {worker:?} is already attached to {model:?}")]
+    DuplicateWorker { worker: String, model: String },
+    #[error("model {0:?} has no manifest to plan from (its hyper-parameters are unreadable)")]
+    NoManifest(String),
+    #[error("the worker reports no inventory for its device {0}")]
+    NoInventory(modelhost_protocol::placement::DeviceId),
+    #[error("placement: {0}")]
+    Plan(#[from] PlanError),
+    #[error("the plan for the worker's device assigns it nothing")]
+    NothingAssigned,
+    #[error("duplicating the model's descriptors: {0}")]
+    Descriptors(#[source] std::io::Error),
+}
+
+/// How many workers a model with this plan runs when the host spawns them.
+pub fn planned_workers(plan: &Plan) -> usize {
+    plan.assignments().len()
+}
+
+impl Registry {
+    /// Starts the model's workers, one per assignment in its plan, once its pages are ready.
+    pub(super) fn spawn_workers(&self, name: &str) {
+        let policy = self.policy();
+        let mut models = self.lock();
+        let Some(entry) = models.get_mut(name) else {
+            return;
+        };
+        let (Some(plan), true) = (&entry.plan, entry.spawn_workers) else {
+            return;
+        };
+        for (i, assignment) in plan.assignments().into_iter().enumerate() {
+            let spec = match worker_spec(entry, format!("{name}-{i}"), assignment, &policy) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::error!(model = name, error = %e, "cannot prepare a worker");
+                    continue;
+                }
+            };
+            match supervisor::start(spec, Arc::clone(&self.events)) {
+                Ok(handle) => entry.workers.push(handle),
+                Err(e) => tracing::error!(model = name, error = %e, "cannot start a worker thread"),
+            }
+        }
+    }
+
+    /// Prepares the attach for a worker that connected by itself and said Hello: plans its one
+    /// device (from the inventory it reports) with the model's placement options.
+    pub fn external_spec(&self, hello: &Hello) -> Result<WorkerSpec, JoinError> {
+        let model = hello.model.as_deref().ok_or(JoinError::NoModel)?;
+        let models = self.lock();
+        let entry = models
+            .get(model)
+            .ok_or_else(|| JoinError::UnknownModel(model.to_owned()))?;
+        if entry.state != ModelState::Ready {
+            return Err(JoinError::NotReady(model.to_owned()));
+        }
+        if entry
+            .workers
+            .iter()
+            .any(|w| w.id == hello.worker_id && w.alive())
+        {
+            return Err(JoinError::DuplicateWorker {
+                worker: hello.worker_id.clone(),
+                model: model.to_owned(),
+            });
+        }
+        let manifest = entry
+            .summary
+            .manifest
+            .as_ref()
+            .ok_or_else(|| JoinError::NoManifest(model.to_owned()))?;
+        let device = hello
+            .inventory
+            .iter()
+            .find(|d| d.id == hello.device)
+            .cloned()
+            .ok_or(JoinError::NoInventory(hello.device))?;
+        let options = PlanOptions {
+            mode: Mode::Replicate,
+            ..entry.placement.clone()
+        };
+        let planned = plan(manifest, &[device], &options)?;
+        let assignment = planned
+            .assignments()
+            .into_iter()
+            .next()
+            .ok_or(JoinError::NothingAssigned)?;
+        worker_spec(entry, hello.worker_id.clone(), assignment, &self.policy())
+    }
+
+    /// Tracks a worker that joined by itself.
+    pub fn add_worker(&self, model: &str, handle: Arc<WorkerHandle>) {
+        if let Some(entry) = self.lock().get_mut(model) {
+            entry.workers.retain(|w| w.alive());
+            entry.workers.push(handle);
+        }
+    }
+}
+
+/// The attach for one worker of `entry`, with its own duplicates of the model's descriptors.
+fn worker_spec(
+    entry: &Entry,
+    id: String,
+    assignment: Assignment,
+    policy: &super::Policy,
+) -> Result<WorkerSpec, JoinError> {
+    let manifest = entry
+        .summary
+        .manifest
+        .as_ref()
+        .ok_or_else(|| JoinError::NoManifest(entry.name.clone()))?;
+    let fds = entry
+        .summary
+        .shards
+        .iter()
+        .map(|(file, _)| entry.mapping.files()[*file].fd().try_clone_to_owned())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(JoinError::Descriptors)?;
+    Ok(WorkerSpec {
+        id,
+        model: entry.name.clone(),
+        attach: Attach {
+            model: entry.name.clone(),
+            manifest: (**manifest).clone(),
+            files: entry
+                .summary
+                .shards
+                .iter()
+                .map(|(_, c)| c.clone())
+                .collect(),
+            assignment,
+            options: entry.worker_options.clone(),
+            // Several heartbeats fit in a timeout, so one late beat is not a death.
+            heartbeat_ms: (policy.worker_heartbeat_timeout.as_millis() / 6).clamp(50, 500) as u32,
+        },
+        files: fds,
+        policy: supervisor::machine::Policy {
+            heartbeat_timeout: policy.worker_heartbeat_timeout,
+            hello_timeout: policy.worker_start_timeout,
+            ..Default::default()
+        },
+    })
+}
