@@ -3,11 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::arch::ArchParams;
 use crate::gguf::{GgufModel, HyperParams, MetadataError};
 use crate::layers::{layer_regions, LayerGroup, LayerRegion, PageSize};
 
 /// A model, described for placement and attachment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelManifest {
     pub hyper_params: HyperParams,
     /// Vocabulary size (logits per token).
@@ -18,6 +19,9 @@ pub struct ModelManifest {
     pub file_bytes: u64,
     /// Whether the output projection is the token embedding (tied weights, as in gemma).
     pub tied_output: bool,
+    /// What an engine needs to run the model, or why it cannot (an architecture it does not
+    /// know); the model loads and shares either way.
+    pub inference: Result<ArchParams, String>,
 }
 
 impl ModelManifest {
@@ -31,6 +35,7 @@ impl ModelManifest {
         let regions = layer_regions(model, page);
         let tied_output = !regions.iter().any(|r| r.group == LayerGroup::Output);
         Ok(ModelManifest {
+            inference: ArchParams::from_gguf(meta).map_err(|e| e.to_string()),
             vocab_size: meta.vocab_size()?.unwrap_or(0),
             hyper_params,
             regions,

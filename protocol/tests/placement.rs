@@ -41,6 +41,7 @@ fn model(block_weights: &[u64]) -> ModelManifest {
         regions,
         vocab_size: 32000,
         tied_output: false,
+        inference: Err("not needed for planning".into()),
         hyper_params: HyperParams {
             architecture: "llama".into(),
             block_count: block_weights.len() as u32,

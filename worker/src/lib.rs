@@ -14,3 +14,4 @@
 pub mod attach;
 pub mod backend;
 pub mod devices;
+pub mod standalone;

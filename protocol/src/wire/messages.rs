@@ -70,7 +70,7 @@ pub struct WorkerOptions {
 }
 
 /// The attach instructions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attach {
     pub model: String,
     pub manifest: ModelManifest,

@@ -1,0 +1,202 @@
+//! The element-wise and row operations of a transformer block, computed as llama.cpp's CPU
+//! backend computes them (its order of operations, its f16 roundings), so that the engine's
+//! logits stay close to the reference.
+
+use std::sync::OnceLock;
+
+use crate::f16::{f16_to_f32, f32_to_f16};
+
+/// `out = x / rms(x) · w` (ggml's rms_norm then mul: the sum of squares in f64).
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let sum: f64 = x.iter().map(|v| f64::from(v * v)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
+        *o = (v * scale) * w;
+    }
+}
+
+/// [`rms_norm`] in place.
+pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let sum: f64 = x.iter().map(|v| f64::from(v * v)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for (v, w) in x.iter_mut().zip(w) {
+        *v = (*v * scale) * w;
+    }
+}
+
+/// The rotation of one position: a cosine and sine per rotated pair.
+pub struct RopeTable {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+}
+
+/// How rope rotates: its base, the dimensions it covers, the position scale and the per-pair
+/// frequency factors (Llama 3).
+#[derive(Debug, Clone)]
+pub struct Rope {
+    pub dims: usize,
+    pub base: f32,
+    pub freq_scale: f32,
+    pub neox: bool,
+    pub factors: Option<Vec<f32>>,
+}
+
+impl Rope {
+    /// The table for position `pos`, as ggml builds it: theta multiplied by `base^(-2/dims)`
+    /// pair after pair in f32.
+    pub fn table(&self, pos: u32, table: &mut RopeTable) {
+        let pairs = self.dims / 2;
+        table.cos.resize(pairs, 0.0);
+        table.sin.resize(pairs, 0.0);
+        let theta_scale = self.base.powf(-2.0 / self.dims as f32);
+        let mut theta = pos as f32;
+        for i in 0..pairs {
+            let ff = self.factors.as_ref().map_or(1.0, |f| f[i]);
+            let t = self.freq_scale * (theta / ff);
+            table.cos[i] = t.cos();
+            table.sin[i] = t.sin();
+            theta *= theta_scale;
+        }
+    }
+
+    /// Rotates one head in place.
+    pub fn apply(&self, head: &mut [f32], table: &RopeTable) {
+        let pairs = self.dims / 2;
+        for i in 0..pairs {
+            let (a, b) = if self.neox {
+                (i, i + pairs)
+            } else {
+                (2 * i, 2 * i + 1)
+            };
+            let (x0, x1) = (head[a], head[b]);
+            let (c, s) = (table.cos[i], table.sin[i]);
+            head[a] = x0 * c - x1 * s;
+            head[b] = x0 * s + x1 * c;
+        }
+    }
+}
+
+/// GELU (tanh form) as ggml's CPU backend evaluates it: from a table indexed by the input
+/// rounded to f16, holding f16 results; below -10 it is 0, above 10 the input.
+fn gelu_table() -> &'static [u16] {
+    static TABLE: OnceLock<Vec<u16>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        const COEF_A: f32 = 0.044_715;
+        (0..=u16::MAX)
+            .map(|h| {
+                let x = f16_to_f32(h);
+                let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh());
+                f32_to_f16(y)
+            })
+            .collect()
+    })
+}
+
+/// `gate = gelu(gate) · up` (GeGLU).
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    let table = gelu_table();
+    for (g, u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        let gelu = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x
+        } else {
+            f16_to_f32(table[usize::from(f32_to_f16(x))])
+        };
+        *g = gelu * u;
+    }
+}
+
+/// `gate = silu(gate) · up` (SwiGLU).
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = x / (1.0 + (-x).exp()) * u;
+    }
+}
+
+/// Softmax in place, the sum in f64 as ggml keeps it.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += f64::from(*v);
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_makes_unit_rms() {
+        let x = [3.0f32, -4.0, 0.0, 5.0];
+        let mut out = [0f32; 4];
+        rms_norm(&x, &[1.0; 4], 0.0, &mut out);
+        let rms: f32 = (out.iter().map(|v| v * v).sum::<f32>() / 4.0).sqrt();
+        assert!((rms - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_rotates_pairs_by_position() {
+        let rope = Rope {
+            dims: 4,
+            base: 10000.0,
+            freq_scale: 1.0,
+            neox: true,
+            factors: None,
+        };
+        let mut table = RopeTable {
+            cos: vec![],
+            sin: vec![],
+        };
+        rope.table(0, &mut table);
+        let mut head = [1.0f32, 2.0, 3.0, 4.0];
+        rope.apply(&mut head, &table);
+        assert_eq!(head, [1.0, 2.0, 3.0, 4.0], "position 0 does not rotate");
+        rope.table(1, &mut table);
+        rope.apply(&mut head, &table);
+        // The first pair (0, 2) turns by 1 radian; the norm of each pair is kept.
+        let (c, s) = (1f32.cos(), 1f32.sin());
+        assert!((head[0] - (c - 3.0 * s)).abs() < 1e-6);
+        assert!((head[2] - (s + 3.0 * c)).abs() < 1e-6);
+        assert!(((head[1] * head[1] + head[3] * head[3]) - 20.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn gelu_matches_its_definition_within_f16() {
+        let mut g = [-11.0f32, -1.0, 0.0, 0.5, 3.0, 12.0];
+        geglu(&mut g, &[1.0; 6]);
+        let exact = |x: f32| 0.5 * x * (1.0 + (0.797_884_6 * x * (1.0 + 0.044_715 * x * x)).tanh());
+        for (got, x) in g.iter().zip([-11.0f32, -1.0, 0.0, 0.5, 3.0, 12.0]) {
+            let want = if x <= -10.0 {
+                0.0
+            } else if x >= 10.0 {
+                x
+            } else {
+                exact(x)
+            };
+            assert!(
+                (got - want).abs() <= 2e-3 * want.abs().max(1e-3),
+                "{x}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut x = [1.0f32, 2.0, 3.0, -1e9];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(x[3], 0.0);
+    }
+}

@@ -1,0 +1,460 @@
+//! Weight formats and the dot products over them.
+//!
+//! Weights stay in their ggml blocks, borrowed from the mapping. A matrix product quantizes the
+//! activations once (to 8 bits with a factor per 32 values for the 32-weight block formats, per
+//! 256 for the K-quants, as ggml does), then takes integer dot products with each weight row.
+//! Every row is first *prepared* into a small per-thread buffer, and that buffer serves every
+//! activation row of the batch, so a weight row is read from memory once per step whatever the
+//! batch size:
+//! - Q8_0 rows are used as they are;
+//! - the 4-, 5- and K-quant rows are unpacked to one byte per weight with integer scales
+//!   ([`blocks::Unpacked`]);
+//! - float rows (F32, F16, BF16) are converted to f32.
+//!
+//! Each kernel has a scalar version and, on x86_64 with AVX2, FMA and F16C, a SIMD version with
+//! the same result up to float summation order (`tests/kernels.rs` holds them to each other).
+
+pub mod blocks;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use modelhost_protocol::GgmlType;
+
+use crate::f16::{bf16_to_f32, f16_to_f32, read_f16, round_f16};
+use blocks::Unpacked;
+
+/// The weight formats the engine computes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    F32,
+    F16,
+    BF16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+/// How activations are quantized for a weight format's dot product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActFormat {
+    /// Kept as f32 (float weights).
+    F32,
+    /// 8 bits with an f16-rounded factor per 32 values (ggml's q8_0).
+    Q8x32,
+    /// 8 bits with an f32 factor per 256 values and sums per 16 (ggml's q8_K).
+    Q8x256,
+}
+
+impl ActFormat {
+    /// Values per quantization factor.
+    pub fn block(self) -> usize {
+        match self {
+            ActFormat::F32 => 1,
+            ActFormat::Q8x32 => 32,
+            ActFormat::Q8x256 => 256,
+        }
+    }
+}
+
+impl WeightFormat {
+    /// The engine's format for a ggml type, or `None` for a type it cannot compute with.
+    pub fn from_ggml(t: GgmlType) -> Option<WeightFormat> {
+        Some(match t {
+            GgmlType::F32 => WeightFormat::F32,
+            GgmlType::F16 => WeightFormat::F16,
+            GgmlType::BF16 => WeightFormat::BF16,
+            GgmlType::Q4_0 => WeightFormat::Q4_0,
+            GgmlType::Q4_1 => WeightFormat::Q4_1,
+            GgmlType::Q5_0 => WeightFormat::Q5_0,
+            GgmlType::Q5_1 => WeightFormat::Q5_1,
+            GgmlType::Q8_0 => WeightFormat::Q8_0,
+            GgmlType::Q2_K => WeightFormat::Q2K,
+            GgmlType::Q3_K => WeightFormat::Q3K,
+            GgmlType::Q4_K => WeightFormat::Q4K,
+            GgmlType::Q5_K => WeightFormat::Q5K,
+            GgmlType::Q6_K => WeightFormat::Q6K,
+            _ => return None,
+        })
+    }
+
+    pub fn ggml(self) -> GgmlType {
+        match self {
+            WeightFormat::F32 => GgmlType::F32,
+            WeightFormat::F16 => GgmlType::F16,
+            WeightFormat::BF16 => GgmlType::BF16,
+            WeightFormat::Q4_0 => GgmlType::Q4_0,
+            WeightFormat::Q4_1 => GgmlType::Q4_1,
+            WeightFormat::Q5_0 => GgmlType::Q5_0,
+            WeightFormat::Q5_1 => GgmlType::Q5_1,
+            WeightFormat::Q8_0 => GgmlType::Q8_0,
+            WeightFormat::Q2K => GgmlType::Q2_K,
+            WeightFormat::Q3K => GgmlType::Q3_K,
+            WeightFormat::Q4K => GgmlType::Q4_K,
+            WeightFormat::Q5K => GgmlType::Q5_K,
+            WeightFormat::Q6K => GgmlType::Q6_K,
+        }
+    }
+
+    /// Every format, for tests.
+    pub const ALL: [WeightFormat; 13] = [
+        WeightFormat::F32,
+        WeightFormat::F16,
+        WeightFormat::BF16,
+        WeightFormat::Q4_0,
+        WeightFormat::Q4_1,
+        WeightFormat::Q5_0,
+        WeightFormat::Q5_1,
+        WeightFormat::Q8_0,
+        WeightFormat::Q2K,
+        WeightFormat::Q3K,
+        WeightFormat::Q4K,
+        WeightFormat::Q5K,
+        WeightFormat::Q6K,
+    ];
+
+    /// Weights per block.
+    pub fn block_elems(self) -> usize {
+        self.ggml().block_size() as usize
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        self.ggml().type_size() as usize
+    }
+
+    /// Bytes of a row of `n` weights (`n` a multiple of the block).
+    pub fn row_bytes(self, n: usize) -> usize {
+        n / self.block_elems() * self.block_bytes()
+    }
+
+    /// The activations this format's dot product takes.
+    pub fn activation(self) -> ActFormat {
+        match self {
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => ActFormat::F32,
+            WeightFormat::Q4_0
+            | WeightFormat::Q4_1
+            | WeightFormat::Q5_0
+            | WeightFormat::Q5_1
+            | WeightFormat::Q8_0 => ActFormat::Q8x32,
+            _ => ActFormat::Q8x256,
+        }
+    }
+
+    fn unpacker(self) -> Option<fn(&[u8], &mut Unpacked)> {
+        Some(match self {
+            WeightFormat::Q4_0 => blocks::unpack_q4_0,
+            WeightFormat::Q4_1 => blocks::unpack_q4_1,
+            WeightFormat::Q5_0 => blocks::unpack_q5_0,
+            WeightFormat::Q5_1 => blocks::unpack_q5_1,
+            WeightFormat::Q2K => blocks::unpack_q2_k,
+            WeightFormat::Q3K => blocks::unpack_q3_k,
+            WeightFormat::Q4K => blocks::unpack_q4_k,
+            WeightFormat::Q5K => blocks::unpack_q5_k,
+            WeightFormat::Q6K => blocks::unpack_q6_k,
+            _ => return None,
+        })
+    }
+
+    /// Dequantizes one row (`bytes` holds whole blocks) into `out`.
+    pub fn dequantize_row(self, bytes: &[u8], out: &mut [f32]) {
+        match self {
+            WeightFormat::F32 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            WeightFormat::F16 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                }
+            }
+            WeightFormat::BF16 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = bf16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                }
+            }
+            WeightFormat::Q8_0 => blocks::dequantize_q8_0(bytes, out),
+            other => {
+                let mut u = Unpacked::default();
+                let n = bytes.len() / other.block_bytes() * other.block_elems();
+                u.reset(n, other.activation().block());
+                if let Some(unpack) = other.unpacker() {
+                    unpack(bytes, &mut u);
+                }
+                blocks::dequantize_unpacked(&u, other.activation().block(), &mut out[..n]);
+            }
+        }
+    }
+}
+
+/// Activation rows quantized for one activation format.
+#[derive(Debug, Clone)]
+pub struct QuantizedActs {
+    pub format: ActFormat,
+    /// Values per row.
+    pub k: usize,
+    pub rows: usize,
+    /// For `F32`: the values.
+    pub f32s: Vec<f32>,
+    /// For the 8-bit formats: the quants, a factor per block and a sum per 16 quants.
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub bsums: Vec<i16>,
+}
+
+/// One quantized activation row.
+#[derive(Debug, Clone, Copy)]
+pub struct ActRow<'a> {
+    pub f32s: &'a [f32],
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub bsums: &'a [i16],
+}
+
+impl QuantizedActs {
+    pub fn new(format: ActFormat) -> QuantizedActs {
+        QuantizedActs {
+            format,
+            k: 0,
+            rows: 0,
+            f32s: Vec::new(),
+            qs: Vec::new(),
+            d: Vec::new(),
+            bsums: Vec::new(),
+        }
+    }
+
+    /// Reserves room for `rows` rows of `k` values; returns the bytes reserved.
+    pub fn reserve(&mut self, rows: usize, k: usize) -> usize {
+        match self.format {
+            ActFormat::F32 => self.f32s.reserve_exact(rows * k),
+            f => {
+                self.qs.reserve_exact(rows * k);
+                self.d.reserve_exact(rows * k / f.block());
+                self.bsums.reserve_exact(rows * k / 16);
+            }
+        }
+        Self::bytes_for(self.format, rows, k)
+    }
+
+    /// Bytes held for `rows` rows of `k` values.
+    pub fn bytes_for(format: ActFormat, rows: usize, k: usize) -> usize {
+        match format {
+            ActFormat::F32 => rows * k * 4,
+            _ => rows * (k + k / format.block() * 4 + k / 16 * 2),
+        }
+    }
+
+    /// Quantizes `rows` rows of `k` values from `x` (row-major).
+    pub fn quantize(&mut self, x: &[f32], rows: usize, k: usize) {
+        self.k = k;
+        self.rows = rows;
+        let x = &x[..rows * k];
+        if self.format == ActFormat::F32 {
+            self.f32s.clear();
+            self.f32s.extend_from_slice(x);
+            return;
+        }
+        let block = self.format.block();
+        self.qs.resize(rows * k, 0);
+        self.d.resize(rows * k / block, 0.0);
+        self.bsums.resize(rows * k / 16, 0);
+        for (b, ((xs, qs), d)) in x
+            .chunks_exact(block)
+            .zip(self.qs.chunks_exact_mut(block))
+            .zip(self.d.iter_mut())
+            .enumerate()
+        {
+            *d = match self.format {
+                ActFormat::Q8x32 => quantize_q8x32(xs, qs),
+                _ => quantize_q8x256(xs, qs),
+            };
+            let sums = &mut self.bsums[b * block / 16..(b + 1) * block / 16];
+            for (s, q16) in sums.iter_mut().zip(qs.chunks_exact(16)) {
+                *s = q16.iter().map(|&q| i16::from(q)).sum();
+            }
+        }
+    }
+
+    /// Row `j`.
+    pub fn row(&self, j: usize) -> ActRow<'_> {
+        let k = self.k;
+        if self.format == ActFormat::F32 {
+            return ActRow {
+                f32s: &self.f32s[j * k..(j + 1) * k],
+                qs: &[],
+                d: &[],
+                bsums: &[],
+            };
+        }
+        let block = self.format.block();
+        ActRow {
+            f32s: &[],
+            qs: &self.qs[j * k..(j + 1) * k],
+            d: &self.d[j * k / block..(j + 1) * k / block],
+            bsums: &self.bsums[j * k / 16..(j + 1) * k / 16],
+        }
+    }
+}
+
+/// ggml's q8_0 as its x86 build computes it: the largest magnitude maps to ±127, the quants
+/// are rounded to nearest even with the multiplier `127 / max`, and the factor is stored as f16.
+fn quantize_q8x32(x: &[f32], qs: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round_ties_even() as i8;
+    }
+    round_f16(amax / 127.0)
+}
+
+/// ggml's q8_K: the value of largest magnitude maps to -127 (so the range is ±127), with an
+/// f32 factor.
+fn quantize_q8x256(x: &[f32], qs: &mut [i8]) -> f32 {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        qs.fill(0);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+    }
+    1.0 / iscale
+}
+
+/// A weight row made ready for dot products with a batch of activation rows.
+#[derive(Debug, Default)]
+pub struct PreparedRow {
+    unpacked: Unpacked,
+    floats: Vec<f32>,
+}
+
+impl PreparedRow {
+    /// A buffer for rows of up to `n` weights.
+    pub fn with_capacity(n: usize) -> PreparedRow {
+        let mut row = PreparedRow::default();
+        row.floats.reserve_exact(n);
+        row.unpacked.q.reserve_exact(n);
+        row.unpacked.scale.reserve_exact(n / 16);
+        row.unpacked.offset.reserve_exact(n / 16);
+        row.unpacked.d.reserve_exact(n / 32);
+        row.unpacked.dmin.reserve_exact(n / 32);
+        row
+    }
+
+    /// Bytes a prepared row of `n` weights holds at most.
+    pub fn bytes_for(n: usize) -> usize {
+        n * 4 + n + n / 16 * 4 + n / 32 * 8
+    }
+}
+
+/// Prepares weight row `bytes` (of `n` weights in `format`).
+pub fn prepare(format: WeightFormat, bytes: &[u8], n: usize, row: &mut PreparedRow) {
+    match format {
+        WeightFormat::Q8_0 => {}
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => {
+            row.floats.resize(n, 0.0);
+            format.dequantize_row(bytes, &mut row.floats);
+        }
+        _ => {
+            row.unpacked.reset(n, format.activation().block());
+            if let Some(unpack) = format.unpacker() {
+                #[cfg(target_arch = "x86_64")]
+                if crate::simd::has_avx2() && x86::unpack(format, bytes, &mut row.unpacked) {
+                    return;
+                }
+                unpack(bytes, &mut row.unpacked);
+            }
+        }
+    }
+}
+
+/// The dot product of a prepared weight row (`bytes` is the raw row, used by Q8_0) with one
+/// activation row.
+#[inline]
+pub fn dot(format: WeightFormat, bytes: &[u8], row: &PreparedRow, a: ActRow<'_>) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected at run time.
+        return unsafe { x86::dot(format, bytes, row, a) };
+    }
+    dot_scalar(format, bytes, row, a)
+}
+
+/// The scalar dot product: the reference for the SIMD kernels.
+pub fn dot_scalar(format: WeightFormat, bytes: &[u8], row: &PreparedRow, a: ActRow<'_>) -> f32 {
+    match format {
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => {
+            row.floats.iter().zip(a.f32s).map(|(w, x)| w * x).sum()
+        }
+        WeightFormat::Q8_0 => {
+            let mut sum = 0f32;
+            for (b, blk) in bytes.chunks_exact(34).enumerate() {
+                let qa = &a.qs[32 * b..32 * b + 32];
+                let isum: i32 = blk[2..34]
+                    .iter()
+                    .zip(qa)
+                    .map(|(&w, &x)| i32::from(w as i8) * i32::from(x))
+                    .sum();
+                sum += isum as f32 * (read_f16(blk, 0) * a.d[b]);
+            }
+            sum
+        }
+        _ => dot_unpacked_scalar(&row.unpacked, format.activation().block(), a),
+    }
+}
+
+fn dot_unpacked_scalar(u: &Unpacked, block: usize, a: ActRow<'_>) -> f32 {
+    let mut sum = 0f32;
+    for s in 0..u.d.len() {
+        let (mut isum, mut ioff) = (0i32, 0i32);
+        for g in s * block / 16..(s + 1) * block / 16 {
+            let gsum: i32 = (16 * g..16 * g + 16)
+                .map(|i| i32::from(u.q[i]) * i32::from(a.qs[i]))
+                .sum();
+            isum += i32::from(u.scale[g]) * gsum;
+            ioff += i32::from(u.offset[g]) * i32::from(a.bsums[g]);
+        }
+        sum += a.d[s] * (u.d[s] * isum as f32 - u.dmin[s] * ioff as f32);
+    }
+    sum
+}
+
+/// f32 dot product (attention, float weights).
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return unsafe { x86::dot_f32(a, b) };
+    }
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `y += alpha · x`.
+#[inline]
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        unsafe { x86::axpy(alpha, x, y) };
+        return;
+    }
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}

@@ -1,0 +1,132 @@
+//! The kernels against their definitions: every weight format's dot product equals the dot
+//! product of the dequantized weights with the dequantized activations, and each SIMD kernel
+//! equals its scalar reference within a stated tolerance.
+
+use modelhost_engine::quant::{
+    dot, dot_scalar, prepare, ActFormat, PreparedRow, QuantizedActs, WeightFormat,
+};
+use modelhost_protocol::random_blocks::random_weights;
+use proptest::prelude::*;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn normal(&mut self) -> f32 {
+        (0..4)
+            .map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32)
+            .sum::<f32>()
+            - 2.0
+    }
+}
+
+fn weights(format: WeightFormat, n: usize, rng: &mut Rng) -> Vec<u8> {
+    random_weights(format.ggml(), n, 0.05, &mut || rng.next()).unwrap()
+}
+
+fn activations(format: ActFormat, n: usize, rng: &mut Rng) -> (Vec<f32>, QuantizedActs) {
+    let x: Vec<f32> = (0..n).map(|_| rng.normal() * 3.0).collect();
+    let mut q = QuantizedActs::new(format);
+    q.quantize(&x, 1, n);
+    (x, q)
+}
+
+/// The activation row as the kernels see it, back in floats.
+fn dequantized_acts(q: &QuantizedActs) -> Vec<f32> {
+    if q.format == ActFormat::F32 {
+        return q.f32s.clone();
+    }
+    let block = q.format.block();
+    q.qs.iter()
+        .enumerate()
+        .map(|(i, &v)| q.d[i / block] * f32::from(v))
+        .collect()
+}
+
+#[test]
+fn activation_quantization_is_within_half_a_step() {
+    let mut rng = Rng(7);
+    for format in [ActFormat::Q8x32, ActFormat::Q8x256] {
+        let (x, q) = activations(format, 1024, &mut rng);
+        let back = dequantized_acts(&q);
+        for (i, (a, b)) in x.iter().zip(&back).enumerate() {
+            let step = q.d[i / format.block()].abs();
+            // Q8x32 stores its factor as f16: allow its rounding on top of half a step.
+            assert!(
+                (a - b).abs() <= 0.5 * step + 1e-3 * a.abs(),
+                "{format:?} {i}: {a} vs {b}"
+            );
+        }
+        for (g, s) in q.bsums.iter().enumerate() {
+            let sum: i16 = q.qs[16 * g..16 * g + 16]
+                .iter()
+                .map(|&v| i16::from(v))
+                .sum();
+            assert_eq!(*s, sum);
+        }
+    }
+}
+
+#[test]
+fn every_dot_product_equals_the_dequantized_one() {
+    let mut rng = Rng(11);
+    let n = 1024;
+    for format in WeightFormat::ALL {
+        for _ in 0..8 {
+            let w = weights(format, n, &mut rng);
+            let mut deq = vec![0f32; n];
+            format.dequantize_row(&w, &mut deq);
+            assert!(deq.iter().all(|v| v.is_finite()), "{format:?}");
+            let (_, q) = activations(format.activation(), n, &mut rng);
+            let a = dequantized_acts(&q);
+            let exact: f64 = deq
+                .iter()
+                .zip(&a)
+                .map(|(w, x)| f64::from(*w) * f64::from(*x))
+                .sum();
+            let scale: f64 = deq
+                .iter()
+                .zip(&a)
+                .map(|(w, x)| f64::from((w * x).abs()))
+                .sum();
+            let mut row = PreparedRow::default();
+            prepare(format, &w, n, &mut row);
+            let got = f64::from(dot_scalar(format, &w, &row, q.row(0)));
+            assert!(
+                (got - exact).abs() <= 1e-5 * scale + 1e-6,
+                "{format:?}: {got} vs {exact} (scale {scale})"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// SIMD against scalar: equal up to float summation order, which the tolerance bounds at
+    /// 1e-5 of the sum of the terms' magnitudes.
+    #[test]
+    fn simd_kernels_equal_the_scalar_ones(seed in any::<u64>(), blocks in 1usize..6, which in 0usize..13) {
+        let format = WeightFormat::ALL[which];
+        let n = 256 * blocks;
+        let mut rng = Rng(seed);
+        let w = weights(format, n, &mut rng);
+        let (_, q) = activations(format.activation(), n, &mut rng);
+        let mut row = PreparedRow::default();
+        prepare(format, &w, n, &mut row);
+        let scalar = dot_scalar(format, &w, &row, q.row(0));
+        let fast = dot(format, &w, &row, q.row(0));
+        let mut deq = vec![0f32; n];
+        format.dequantize_row(&w, &mut deq);
+        let scale: f32 = deq.iter().zip(dequantized_acts(&q)).map(|(w, x)| (w * x).abs()).sum();
+        prop_assert!((scalar - fast).abs() <= 1e-5 * scale + 1e-6, "{:?}: {} vs {}", format, scalar, fast);
+    }
+}
