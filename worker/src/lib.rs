@@ -13,5 +13,6 @@
 
 pub mod attach;
 pub mod backend;
+pub mod bench;
 pub mod devices;
 pub mod standalone;

@@ -49,6 +49,25 @@ struct Args {
     /// Print every CUDA device's inventory as a JSON array (empty without a driver), and exit.
     #[arg(long, conflicts_with_all = ["fd", "connect", "inventory"])]
     cuda_devices: bool,
+    /// Run the inference engine on a model file with no host and print its speed: prompt
+    /// processing, one sequence decoding, and --sequences decoding together.
+    #[arg(long, value_name = "MODEL", conflicts_with_all = ["fd", "connect", "inventory"])]
+    bench: Option<PathBuf>,
+    /// Compute threads for --bench.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Prompt tokens for --bench.
+    #[arg(long, default_value_t = 128)]
+    prompt: u32,
+    /// Tokens to decode for --bench.
+    #[arg(long, default_value_t = 64)]
+    decode: u32,
+    /// Sequences decoded together for --bench.
+    #[arg(long, default_value_t = 4)]
+    sequences: u32,
+    /// Print --bench's figures as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +75,7 @@ fn main() -> ExitCode {
     let outcome = match &args.inventory {
         Some(devices) => print_inventory(devices),
         None if args.cuda_devices => print_json(&devices::cuda_devices()),
+        None if args.bench.is_some() => bench(&args),
         None => run(args),
     };
     match outcome {
@@ -73,6 +93,50 @@ fn print_inventory(ids: &[DeviceId]) -> Result<(), String> {
         .map(|&id| devices::inventory(id).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     print_json(&specs)
+}
+
+fn bench(args: &Args) -> Result<(), String> {
+    let path = args.bench.as_deref().ok_or("--bench needs a model")?;
+    let report = modelhost_worker::bench::run(
+        path,
+        &modelhost_worker::bench::BenchOptions {
+            threads: args.threads,
+            prompt: args.prompt,
+            decode: args.decode,
+            sequences: args.sequences,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        println!(
+            "{}: {} threads, {} kernels; {:.1} MiB of weights per step, scratch {:.1} MiB, KV {:.1} MiB",
+            report.model,
+            report.threads,
+            report.kernels,
+            mib(report.weight_bytes_per_step),
+            mib(report.scratch_bytes),
+            mib(report.kv_bytes)
+        );
+        println!(
+            "  prompt  {:>5} tokens  {:>8.1} tok/s",
+            report.prompt_tokens, report.prompt_tok_s
+        );
+        println!(
+            "  decode  {:>5} tokens  {:>8.1} tok/s",
+            report.decode_tokens, report.decode_tok_s
+        );
+        println!(
+            "  decode  {:>5} x {} seq {:>8.1} tok/s",
+            report.decode_tokens, report.sequences, report.batched_tok_s
+        );
+    }
+    Ok(())
 }
 
 fn print_json(specs: &[modelhost_protocol::placement::DeviceSpec]) -> Result<(), String> {

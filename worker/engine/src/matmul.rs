@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 
 use crate::pool::Pool;
-use crate::quant::{dot, prepare, PreparedRow, QuantizedActs};
+use crate::quant::{dot_rows, PreparedRow, QuantizedActs};
 use crate::weights::{Matrix, ModelFile};
 
 /// A pointer that threads may share to write disjoint elements.
@@ -49,7 +49,6 @@ pub fn matmul(
     assert_eq!(acts.k, w.cols, "{}: activations of the wrong width", w.name);
     assert!(out.len() >= acts.rows * w.rows);
     let bytes = w.bytes(files);
-    let row_bytes = w.row_bytes();
     let (m, n) = (w.rows, acts.rows);
     let ptr = Out(out.as_mut_ptr());
     let threads = pool.threads().min(m.max(1));
@@ -58,15 +57,20 @@ pub fn matmul(
             return;
         }
         let mut prepared = rows.0[t].lock().unwrap_or_else(|e| e.into_inner());
-        for r in m * t / threads..m * (t + 1) / threads {
-            let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-            prepare(w.format, row, w.cols, &mut prepared);
-            for j in 0..n {
-                let value = dot(w.format, row, &prepared, acts.row(j));
-                // SAFETY: j · m + r < n · m <= out.len(), and row r belongs to this thread
-                // alone, so no other thread writes this element.
+        let range = m * t / threads..m * (t + 1) / threads;
+        dot_rows(
+            w.format,
+            bytes,
+            w.cols,
+            range,
+            acts,
+            &mut prepared,
+            |j, r, value| {
+                debug_assert!(j < n && r < m);
+                // SAFETY: j · m + r < n · m <= out.len(), and row r belongs to this thread alone,
+                // so no other thread writes this element.
                 unsafe { *ptr.at(j * m + r) = value };
-            }
-        }
+            },
+        );
     });
 }

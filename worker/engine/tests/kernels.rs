@@ -3,7 +3,7 @@
 //! equals its scalar reference within a stated tolerance.
 
 use modelhost_engine::quant::{
-    dot, dot_scalar, prepare, ActFormat, PreparedRow, QuantizedActs, WeightFormat,
+    dot, dot_scalar, prepare, prepare_scalar, ActFormat, PreparedRow, QuantizedActs, WeightFormat,
 };
 use modelhost_protocol::random_blocks::random_weights;
 use proptest::prelude::*;
@@ -109,7 +109,7 @@ fn every_dot_product_equals_the_dequantized_one() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// SIMD against scalar: equal up to float summation order, which the tolerance bounds at
     /// 1e-5 of the sum of the terms' magnitudes.
@@ -120,13 +120,86 @@ proptest! {
         let mut rng = Rng(seed);
         let w = weights(format, n, &mut rng);
         let (_, q) = activations(format.activation(), n, &mut rng);
-        let mut row = PreparedRow::default();
+        let (mut slow_row, mut row) = (PreparedRow::default(), PreparedRow::default());
+        prepare_scalar(format, &w, n, &mut slow_row);
         prepare(format, &w, n, &mut row);
-        let scalar = dot_scalar(format, &w, &row, q.row(0));
+        let (u, v) = (slow_row.unpacked(), row.unpacked());
+        // Unpacking is exact: the SIMD unpackers must produce the scalar ones' bytes.
+        prop_assert_eq!(&u.q, &v.q);
+        prop_assert_eq!(&u.scale, &v.scale);
+        prop_assert_eq!(&u.offset, &v.offset);
+        prop_assert_eq!(&u.d, &v.d);
+        prop_assert_eq!(&u.dmin, &v.dmin);
+        prop_assert_eq!(u.offset32, v.offset32);
+        let scalar = dot_scalar(format, &w, &slow_row, q.row(0));
         let fast = dot(format, &w, &row, q.row(0));
         let mut deq = vec![0f32; n];
         format.dequantize_row(&w, &mut deq);
         let scale: f32 = deq.iter().zip(dequantized_acts(&q)).map(|(w, x)| (w * x).abs()).sum();
         prop_assert!((scalar - fast).abs() <= 1e-5 * scale + 1e-6, "{:?}: {} vs {}", format, scalar, fast);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The row kernels a matrix product uses (in registers for one or two activation rows,
+    /// through a prepared buffer for more) against the scalar dot product of each pair.
+    #[test]
+    fn row_kernels_equal_the_scalar_dot_products(
+        seed in any::<u64>(),
+        blocks in 1usize..4,
+        rows in 1usize..5,
+        acts_rows in 1usize..10,
+        which in 0usize..13,
+    ) {
+        let format = WeightFormat::ALL[which];
+        let n = 256 * blocks;
+        let mut rng = Rng(seed);
+        let w: Vec<u8> = (0..rows).flat_map(|_| weights(format, n, &mut rng)).collect();
+        let x: Vec<f32> = (0..acts_rows * n).map(|_| rng.normal() * 3.0).collect();
+        let mut q = QuantizedActs::new(format.activation());
+        q.quantize(&x, acts_rows, n);
+        let mut got = vec![f32::NAN; rows * acts_rows];
+        let mut prepared = PreparedRow::default();
+        modelhost_engine::quant::dot_rows(format, &w, n, 0..rows, &q, &mut prepared, |j, r, v| {
+            got[j * rows + r] = v;
+        });
+        let rb = format.row_bytes(n);
+        for r in 0..rows {
+            let row = &w[r * rb..(r + 1) * rb];
+            let mut p = PreparedRow::default();
+            prepare_scalar(format, row, n, &mut p);
+            let mut deq = vec![0f32; n];
+            format.dequantize_row(row, &mut deq);
+            for j in 0..acts_rows {
+                let want = dot_scalar(format, row, &p, q.row(j));
+                let a = &x[j * n..(j + 1) * n];
+                let scale: f32 = deq.iter().zip(a).map(|(w, x)| (w * x).abs()).sum();
+                let v = got[j * rows + r];
+                prop_assert!((v - want).abs() <= 1e-5 * scale + 1e-6, "{:?} row {} act {}: {} vs {}", format, r, j, v, want);
+            }
+        }
+    }
+}
+
+proptest! {
+    /// The SIMD activation quantization equals the scalar one exactly (same rounding, same
+    /// factor), including ties and blocks of zeros.
+    #[test]
+    fn simd_quantization_equals_scalar(seed in any::<u64>(), scale in 0.0f32..100.0, ties in any::<bool>()) {
+        use modelhost_engine::quant::{quantize_q8x256, quantize_q8x256_scalar, quantize_q8x32, quantize_q8x32_scalar};
+        let mut rng = Rng(seed);
+        let x: Vec<f32> = (0..256)
+            .map(|i| if ties { (i as f32 - 128.0) * 0.5 * scale / 64.0 } else { rng.normal() * scale })
+            .collect();
+        let (mut a, mut b) = (vec![0i8; 256], vec![0i8; 256]);
+        prop_assert_eq!(quantize_q8x256(&x, &mut a).to_bits(), quantize_q8x256_scalar(&x, &mut b).to_bits());
+        prop_assert_eq!(&a, &b);
+        for block in x.chunks(32) {
+            let (mut a, mut b) = (vec![0i8; 32], vec![0i8; 32]);
+            prop_assert_eq!(quantize_q8x32(block, &mut a).to_bits(), quantize_q8x32_scalar(block, &mut b).to_bits());
+            prop_assert_eq!(&a, &b);
+        }
     }
 }

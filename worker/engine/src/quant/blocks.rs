@@ -16,6 +16,9 @@
 use crate::f16::read_f16;
 
 /// A row unpacked for the integer dot product (see the module's documentation).
+///
+/// The 32-weight formats have a scale of 1 and the same offset in every group (`offset32`);
+/// they leave `scale` and `offset` empty.
 #[derive(Debug, Clone, Default)]
 pub struct Unpacked {
     pub q: Vec<u8>,
@@ -23,16 +26,28 @@ pub struct Unpacked {
     pub offset: Vec<i16>,
     pub d: Vec<f32>,
     pub dmin: Vec<f32>,
+    pub offset32: i16,
 }
 
 impl Unpacked {
     /// Sizes the buffers for a row of `n` weights in super-blocks of `block`.
     pub fn reset(&mut self, n: usize, block: usize) {
         self.q.resize(n, 0);
-        self.scale.resize(n / 16, 0);
-        self.offset.resize(n / 16, 0);
+        let groups = if block == 32 { 0 } else { n / 16 };
+        self.scale.resize(groups, 0);
+        self.offset.resize(groups, 0);
         self.d.resize(n / block, 0.0);
         self.dmin.resize(n / block, 0.0);
+    }
+
+    /// The scale and offset of group `g` (of 16 weights).
+    #[inline]
+    pub fn group(&self, g: usize) -> (i16, i16) {
+        if self.scale.is_empty() {
+            (1, self.offset32)
+        } else {
+            (self.scale[g], self.offset[g])
+        }
     }
 }
 
@@ -104,9 +119,8 @@ pub fn unpack_q4_0(bytes: &[u8], u: &mut Unpacked) {
         nibbles(&b[2..18], &mut u.q[32 * i..32 * i + 32]);
         u.d[i] = d;
         u.dmin[i] = d;
-        u.scale[2 * i..2 * i + 2].fill(1);
-        u.offset[2 * i..2 * i + 2].fill(8);
     });
+    u.offset32 = 8;
 }
 
 pub fn unpack_q4_1(bytes: &[u8], u: &mut Unpacked) {
@@ -114,9 +128,8 @@ pub fn unpack_q4_1(bytes: &[u8], u: &mut Unpacked) {
         nibbles(&b[4..20], &mut u.q[32 * i..32 * i + 32]);
         u.d[i] = read_f16(b, 0);
         u.dmin[i] = -read_f16(b, 2);
-        u.scale[2 * i..2 * i + 2].fill(1);
-        u.offset[2 * i..2 * i + 2].fill(1);
     });
+    u.offset32 = 1;
 }
 
 pub fn unpack_q5_0(bytes: &[u8], u: &mut Unpacked) {
@@ -127,9 +140,8 @@ pub fn unpack_q5_0(bytes: &[u8], u: &mut Unpacked) {
         fifth_bits(qh32(b, 2), q);
         u.d[i] = d;
         u.dmin[i] = d;
-        u.scale[2 * i..2 * i + 2].fill(1);
-        u.offset[2 * i..2 * i + 2].fill(16);
     });
+    u.offset32 = 16;
 }
 
 pub fn unpack_q5_1(bytes: &[u8], u: &mut Unpacked) {
@@ -139,9 +151,8 @@ pub fn unpack_q5_1(bytes: &[u8], u: &mut Unpacked) {
         fifth_bits(qh32(b, 4), q);
         u.d[i] = read_f16(b, 0);
         u.dmin[i] = -read_f16(b, 2);
-        u.scale[2 * i..2 * i + 2].fill(1);
-        u.offset[2 * i..2 * i + 2].fill(1);
     });
+    u.offset32 = 1;
 }
 
 pub fn unpack_q2_k(bytes: &[u8], u: &mut Unpacked) {
@@ -196,11 +207,33 @@ pub fn unpack_q3_k(bytes: &[u8], u: &mut Unpacked) {
     });
 }
 
+/// The factors, scales and mins of Q4_K or Q5_K block `b` (super-block `i`).
+pub fn k4_scales(b: &[u8], i: usize, u: &mut Unpacked) {
+    u.d[i] = read_f16(b, 0);
+    u.dmin[i] = read_f16(b, 2);
+    let scales = &b[4..16];
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, scales);
+        u.scale[16 * i + 2 * j..16 * i + 2 * j + 2].fill(i16::from(sc));
+        u.offset[16 * i + 2 * j..16 * i + 2 * j + 2].fill(i16::from(m));
+    }
+}
+
+/// The factor and scales of Q6_K block `b` (super-block `i`).
+pub fn q6k_scales(b: &[u8], i: usize, u: &mut Unpacked) {
+    let d = read_f16(b, 208);
+    u.d[i] = d;
+    u.dmin[i] = d;
+    for (g, &sc) in b[192..208].iter().enumerate() {
+        let s = i16::from(sc as i8);
+        u.scale[16 * i + g] = s;
+        u.offset[16 * i + g] = 32 * s;
+    }
+}
+
 pub fn unpack_q4_k(bytes: &[u8], u: &mut Unpacked) {
     for_blocks!(bytes, 144, 256, |b, i| {
-        u.d[i] = read_f16(b, 0);
-        u.dmin[i] = read_f16(b, 2);
-        let (scales, qs) = (&b[4..16], &b[16..144]);
+        let qs = &b[16..144];
         let q = &mut u.q[256 * i..256 * i + 256];
         for j in 0..4 {
             for l in 0..32 {
@@ -208,19 +241,13 @@ pub fn unpack_q4_k(bytes: &[u8], u: &mut Unpacked) {
                 q[64 * j + 32 + l] = qs[32 * j + l] >> 4;
             }
         }
-        for j in 0..8 {
-            let (sc, m) = scale_min_k4(j, scales);
-            u.scale[16 * i + 2 * j..16 * i + 2 * j + 2].fill(i16::from(sc));
-            u.offset[16 * i + 2 * j..16 * i + 2 * j + 2].fill(i16::from(m));
-        }
+        k4_scales(b, i, u);
     });
 }
 
 pub fn unpack_q5_k(bytes: &[u8], u: &mut Unpacked) {
     for_blocks!(bytes, 176, 256, |b, i| {
-        u.d[i] = read_f16(b, 0);
-        u.dmin[i] = read_f16(b, 2);
-        let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+        let (qh, qs) = (&b[16..48], &b[48..176]);
         let q = &mut u.q[256 * i..256 * i + 256];
         for j in 0..4 {
             let (u1, u2) = (1u8 << (2 * j), 2u8 << (2 * j));
@@ -229,20 +256,13 @@ pub fn unpack_q5_k(bytes: &[u8], u: &mut Unpacked) {
                 q[64 * j + 32 + l] = (qs[32 * j + l] >> 4) + if qh[l] & u2 != 0 { 16 } else { 0 };
             }
         }
-        for j in 0..8 {
-            let (sc, m) = scale_min_k4(j, scales);
-            u.scale[16 * i + 2 * j..16 * i + 2 * j + 2].fill(i16::from(sc));
-            u.offset[16 * i + 2 * j..16 * i + 2 * j + 2].fill(i16::from(m));
-        }
+        k4_scales(b, i, u);
     });
 }
 
 pub fn unpack_q6_k(bytes: &[u8], u: &mut Unpacked) {
     for_blocks!(bytes, 210, 256, |b, i| {
-        let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
-        let d = read_f16(b, 208);
-        u.d[i] = d;
-        u.dmin[i] = d;
+        let (ql, qh) = (&b[0..128], &b[128..192]);
         let q = &mut u.q[256 * i..256 * i + 256];
         for n in 0..2 {
             let (ql, qh, q) = (&ql[64 * n..], &qh[32 * n..], &mut q[128 * n..]);
@@ -253,20 +273,15 @@ pub fn unpack_q6_k(bytes: &[u8], u: &mut Unpacked) {
                 q[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
             }
         }
-        for (g, &sc) in scales.iter().enumerate() {
-            let s = i16::from(sc as i8);
-            u.scale[16 * i + g] = s;
-            u.offset[16 * i + g] = 32 * s;
-        }
+        q6k_scales(b, i, u);
     });
 }
 
 /// Dequantizes an unpacked row: `w_i = d · scale · q_i − dmin · offset`.
 pub fn dequantize_unpacked(u: &Unpacked, block: usize, out: &mut [f32]) {
     for (i, w) in out.iter_mut().enumerate() {
-        let (s, g) = (i / block, i / 16);
-        *w =
-            u.d[s] * f32::from(u.scale[g]) * f32::from(u.q[i]) - u.dmin[s] * f32::from(u.offset[g]);
+        let (s, (scale, offset)) = (i / block, u.group(i / 16));
+        *w = u.d[s] * f32::from(scale) * f32::from(u.q[i]) - u.dmin[s] * f32::from(offset);
     }
 }
 

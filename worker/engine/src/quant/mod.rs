@@ -276,6 +276,7 @@ impl QuantizedActs {
                 ActFormat::Q8x32 => quantize_q8x32(xs, qs),
                 _ => quantize_q8x256(xs, qs),
             };
+
             let sums = &mut self.bsums[b * block / 16..(b + 1) * block / 16];
             for (s, q16) in sums.iter_mut().zip(qs.chunks_exact(16)) {
                 *s = q16.iter().map(|&q| i16::from(q)).sum();
@@ -304,9 +305,29 @@ impl QuantizedActs {
     }
 }
 
+/// Quantizes a block of 32 activations (ggml's q8_0); returns its factor.
+pub fn quantize_q8x32(x: &[f32], qs: &mut [i8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: AVX2 was detected at run time.
+        return unsafe { x86::quantize_block(x, qs, false) };
+    }
+    quantize_q8x32_scalar(x, qs)
+}
+
+/// Quantizes a block of 256 activations (ggml's q8_K); returns its factor.
+pub fn quantize_q8x256(x: &[f32], qs: &mut [i8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: AVX2 was detected at run time.
+        return unsafe { x86::quantize_block(x, qs, true) };
+    }
+    quantize_q8x256_scalar(x, qs)
+}
+
 /// ggml's q8_0 as its x86 build computes it: the largest magnitude maps to ±127, the quants
 /// are rounded to nearest even with the multiplier `127 / max`, and the factor is stored as f16.
-fn quantize_q8x32(x: &[f32], qs: &mut [i8]) -> f32 {
+pub fn quantize_q8x32_scalar(x: &[f32], qs: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     for (q, v) in qs.iter_mut().zip(x) {
@@ -317,7 +338,7 @@ fn quantize_q8x32(x: &[f32], qs: &mut [i8]) -> f32 {
 
 /// ggml's q8_K: the value of largest magnitude maps to -127 (so the range is ±127), with an
 /// f32 factor.
-fn quantize_q8x256(x: &[f32], qs: &mut [i8]) -> f32 {
+pub fn quantize_q8x256_scalar(x: &[f32], qs: &mut [i8]) -> f32 {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
@@ -344,6 +365,11 @@ pub struct PreparedRow {
 }
 
 impl PreparedRow {
+    /// The unpacked quants of a 4-, 5- or K-quant row.
+    pub fn unpacked(&self) -> &Unpacked {
+        &self.unpacked
+    }
+
     /// A buffer for rows of up to `n` weights.
     pub fn with_capacity(n: usize) -> PreparedRow {
         let mut row = PreparedRow::default();
@@ -364,6 +390,15 @@ impl PreparedRow {
 
 /// Prepares weight row `bytes` (of `n` weights in `format`).
 pub fn prepare(format: WeightFormat, bytes: &[u8], n: usize, row: &mut PreparedRow) {
+    prepare_with(format, bytes, n, row, crate::simd::has_avx2());
+}
+
+/// [`prepare`] with the scalar unpackers: the reference for the SIMD ones.
+pub fn prepare_scalar(format: WeightFormat, bytes: &[u8], n: usize, row: &mut PreparedRow) {
+    prepare_with(format, bytes, n, row, false);
+}
+
+fn prepare_with(format: WeightFormat, bytes: &[u8], n: usize, row: &mut PreparedRow, simd: bool) {
     match format {
         WeightFormat::Q8_0 => {}
         WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => {
@@ -374,11 +409,45 @@ pub fn prepare(format: WeightFormat, bytes: &[u8], n: usize, row: &mut PreparedR
             row.unpacked.reset(n, format.activation().block());
             if let Some(unpack) = format.unpacker() {
                 #[cfg(target_arch = "x86_64")]
-                if crate::simd::has_avx2() && x86::unpack(format, bytes, &mut row.unpacked) {
-                    return;
+                if simd {
+                    // SAFETY: `simd` is true only where AVX2 was detected at run time.
+                    if unsafe { x86::unpack(format, bytes, &mut row.unpacked) } {
+                        return;
+                    }
                 }
+                let _ = simd;
                 unpack(bytes, &mut row.unpacked);
             }
+        }
+    }
+}
+
+/// The dot products of weight rows `rows` of a matrix (`bytes` its whole data, rows of `cols`
+/// weights in `format`) with every row of `acts`; `out(j, r, value)` receives each. Each weight
+/// row is prepared once for all the activation rows.
+pub fn dot_rows<F: FnMut(usize, usize, f32)>(
+    format: WeightFormat,
+    bytes: &[u8],
+    cols: usize,
+    rows: std::ops::Range<usize>,
+    acts: &QuantizedActs,
+    prepared: &mut PreparedRow,
+    mut out: F,
+) {
+    let rb = format.row_bytes(cols);
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        let span = &bytes[rows.start * rb..rows.end * rb];
+        // SAFETY: AVX2, FMA and F16C were detected at run time.
+        if unsafe { x86::rows(format, span, rows.start, acts, &mut out) } {
+            return;
+        }
+    }
+    for r in rows {
+        let row = &bytes[r * rb..(r + 1) * rb];
+        prepare(format, row, cols, prepared);
+        for j in 0..acts.rows {
+            out(j, r, dot(format, row, prepared, acts.row(j)));
         }
     }
 }
@@ -426,8 +495,9 @@ fn dot_unpacked_scalar(u: &Unpacked, block: usize, a: ActRow<'_>) -> f32 {
             let gsum: i32 = (16 * g..16 * g + 16)
                 .map(|i| i32::from(u.q[i]) * i32::from(a.qs[i]))
                 .sum();
-            isum += i32::from(u.scale[g]) * gsum;
-            ioff += i32::from(u.offset[g]) * i32::from(a.bsums[g]);
+            let (scale, offset) = u.group(g);
+            isum += i32::from(scale) * gsum;
+            ioff += i32::from(offset) * i32::from(a.bsums[g]);
         }
         sum += a.d[s] * (u.d[s] * isum as f32 - u.dmin[s] * ioff as f32);
     }

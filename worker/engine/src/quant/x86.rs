@@ -40,6 +40,464 @@ pub unsafe fn dot(format: WeightFormat, bytes: &[u8], row: &PreparedRow, a: ActR
     }
 }
 
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load32(b: &[u8]) -> __m256i {
+    assert!(b.len() >= 32);
+    // SAFETY: 32 bytes (checked above).
+    unsafe { _mm256_loadu_si256(b.as_ptr() as *const __m256i) }
+}
+
+/// Rows of a matrix against activation rows, for the formats with register kernels (Q8_0, the
+/// 4- and 5-bit formats, Q4_K, Q5_K, Q6_K): `bytes` holds whole rows, the first being row
+/// `first`. The activation rows go in groups of up to four: a weight block is loaded and
+/// unpacked in registers once per group, then multiplied with each of its rows, so that a
+/// decode step of several sequences reads and unpacks each weight once. Returns `false` for a
+/// format without a register kernel.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn rows(
+    format: WeightFormat,
+    bytes: &[u8],
+    first: usize,
+    acts: &super::QuantizedActs,
+    out: &mut dyn FnMut(usize, usize, f32),
+) -> bool {
+    let rb = format.row_bytes(acts.k);
+    if rb == 0 {
+        return true;
+    }
+    // With many activation rows (a prompt), the weight rows go in tiles small enough to stay
+    // in the L1 cache while every group of activation rows passes over them.
+    let tile = if acts.rows > 4 {
+        (TILE_BYTES / rb).max(1)
+    } else {
+        usize::MAX
+    };
+    let all = bytes.len() / rb;
+    let mut r = 0;
+    while r < all {
+        let end = all.min(r.saturating_add(tile));
+        let span = &bytes[r * rb..end * rb];
+        let mut j = 0;
+        while j < acts.rows {
+            let n = (acts.rows - j).min(4);
+            let done = match n {
+                1 => rows_n::<1>(format, span, first + r, acts, j, out),
+                2 => rows_n::<2>(format, span, first + r, acts, j, out),
+                3 => rows_n::<3>(format, span, first + r, acts, j, out),
+                _ => rows_n::<4>(format, span, first + r, acts, j, out),
+            };
+            if !done {
+                return false;
+            }
+            j += n;
+        }
+        r = end;
+    }
+    true
+}
+
+/// Bytes of weight rows in a prompt's tile.
+const TILE_BYTES: usize = 16 << 10;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rows_n<const N: usize>(
+    format: WeightFormat,
+    bytes: &[u8],
+    first: usize,
+    acts: &super::QuantizedActs,
+    j: usize,
+    out: &mut dyn FnMut(usize, usize, f32),
+) -> bool {
+    // Block size, where the nibbles start, where the fifth bits are (0: none), where the min
+    // is (0: none), and the offset subtracted from the quants of formats without a min.
+    match format {
+        WeightFormat::Q8_0 => rows_32::<34, 2, 0, 0, 0, true, N>(bytes, first, acts, j, out),
+        WeightFormat::Q4_0 => rows_32::<18, 2, 0, 0, 8, false, N>(bytes, first, acts, j, out),
+        WeightFormat::Q4_1 => rows_32::<20, 4, 0, 2, 0, false, N>(bytes, first, acts, j, out),
+        WeightFormat::Q5_0 => rows_32::<22, 6, 2, 0, 16, false, N>(bytes, first, acts, j, out),
+        WeightFormat::Q5_1 => rows_32::<24, 8, 4, 2, 0, false, N>(bytes, first, acts, j, out),
+        WeightFormat::Q4K => rows_k::<N, 4>(bytes, first, acts, j, out),
+        WeightFormat::Q5K => rows_k::<N, 5>(bytes, first, acts, j, out),
+        WeightFormat::Q6K => rows_k::<N, 6>(bytes, first, acts, j, out),
+        _ => return false,
+    }
+    true
+}
+
+/// The activation rows `j..j + N`.
+fn act_rows<const N: usize>(acts: &super::QuantizedActs, j: usize) -> [ActRow<'_>; N] {
+    std::array::from_fn(|n| acts.row(j + n))
+}
+
+/// The 32-weight formats. Q8_0 (`Q8`) and the formats without a min multiply signed weights
+/// (`q - OFF`) by the activations with the sign trick; those with a min multiply unsigned quants
+/// and add `m · d_a · Σx` per block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rows_32<
+    const SIZE: usize,
+    const QS: usize,
+    const QH: usize,
+    const MIN: usize,
+    const OFF: i8,
+    const Q8: bool,
+    const N: usize,
+>(
+    bytes: &[u8],
+    first: usize,
+    acts: &super::QuantizedActs,
+    j: usize,
+    out: &mut dyn FnMut(usize, usize, f32),
+) {
+    let blocks = acts.k / 32;
+    let rb = blocks * SIZE;
+    if rb == 0 {
+        return;
+    }
+    let a = act_rows::<N>(acts, j);
+    for x in &a {
+        assert!(x.qs.len() >= 32 * blocks && x.d.len() >= blocks && x.bsums.len() >= 2 * blocks);
+    }
+    for (i, row) in bytes.chunks_exact(rb).enumerate() {
+        prefetch_ahead(bytes, (i + PREFETCH_ROWS) * rb, rb);
+        // Two sets of accumulators, for even and odd blocks: with one activation row, a single
+        // chain of dependent FMAs would bound the loop.
+        let (mut even, mut odd) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+        let mut mins = [0f32; N];
+        let mut b = 0;
+        while b + 2 <= blocks {
+            block_32::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, &a, b, &mut even, &mut mins);
+            block_32::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, &a, b + 1, &mut odd, &mut mins);
+            b += 2;
+        }
+        if b < blocks {
+            block_32::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, &a, b, &mut even, &mut mins);
+        }
+        for n in 0..N {
+            out(
+                j + n,
+                first + i,
+                hsum(_mm256_add_ps(even[n], odd[n])) + mins[n],
+            );
+        }
+    }
+}
+
+/// Block `b` of a 32-weight row against the activation rows `a`, into `acc` and `mins`.
+#[inline(always)]
+fn block_32<
+    const SIZE: usize,
+    const QS: usize,
+    const QH: usize,
+    const MIN: usize,
+    const OFF: i8,
+    const Q8: bool,
+    const N: usize,
+>(
+    row: &[u8],
+    a: &[ActRow<'_>; N],
+    b: usize,
+    acc: &mut [__m256; N],
+    mins: &mut [f32; N],
+) {
+    // SAFETY: only called from `rows_32`, which runs where AVX2, FMA and F16C were detected.
+    unsafe { block_32_inner::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, a, b, acc, mins) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn block_32_inner<
+    const SIZE: usize,
+    const QS: usize,
+    const QH: usize,
+    const MIN: usize,
+    const OFF: i8,
+    const Q8: bool,
+    const N: usize,
+>(
+    row: &[u8],
+    a: &[ActRow<'_>; N],
+    b: usize,
+    acc: &mut [__m256; N],
+    mins: &mut [f32; N],
+) {
+    let blk = &row[SIZE * b..SIZE * (b + 1)];
+    let q = if Q8 {
+        load32(&blk[2..])
+    } else {
+        let q = nibbles_32(&blk[QS..]);
+        if QH != 0 {
+            _mm256_or_si256(q, fifth_bits_32(qh32(blk, QH)))
+        } else {
+            q
+        }
+    };
+    let signed = MIN == 0;
+    let w = if signed && !Q8 {
+        _mm256_sub_epi8(q, _mm256_set1_epi8(OFF))
+    } else {
+        q
+    };
+    let wabs = if signed { _mm256_sign_epi8(w, w) } else { w };
+    let dw = read_f16(blk, 0);
+    let m = if MIN != 0 { read_f16(blk, MIN) } else { 0.0 };
+    let ones = _mm256_set1_epi16(1);
+    for n in 0..N {
+        let x = load32(as_bytes(&a[n].qs[32 * b..]));
+        let p = if signed {
+            _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(x, w))
+        } else {
+            _mm256_maddubs_epi16(q, x)
+        };
+        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+        let da = a[n].d[b];
+        acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), p, acc[n]);
+        if MIN != 0 {
+            let sum = f32::from(a[n].bsums[2 * b]) + f32::from(a[n].bsums[2 * b + 1]);
+            mins[n] += m * da * sum;
+        }
+    }
+}
+
+/// Q4_K, Q5_K and Q6_K: per super-block, the quants unpacked in registers two 32-value chunks
+/// at a time, integer sums scaled per 16 or 32 values, then one float product per activation
+/// row; the mins (Q4_K, Q5_K) or the offset of 32 (Q6_K) are subtracted through the
+/// activations' sums per 16.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rows_k<const N: usize, const BITS: u8>(
+    bytes: &[u8],
+    first: usize,
+    acts: &super::QuantizedActs,
+    j: usize,
+    out: &mut dyn FnMut(usize, usize, f32),
+) {
+    let size = match BITS {
+        4 => 144,
+        5 => 176,
+        _ => 210,
+    };
+    let supers = acts.k / 256;
+    let rb = supers * size;
+    if rb == 0 {
+        return;
+    }
+    let a = act_rows::<N>(acts, j);
+    for x in &a {
+        assert!(x.qs.len() >= 256 * supers && x.d.len() >= supers && x.bsums.len() >= 16 * supers);
+    }
+    let mask4 = _mm256_set1_epi8(0x0f);
+    let mask2 = _mm256_set1_epi8(3);
+    let one = _mm256_set1_epi8(1);
+    for (i, row) in bytes.chunks_exact(rb).enumerate() {
+        prefetch_ahead(bytes, (i + PREFETCH_ROWS) * rb, rb);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut offsets = [0f32; N];
+        for sb in 0..supers {
+            let blk = &row[size * sb..size * (sb + 1)];
+            let mut isum = [_mm256_setzero_si256(); N];
+            // Scales per 16 values; the correction's integer weights per 16 values.
+            let mut sc = [0i16; 16];
+            let mut corr = [0i16; 16];
+            let (d, dcorr);
+            match BITS {
+                6 => {
+                    for g in 0..16 {
+                        sc[g] = i16::from(blk[192 + g] as i8);
+                        corr[g] = sc[g];
+                    }
+                    d = read_f16(blk, 208);
+                    dcorr = 32.0 * d;
+                }
+                _ => {
+                    let s = &blk[4..16];
+                    for k in 0..8 {
+                        let (scale, min) = if k < 4 {
+                            (s[k] & 63, s[k + 4] & 63)
+                        } else {
+                            (
+                                (s[k + 4] & 0xf) | ((s[k - 4] >> 6) << 4),
+                                (s[k + 4] >> 4) | ((s[k] >> 6) << 4),
+                            )
+                        };
+                        sc[2 * k] = i16::from(scale);
+                        sc[2 * k + 1] = i16::from(scale);
+                        corr[2 * k] = i16::from(min);
+                        corr[2 * k + 1] = i16::from(min);
+                    }
+                    d = read_f16(blk, 0);
+                    dcorr = read_f16(blk, 2);
+                }
+            }
+            // Four pairs of 32-value chunks: (quants, offset of the chunk in the super-block).
+            for pair in 0..4 {
+                let (q0, at0, q1, at1) = match BITS {
+                    6 => {
+                        let (n, half) = (pair / 2, pair % 2);
+                        let l = load32(&blk[64 * n + 32 * half..]);
+                        let h = load32(&blk[128 + 32 * n..]);
+                        let hi = |k: i32| {
+                            let bits =
+                                _mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(k)), mask2);
+                            _mm256_slli_epi16::<4>(bits)
+                        };
+                        let lo_q = _mm256_or_si256(_mm256_and_si256(l, mask4), hi(2 * half as i32));
+                        let hi_q = _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(l), mask4),
+                            hi(4 + 2 * half as i32),
+                        );
+                        (lo_q, 128 * n + 32 * half, hi_q, 128 * n + 64 + 32 * half)
+                    }
+                    _ => {
+                        let five = BITS == 5;
+                        let qs = if five { &blk[48..] } else { &blk[16..] };
+                        let v = load32(&qs[32 * pair..]);
+                        let mut lo = _mm256_and_si256(v, mask4);
+                        let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask4);
+                        if five {
+                            let qh = load32(&blk[16..]);
+                            let bits = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * pair as i32));
+                            lo = _mm256_or_si256(
+                                lo,
+                                _mm256_slli_epi16::<4>(_mm256_and_si256(bits, one)),
+                            );
+                            let bits = _mm256_srli_epi16::<1>(bits);
+                            hi = _mm256_or_si256(
+                                hi,
+                                _mm256_slli_epi16::<4>(_mm256_and_si256(bits, one)),
+                            );
+                        }
+                        (lo, 64 * pair, hi, 64 * pair + 32)
+                    }
+                };
+                let (g0, g1) = (at0 / 16, at1 / 16);
+                let s0 = _mm256_set_m128i(_mm_set1_epi16(sc[g0 + 1]), _mm_set1_epi16(sc[g0]));
+                let s1 = _mm256_set_m128i(_mm_set1_epi16(sc[g1 + 1]), _mm_set1_epi16(sc[g1]));
+                for n in 0..N {
+                    let x = &a[n].qs[256 * sb..];
+                    let p0 = _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(q0, load32(as_bytes(&x[at0..]))),
+                        s0,
+                    );
+                    let p1 = _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(q1, load32(as_bytes(&x[at1..]))),
+                        s1,
+                    );
+                    isum[n] = _mm256_add_epi32(isum[n], _mm256_add_epi32(p0, p1));
+                }
+            }
+            for n in 0..N {
+                let bs = &a[n].bsums[16 * sb..16 * sb + 16];
+                let c: i32 = (0..16).map(|g| i32::from(corr[g]) * i32::from(bs[g])).sum();
+                let da = a[n].d[sb];
+                acc[n] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(isum[n]), acc[n]);
+                offsets[n] += dcorr * da * c as f32;
+            }
+        }
+        for n in 0..N {
+            out(j + n, first + i, hsum(acc[n]) - offsets[n]);
+        }
+    }
+}
+
+/// Quantizes one block of activations to 8 bits exactly as the scalar code does: for q8_0
+/// (`k_style` false) the multiplier is `127 / max|x|` and the factor `max|x| / 127` rounded to
+/// f16; for q8_K the value of largest magnitude maps to -127, with the f32 factor `1 / iscale`.
+/// Rounding is to nearest even (`vroundps`), where the scalar code calls `rintf`.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn quantize_block(x: &[f32], qs: &mut [i8], k_style: bool) -> f32 {
+    let n = x.len().min(qs.len());
+    assert!(n.is_multiple_of(32));
+    let sign = _mm256_set1_ps(-0.0);
+    let mut vmax = _mm256_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        // SAFETY: i + 8 <= n.
+        let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+        vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, v));
+        i += 8;
+    }
+    let lo = _mm256_castps256_ps128(vmax);
+    let hi = _mm256_extractf128_ps::<1>(vmax);
+    let m = _mm_max_ps(lo, hi);
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    let amax = _mm_cvtss_f32(m);
+    let (mul, d) = if k_style {
+        if amax == 0.0 {
+            qs[..n].fill(0);
+            return 0.0;
+        }
+        // The first element of largest magnitude, with its sign.
+        let max = x[..n]
+            .iter()
+            .copied()
+            .find(|v| v.abs() == amax)
+            .unwrap_or(amax);
+        let iscale = -127.0 / max;
+        (iscale, 1.0 / iscale)
+    } else {
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        (id, crate::f16::round_f16(amax / 127.0))
+    };
+    let vm = _mm256_set1_ps(mul);
+    let top = _mm256_set1_epi32(127);
+    let quant = |at: usize| {
+        // SAFETY: at + 8 <= n (the caller steps by 32 below n).
+        let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(at)) };
+        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(v, vm),
+        );
+        _mm256_min_epi32(_mm256_cvtps_epi32(r), top)
+    };
+    let mut i = 0;
+    while i < n {
+        // Pack 4 × 8 i32 to 32 i8; the packs interleave the 128-bit lanes, which the final
+        // permutation puts back in order.
+        let a = _mm256_packs_epi32(quant(i), quant(i + 8));
+        let b = _mm256_packs_epi32(quant(i + 16), quant(i + 24));
+        let p = _mm256_packs_epi16(a, b);
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: i + 32 <= n <= qs.len().
+        unsafe { _mm256_storeu_si256(qs.as_mut_ptr().add(i) as *mut __m256i, p) };
+        i += 32;
+    }
+    d
+}
+
+/// Signed bytes as bytes, for loading.
+#[inline]
+fn as_bytes(x: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size, alignment and validity.
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, x.len()) }
+}
+
+/// How many rows ahead the row kernels ask for weights: a decode step streams hundreds of
+/// megabytes once, and the hardware prefetcher alone leaves the loads waiting.
+const PREFETCH_ROWS: usize = 4;
+
+/// Asks for the cache lines of `bytes[at..at + len]` (clamped to `bytes`).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn prefetch_ahead(bytes: &[u8], at: usize, len: usize) {
+    let end = (at + len).min(bytes.len());
+    let mut p = at;
+    while p < end {
+        // SAFETY: p < bytes.len(); a prefetch reads nothing and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(p) as *const i8) };
+        p += 64;
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q8_0(bytes: &[u8], a: ActRow<'_>) -> f32 {
     let blocks = bytes.len() / 34;
@@ -63,12 +521,13 @@ fn dot_q8_0(bytes: &[u8], a: ActRow<'_>) -> f32 {
     hsum(acc)
 }
 
-/// The 32-weight formats: a factor pair per block of 32.
+/// The 32-weight formats: a factor pair per block of 32, a scale of 1 and one offset.
 #[target_feature(enable = "avx2,fma")]
 fn dot_unpacked_32(u: &Unpacked, a: ActRow<'_>) -> f32 {
     let blocks = u.d.len();
     assert!(u.q.len() >= 32 * blocks && a.qs.len() >= 32 * blocks && a.d.len() >= blocks);
-    assert!(u.scale.len() >= 2 * blocks && a.bsums.len() >= 2 * blocks);
+    assert!(u.dmin.len() >= blocks && a.bsums.len() >= 2 * blocks);
+    let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
     let mut off = 0f32;
     for b in 0..blocks {
@@ -79,15 +538,10 @@ fn dot_unpacked_32(u: &Unpacked, a: ActRow<'_>) -> f32 {
                 _mm256_loadu_si256(a.qs.as_ptr().add(32 * b) as *const __m256i),
             )
         };
-        let scales = _mm256_set_m128i(
-            _mm_set1_epi16(u.scale[2 * b + 1]),
-            _mm_set1_epi16(u.scale[2 * b]),
-        );
-        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), scales);
+        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(u.d[b] * a.d[b]), _mm256_cvtepi32_ps(p), acc);
-        let ioff = i32::from(u.offset[2 * b]) * i32::from(a.bsums[2 * b])
-            + i32::from(u.offset[2 * b + 1]) * i32::from(a.bsums[2 * b + 1]);
-        off += a.d[b] * (u.dmin[b] * ioff as f32);
+        let asum = i32::from(a.bsums[2 * b]) + i32::from(a.bsums[2 * b + 1]);
+        off += a.d[b] * (u.dmin[b] * (i32::from(u.offset32) * asum) as f32);
     }
     hsum(acc) - off
 }
@@ -199,7 +653,166 @@ pub unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// Unpacks a row with SIMD where a fast path exists; `false` leaves it to the scalar unpacker.
-pub fn unpack(_format: WeightFormat, _bytes: &[u8], _u: &mut Unpacked) -> bool {
-    false
+/// The 32 low-then-high nibbles of 16 bytes, one per byte (ggml's layout: element j is the low
+/// nibble of byte j, element j + 16 its high nibble).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn nibbles_32(qs: &[u8]) -> __m256i {
+    assert!(qs.len() >= 16);
+    // SAFETY: 16 bytes (checked above).
+    let v = unsafe { _mm_loadu_si128(qs.as_ptr() as *const __m128i) };
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+}
+
+/// 0x10 in byte i where bit i of `bits` is set.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn fifth_bits_32(bits: u32) -> __m256i {
+    let shuffle = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuffle);
+    let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+    let set = _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store(q: &mut [u8], v: __m256i) {
+    assert!(q.len() >= 32);
+    // SAFETY: 32 bytes (checked above).
+    unsafe { _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, v) };
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load(b: &[u8]) -> __m256i {
+    assert!(b.len() >= 32);
+    // SAFETY: 32 bytes (checked above).
+    unsafe { _mm256_loadu_si256(b.as_ptr() as *const __m256i) }
+}
+
+fn qh32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Unpacks a row with SIMD where a fast path exists; `false` leaves it to the scalar unpacker
+/// (the quants only: scales and factors are a few values per block, read as the scalar
+/// unpackers read them).
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn unpack(format: WeightFormat, bytes: &[u8], u: &mut Unpacked) -> bool {
+    let mask4 = _mm256_set1_epi8(0x0f);
+    match format {
+        WeightFormat::Q4_0 | WeightFormat::Q5_0 => {
+            let (size, qs_at, five) = if format == WeightFormat::Q4_0 {
+                (18, 2, false)
+            } else {
+                (22, 6, true)
+            };
+            for (i, b) in bytes.chunks_exact(size).enumerate() {
+                let mut q = nibbles_32(&b[qs_at..]);
+                if five {
+                    q = _mm256_or_si256(q, fifth_bits_32(qh32(b, 2)));
+                }
+                store(&mut u.q[32 * i..], q);
+                let d = read_f16(b, 0);
+                u.d[i] = d;
+                u.dmin[i] = d;
+            }
+            u.offset32 = if five { 16 } else { 8 };
+            true
+        }
+        WeightFormat::Q4_1 | WeightFormat::Q5_1 => {
+            let (size, qs_at, five) = if format == WeightFormat::Q4_1 {
+                (20, 4, false)
+            } else {
+                (24, 8, true)
+            };
+            for (i, b) in bytes.chunks_exact(size).enumerate() {
+                let mut q = nibbles_32(&b[qs_at..]);
+                if five {
+                    q = _mm256_or_si256(q, fifth_bits_32(qh32(b, 4)));
+                }
+                store(&mut u.q[32 * i..], q);
+                u.d[i] = read_f16(b, 0);
+                u.dmin[i] = -read_f16(b, 2);
+            }
+            u.offset32 = 1;
+            true
+        }
+        WeightFormat::Q4K | WeightFormat::Q5K => {
+            let five = format == WeightFormat::Q5K;
+            let size = if five { 176 } else { 144 };
+            for (i, b) in bytes.chunks_exact(size).enumerate() {
+                let qs = if five { &b[48..176] } else { &b[16..144] };
+                let qh = if five {
+                    load(&b[16..48])
+                } else {
+                    _mm256_setzero_si256()
+                };
+                let q = &mut u.q[256 * i..256 * i + 256];
+                for j in 0..4 {
+                    let v = load(&qs[32 * j..]);
+                    let mut lo = _mm256_and_si256(v, mask4);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask4);
+                    if five {
+                        // Bits 2j and 2j + 1 of each qh byte add 16 to the low and high nibble.
+                        let shift = _mm_cvtsi32_si128(2 * j as i32);
+                        let bits = _mm256_srl_epi16(qh, shift);
+                        let one = _mm256_set1_epi8(1);
+                        let lo_bit = _mm256_and_si256(bits, one);
+                        let hi_bit = _mm256_and_si256(_mm256_srli_epi16::<1>(bits), one);
+                        lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(lo_bit));
+                        hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(hi_bit));
+                    }
+                    store(&mut q[64 * j..], lo);
+                    store(&mut q[64 * j + 32..], hi);
+                }
+                super::blocks::k4_scales(b, i, u);
+            }
+            true
+        }
+        WeightFormat::Q6K => {
+            let mask2 = _mm256_set1_epi8(3);
+            for (i, b) in bytes.chunks_exact(210).enumerate() {
+                let (ql, qh) = (&b[0..128], &b[128..192]);
+                let q = &mut u.q[256 * i..256 * i + 256];
+                for n in 0..2 {
+                    let l0 = load(&ql[64 * n..]);
+                    let l1 = load(&ql[64 * n + 32..]);
+                    let h = load(&qh[32 * n..]);
+                    let high = |k: i32| {
+                        let bits =
+                            _mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(k)), mask2);
+                        _mm256_slli_epi16::<4>(bits)
+                    };
+                    let q1 = _mm256_or_si256(_mm256_and_si256(l0, mask4), high(0));
+                    let q2 = _mm256_or_si256(_mm256_and_si256(l1, mask4), high(2));
+                    let q3 = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(l0), mask4),
+                        high(4),
+                    );
+                    let q4 = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(l1), mask4),
+                        high(6),
+                    );
+                    store(&mut q[128 * n..], q1);
+                    store(&mut q[128 * n + 32..], q2);
+                    store(&mut q[128 * n + 64..], q3);
+                    store(&mut q[128 * n + 96..], q4);
+                }
+                super::blocks::q6k_scales(b, i, u);
+            }
+            true
+        }
+        _ => false,
+    }
 }

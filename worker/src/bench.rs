@@ -1,0 +1,150 @@
+//! `modelhost-worker --bench MODEL`: the engine's speed on a model file, with no host. It times
+//! prompt processing (one chunk of the batch), decoding one sequence token by token, and
+//! decoding several sequences in one step each, and prints tokens per second with the weight
+//! bytes read per decode step.
+
+use std::path::Path;
+use std::time::Instant;
+
+use modelhost_engine::{Chunk, Engine, EngineOptions, KvType, Logits};
+use serde::Serialize;
+
+use crate::standalone::{open_model, OpenError};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub threads: usize,
+    pub prompt: u32,
+    pub decode: u32,
+    pub sequences: u32,
+}
+
+/// The figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub threads: usize,
+    pub kernels: &'static str,
+    pub weight_bytes_per_step: u64,
+    pub scratch_bytes: u64,
+    pub kv_bytes: u64,
+    pub prompt_tokens: u32,
+    pub prompt_tok_s: f64,
+    pub decode_tokens: u32,
+    pub decode_tok_s: f64,
+    pub sequences: u32,
+    pub batched_tok_s: f64,
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    row.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+        )
+        .0 as u32
+}
+
+/// Deterministic token ids that are not special: a simple LCG over the vocabulary's middle.
+fn tokens(n: u32, vocab: u32, seed: u32) -> Vec<u32> {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            1000 + state % (vocab.saturating_sub(2000).max(1))
+        })
+        .collect()
+}
+
+fn decode(engine: &mut Engine, slots: &[u32], steps: u32) {
+    let vocab = engine.vocab_size();
+    for _ in 0..steps {
+        let next: Vec<u32> = (0..slots.len())
+            .map(|i| argmax(&engine.logits()[i * vocab..(i + 1) * vocab]))
+            .collect();
+        let chunks: Vec<Chunk<'_>> = slots
+            .iter()
+            .zip(&next)
+            .map(|(&slot, t)| Chunk {
+                slot,
+                tokens: std::slice::from_ref(t),
+                logits: Logits::Last,
+            })
+            .collect();
+        engine.step(&chunks);
+    }
+}
+
+/// Runs the benchmark on `path`.
+pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, OpenError> {
+    let model = open_model(path)?;
+    let sequences = o.sequences.max(1);
+    let mut engine = model.engine(EngineOptions {
+        context: o.prompt + o.decode + 64,
+        slots: sequences,
+        batch: o.prompt.max(sequences).max(1),
+        outputs: sequences,
+        threads: o.threads,
+        kv_type: KvType::F16,
+        swa_full: false,
+    })?;
+    let vocab = engine.vocab_size() as u32;
+    // Warm up: fault the pages in and build the tables, then forget it.
+    engine.step(&[Chunk {
+        slot: 0,
+        tokens: &tokens(8, vocab, 99),
+        logits: Logits::Last,
+    }]);
+    engine.clear(0).ok();
+
+    let prompt = tokens(o.prompt, vocab, 1);
+    let started = Instant::now();
+    for piece in prompt.chunks(engine.chunk_limit() as usize) {
+        engine.step(&[Chunk {
+            slot: 0,
+            tokens: piece,
+            logits: Logits::Last,
+        }]);
+    }
+    let prompt_s = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    decode(&mut engine, &[0], o.decode);
+    let decode_s = started.elapsed().as_secs_f64();
+
+    let slots: Vec<u32> = (0..sequences).collect();
+    for &slot in &slots {
+        engine.clear(slot).ok();
+    }
+    let starts: Vec<Vec<u32>> = slots.iter().map(|&s| tokens(16, vocab, 10 + s)).collect();
+    let chunks: Vec<Chunk<'_>> = slots
+        .iter()
+        .zip(&starts)
+        .map(|(&slot, t)| Chunk {
+            slot,
+            tokens: t,
+            logits: Logits::Last,
+        })
+        .collect();
+    engine.step(&chunks);
+    let started = Instant::now();
+    decode(&mut engine, &slots, o.decode);
+    let batched_s = started.elapsed().as_secs_f64();
+
+    Ok(BenchReport {
+        model: path.display().to_string(),
+        threads: o.threads,
+        kernels: modelhost_engine::simd::kernels(),
+        weight_bytes_per_step: engine.weight_bytes_per_step(),
+        scratch_bytes: engine.scratch_bytes(),
+        kv_bytes: engine.kv_bytes(),
+        prompt_tokens: o.prompt,
+        prompt_tok_s: f64::from(o.prompt) / prompt_s,
+        decode_tokens: o.decode,
+        decode_tok_s: f64::from(o.decode) / decode_s,
+        sequences,
+        batched_tok_s: f64::from(o.decode * sequences) / batched_s,
+    })
+}
