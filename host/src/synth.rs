@@ -1,18 +1,26 @@
-//! Synthetic llama-shaped models with random weights, for tests, benchmarks and demos.
+//! Synthetic models with random weights, for tests, benchmarks and demos.
 //!
 //! The shape scales with the requested size: the widest of a few llama-like configurations that
-//! fits a realistic depth of 16 blocks (else the narrowest), then as many blocks as fit. Weight matrices take the requested types
-//! in turn; norms are f32. Float tensors hold small random numbers; quantized tensors hold random
-//! bytes, which are valid to load and map but meaningless to run.
+//! fits a realistic depth of 16 blocks (else the narrowest), then as many blocks as fit. Weight
+//! matrices take the requested types in turn; norms are f32.
+//!
+//! Without an architecture, the model is llama-shaped and its quantized tensors hold random
+//! bytes: valid to load and map, meaningless to run. With `--arch` (gemma3, llama, qwen2,
+//! qwen3), it is runnable, by modelhost's engine and by llama.cpp alike: the architecture's own
+//! tensors and keys, weights of sane magnitude in every block format
+//! (`modelhost_protocol::random_blocks`), norms near 1, and a SentencePiece-style vocabulary
+//! with byte tokens, so that every architecture × type pair can be checked against llama.cpp.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use modelhost_protocol::arch::Architecture;
 use modelhost_protocol::gguf::{
     shard_file_name, GgufLayout, GgufWriter, OwnedValue, PlacedTensor, TensorSpec, ValueType,
     WriteError, SPLIT_COUNT_KEY, SPLIT_NO_KEY, SPLIT_TENSORS_COUNT_KEY,
 };
+use modelhost_protocol::random_blocks::random_weights;
 use modelhost_protocol::GgmlType;
 
 /// What to generate.
@@ -31,6 +39,10 @@ pub struct SynthSpec {
     pub every_value_type: bool,
     /// Vocabulary size; by default the chosen shape's (4096 for small models, else 32000).
     pub vocab: Option<u64>,
+    /// Write a runnable model of this architecture (see the module's documentation).
+    pub arch: Option<Architecture>,
+    /// The number of blocks, instead of as many as the size holds.
+    pub blocks: Option<u64>,
 }
 
 /// What was written.
@@ -53,6 +65,13 @@ pub enum SynthError {
     TooManyShards { tensors: usize, split: u16 },
     #[error("{path}: the output name must end in .gguf")]
     NotGgufName { path: PathBuf },
+    #[error("a runnable {arch} model cannot hold {ty} weights: the engine computes with f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0 and q2_K to q6_K")]
+    NotRunnable {
+        arch: &'static str,
+        ty: &'static str,
+    },
+    #[error("a runnable model needs a vocabulary of at least 512 tokens (it has 259 special and byte tokens), not {0}")]
+    SmallVocab(u64),
     #[error(transparent)]
     Layout(#[from] WriteError),
     #[error("{path}: {source}")]
@@ -175,11 +194,41 @@ fn plan(spec: &SynthSpec) -> (Shape, u64) {
         .find(|s| blocks_within(**s, &spec.types, budget(s)) >= MIN_BLOCKS)
         .copied()
         .unwrap_or(shapes[0]);
-    let blocks = blocks_within(shape, &spec.types, budget(&shape)).max(1);
+    let blocks = spec
+        .blocks
+        .unwrap_or_else(|| blocks_within(shape, &spec.types, budget(&shape)))
+        .max(1);
     (shape, blocks)
 }
 
-fn model_tensors(shape: Shape, blocks: u64, types: &[GgmlType]) -> Vec<TensorSpec> {
+/// The vectors of one block besides its attention and feed-forward norms: the architecture's
+/// extras (name, length).
+fn block_vectors(arch: Option<Architecture>, s: Shape) -> Vec<(&'static str, u64)> {
+    let head = s.embd / s.heads;
+    let kv = head * s.kv_heads;
+    match arch {
+        Some(Architecture::Gemma3) => vec![
+            ("attn_q_norm", head),
+            ("attn_k_norm", head),
+            ("post_attention_norm", s.embd),
+            ("post_ffw_norm", s.embd),
+        ],
+        Some(Architecture::Qwen2) => vec![
+            ("attn_q.bias", s.embd),
+            ("attn_k.bias", kv),
+            ("attn_v.bias", kv),
+        ],
+        Some(Architecture::Qwen3) => vec![("attn_q_norm", head), ("attn_k_norm", head)],
+        _ => Vec::new(),
+    }
+}
+
+fn model_tensors(
+    arch: Option<Architecture>,
+    shape: Shape,
+    blocks: u64,
+    types: &[GgmlType],
+) -> Vec<TensorSpec> {
     let spec = |name: String, dims: &[u64], ty| TensorSpec {
         name,
         dims: dims.to_vec(),
@@ -205,25 +254,114 @@ fn model_tensors(shape: Shape, blocks: u64, types: &[GgmlType]) -> Vec<TensorSpe
             &[shape.embd],
             GgmlType::F32,
         ));
+        for (name, len) in block_vectors(arch, shape) {
+            let name = if name.contains('.') {
+                format!("blk.{b}.{name}")
+            } else {
+                format!("blk.{b}.{name}.weight")
+            };
+            tensors.push(spec(name, &[len], GgmlType::F32));
+        }
     }
     tensors.push(spec(
         "output_norm.weight".into(),
         &[shape.embd],
         GgmlType::F32,
     ));
-    tensors.push(spec(
-        "output.weight".into(),
-        &[shape.embd, shape.vocab],
-        types[types.len() - 1],
-    ));
+    // Gemma ties its output to the token embedding.
+    if arch != Some(Architecture::Gemma3) {
+        tensors.push(spec(
+            "output.weight".into(),
+            &[shape.embd, shape.vocab],
+            types[types.len() - 1],
+        ));
+    }
+    if arch == Some(Architecture::Llama) {
+        // Llama 3's rope frequency factors, which llama.cpp reads from this tensor.
+        let pairs = shape.embd / shape.heads / 2;
+        tensors.push(spec("rope_freqs.weight".into(), &[pairs], GgmlType::F32));
+    }
     tensors
 }
 
+/// Gemma 3's sliding window in a synthetic model: short, so that a test prompt of a few dozen
+/// tokens crosses it.
+pub const SYNTH_WINDOW: u32 = 16;
+
+/// A SentencePiece-style vocabulary: `<unk>`, `<s>`, `</s>` (control), the 256 byte tokens,
+/// then plain pieces; with scores and token types, as llama.cpp expects of an SPM vocabulary.
+fn vocabulary(size: u64) -> Vec<(String, OwnedValue)> {
+    let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+    let mut types: Vec<OwnedValue> =
+        vec![OwnedValue::I32(2), OwnedValue::I32(3), OwnedValue::I32(3)];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(OwnedValue::I32(6));
+    }
+    let mut i = 0;
+    while (tokens.len() as u64) < size {
+        tokens.push(format!("\u{2581}t{i}"));
+        types.push(OwnedValue::I32(1));
+        i += 1;
+    }
+    let scores = (0..size).map(|i| OwnedValue::F32(-(i as f32))).collect();
+    vec![
+        ("tokenizer.ggml.model".into(), OwnedValue::string("llama")),
+        ("tokenizer.ggml.tokens".into(), OwnedValue::strings(tokens)),
+        (
+            "tokenizer.ggml.scores".into(),
+            OwnedValue::Array(ValueType::F32, scores),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            OwnedValue::Array(ValueType::I32, types),
+        ),
+        ("tokenizer.ggml.unknown_token_id".into(), OwnedValue::U32(0)),
+        ("tokenizer.ggml.bos_token_id".into(), OwnedValue::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), OwnedValue::U32(2)),
+    ]
+}
+
 fn model_metadata(spec: &SynthSpec, shape: Shape, blocks: u64) -> Vec<(String, OwnedValue)> {
-    let arch = "llama";
+    let arch = spec.arch.map_or("llama", Architecture::name);
     let k = |name: &str| format!("{arch}.{name}");
     let u32v = |v: u64| OwnedValue::U32(v as u32);
     let type_names: Vec<&str> = spec.types.iter().map(|t| t.name()).collect();
+    if spec.arch.is_some() {
+        let head = shape.embd / shape.heads;
+        let mut m = vec![
+            ("general.architecture".into(), OwnedValue::string(arch)),
+            (
+                "general.name".into(),
+                OwnedValue::string(format!(
+                    "modelhost synthetic {arch} {}",
+                    type_names.join("+")
+                )),
+            ),
+            (k("block_count"), u32v(blocks)),
+            (k("context_length"), OwnedValue::U32(spec.context_length)),
+            (k("embedding_length"), u32v(shape.embd)),
+            (k("feed_forward_length"), u32v(shape.ff)),
+            (k("attention.head_count"), u32v(shape.heads)),
+            (k("attention.head_count_kv"), u32v(shape.kv_heads)),
+            (k("attention.key_length"), u32v(head)),
+            (k("attention.value_length"), u32v(head)),
+            (k("attention.layer_norm_rms_epsilon"), OwnedValue::F32(1e-6)),
+            (
+                "modelhost.synthetic.seed".into(),
+                OwnedValue::U64(spec.seed),
+            ),
+        ];
+        if spec.arch == Some(Architecture::Gemma3) {
+            // Gemma's global layers' base; its windowed layers keep the default 10000.
+            m.push((k("rope.freq_base"), OwnedValue::F32(1_000_000.0)));
+            m.push((k("attention.sliding_window"), OwnedValue::U32(SYNTH_WINDOW)));
+        } else {
+            m.push((k("rope.freq_base"), OwnedValue::F32(10_000.0)));
+        }
+        m.extend(vocabulary(shape.vocab));
+        return m;
+    }
     vec![
         ("general.architecture".into(), OwnedValue::string(arch)),
         (
@@ -318,8 +456,23 @@ pub fn write_synthetic(spec: &SynthSpec, out: &Path) -> Result<SynthReport, Synt
     if spec.split == 0 {
         return Err(SynthError::ZeroSplit);
     }
+    if let Some(arch) = spec.arch {
+        if let Some(t) = spec
+            .types
+            .iter()
+            .find(|t| random_weights(**t, 0, 1.0, &mut || 0).is_none())
+        {
+            return Err(SynthError::NotRunnable {
+                arch: arch.name(),
+                ty: t.name(),
+            });
+        }
+        if spec.vocab.is_some_and(|v| v < 512) {
+            return Err(SynthError::SmallVocab(spec.vocab.unwrap_or(0)));
+        }
+    }
     let (shape, blocks) = plan(spec);
-    let tensors = model_tensors(shape, blocks, &spec.types);
+    let tensors = model_tensors(spec.arch, shape, blocks, &spec.types);
     let mut metadata = model_metadata(spec, shape, blocks);
     if spec.every_value_type {
         metadata.extend(every_value_type());
@@ -362,7 +515,8 @@ pub fn write_synthetic(spec: &SynthSpec, out: &Path) -> Result<SynthReport, Synt
             writer.add_tensor(t.name.clone(), &t.dims, t.ty);
         }
         let layout = writer.layout()?;
-        write_file(&layout, path, &mut rng).map_err(|source| SynthError::Io {
+        let runnable = spec.arch.map(|_| shape);
+        write_file(&layout, path, &mut rng, runnable).map_err(|source| SynthError::Io {
             path: path.clone(),
             source,
         })?;
@@ -410,11 +564,79 @@ fn split_tensors(tensors: Vec<TensorSpec>, split: u16) -> Result<Vec<Vec<TensorS
     Ok(shards)
 }
 
-fn write_file(layout: &GgufLayout, path: &Path, rng: &mut SplitMix64) -> io::Result<()> {
+/// The spread of a runnable model's tensor: the token embedding and output give logits about
+/// ten units wide, so that the top token of a random model stands clear of the next and a
+/// comparison's top-1 agreement measures the computation rather than rounding on near-ties;
+/// block matrices keep activations at about unit scale, norms sit near 1 and biases near 0.
+fn runnable_values(tensor: &PlacedTensor, shape: Shape, rng: &mut SplitMix64) -> Vec<u8> {
+    let name = tensor.spec.name.as_str();
+    let elements: u64 = tensor.spec.dims.iter().product();
+    if name == "rope_freqs.weight" {
+        return llama3_rope_factors(shape.embd / shape.heads)
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+    }
+    let vector = tensor.spec.dims.len() == 1;
+    let mut next = || rng.next();
+    if vector {
+        let (centre, spread) = if name.ends_with(".bias") {
+            (0.0, 0.1)
+        } else {
+            (1.0, 0.1)
+        };
+        let noise =
+            random_weights(GgmlType::F32, elements as usize, spread, &mut next).unwrap_or_default();
+        return noise
+            .chunks_exact(4)
+            .flat_map(|c| (centre + f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
+            .collect();
+    }
+    let fan_in = tensor.spec.dims[0] as f32;
+    let sigma = if name.starts_with("token_embd") || name.starts_with("output") {
+        0.6
+    } else {
+        0.25 / fan_in.sqrt()
+    };
+    random_weights(tensor.spec.ty, elements as usize, sigma, &mut next).unwrap_or_default()
+}
+
+/// Llama 3.1's rope frequency factors for heads of `head` dimensions (factor 8, low and high
+/// frequency factors 1 and 4, original context 8192), as its converter writes them.
+fn llama3_rope_factors(head: u64) -> Vec<f32> {
+    let (factor, low, high, original) = (8.0f64, 1.0f64, 4.0f64, 8192.0f64);
+    let (low_wavelen, high_wavelen) = (original / low, original / high);
+    (0..head / 2)
+        .map(|i| {
+            let freq = 1.0 / 500_000f64.powf(2.0 * i as f64 / head as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let f = if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (original / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            f as f32
+        })
+        .collect()
+}
+
+fn write_file(
+    layout: &GgufLayout,
+    path: &Path,
+    rng: &mut SplitMix64,
+    runnable: Option<Shape>,
+) -> io::Result<()> {
     let file = File::create(path)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut buf = vec![0u8; 1 << 20];
     layout.write(&mut out, |tensor: &PlacedTensor, sink: &mut dyn Write| {
+        if let Some(shape) = runnable {
+            let values = runnable_values(tensor, shape, rng);
+            return sink.write_all(&values);
+        }
         let mut left = tensor.size;
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;

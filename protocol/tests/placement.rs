@@ -82,9 +82,9 @@ fn cpu() -> DeviceSpec {
 }
 
 /// Free memory that leaves room for exactly `blocks` 100 MiB blocks at a 4096 context: the
-/// reserve and overhead (768 MiB), the scratch (136 MiB), 104 MiB per block, and 50 MiB spare.
+/// reserve and overhead (768 MiB), the scratch (26 MiB), 104 MiB per block, and 50 MiB spare.
 fn room_for(blocks: u64) -> u64 {
-    768 * MIB + 136 * MIB + blocks * 104 * MIB + 50 * MIB
+    768 * MIB + 26 * MIB + blocks * 104 * MIB + 50 * MIB
 }
 
 /// What one replica should look like: (device, its blocks, holds the output), CPU blocks, CPU output.
@@ -186,18 +186,31 @@ fn cases() -> Vec<Case> {
             }],
         },
         Case {
-            // KV grows to 128 MiB per block and the attention scratch to 4104 MiB.
+            // At 4096 tokens this GPU holds every block and the output (1.2 GiB of its
+            // 1.75 GiB of room); at 131072 the KV cache grows to 128 MiB per block, and 7 blocks
+            // of 228 MiB fit beside the scratch.
             name: "a longer context pushes blocks off the same GPU",
             model: uniform(10),
-            devices: vec![gpu(0, 6 * GIB)],
+            devices: vec![gpu(0, 2560 * MIB)],
             options: PlanOptions {
                 context_length: Some(131_072),
                 ..Default::default()
             },
             expect: vec![Expect {
-                devices: vec![("cuda:0", 5..10, false)],
-                cpu: 0..5,
+                devices: vec![("cuda:0", 3..10, false)],
+                cpu: 0..3,
                 cpu_output: true,
+            }],
+        },
+        Case {
+            name: "the same GPU at a short context holds everything",
+            model: uniform(10),
+            devices: vec![gpu(0, 2560 * MIB)],
+            options: PlanOptions::default(),
+            expect: vec![Expect {
+                devices: vec![("cuda:0", 0..10, true)],
+                cpu: 0..0,
+                cpu_output: false,
             }],
         },
         Case {

@@ -1,8 +1,8 @@
 //! The wire protocol: every violation from literal bytes, and round trips through the decoder.
 
 use modelhost_protocol::wire::{
-    check_preamble, decode_payload, encode, preamble, FrameDecoder, Message, Progress, ReadyStats,
-    WireError, WorkerPhase, MAX_FRAME_LEN,
+    check_preamble, decode_payload, encode, preamble, FrameDecoder, Inference, Message, Progress,
+    ReadyStats, WireError, WorkerPhase, MAX_FRAME_LEN,
 };
 use proptest::prelude::*;
 
@@ -32,7 +32,7 @@ fn every_violation_from_literal_bytes() {
             "BadMagic",
         ),
         (
-            check_preamble(b"MHWK\x02\x00\x00\x00").unwrap_err(),
+            check_preamble(b"MHWK\x01\x00\x00\x00").unwrap_err(),
             "VersionMismatch",
         ),
         (frame_error(b"\x01\x00\x00\x01"), "FrameTooLarge"),
@@ -56,8 +56,8 @@ fn every_violation_from_literal_bytes() {
         }
     );
     assert_eq!(
-        check_preamble(b"MHWK\x02\x00\x00\x00").unwrap_err(),
-        WireError::VersionMismatch { theirs: 2 }
+        check_preamble(b"MHWK\x01\x00\x00\x00").unwrap_err(),
+        WireError::VersionMismatch { theirs: 1 }
     );
     assert_eq!(
         frame_error(b"\x01\x00\x00\x01"),
@@ -161,7 +161,7 @@ fn sample_attach() -> Message {
     use modelhost_protocol::layers::PageSize;
     use modelhost_protocol::manifest::ModelManifest;
     use modelhost_protocol::placement::DeviceId;
-    use modelhost_protocol::wire::{Assignment, Attach, FileCheck, WorkerOptions};
+    use modelhost_protocol::wire::{Assignment, Attach, EngineSpec, FileCheck, WorkerOptions};
     use modelhost_protocol::GgmlType;
 
     let mut w = GgufWriter::new();
@@ -196,6 +196,14 @@ fn sample_attach() -> Message {
         },
         options: WorkerOptions::default(),
         heartbeat_ms: 500,
+        engine: EngineSpec {
+            context: 64,
+            slots: 2,
+            batch: 32,
+            kv_type: GgmlType::F16,
+            swa_full: false,
+            threads: 2,
+        },
     }))
 }
 
@@ -246,12 +254,25 @@ fn message() -> impl Strategy<Value = Message> {
                 layers_total: lt,
             })
         }),
-        (any::<u64>(), any::<u64>()).prop_map(|(w, k)| Message::Ready(ReadyStats {
-            weights_bytes: w,
-            kv_bytes: k,
-            scratch_bytes: 1,
-            elapsed_ms: 2
-        })),
+        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(w, k, ready)| Message::Ready(
+            ReadyStats {
+                weights_bytes: w,
+                kv_bytes: k,
+                scratch_bytes: 1,
+                elapsed_ms: 2,
+                inference: if ready {
+                    Inference::Ready {
+                        kernels: "avx2".into(),
+                        threads: 2,
+                        slots: 4,
+                    }
+                } else {
+                    Inference::Unavailable {
+                        reason: "unsupported tensor type iq2_xxs in blk.0.ffn_down.weight".into(),
+                    }
+                },
+            }
+        )),
     ]
 }
 

@@ -67,6 +67,7 @@ fn run(command: &mut Command) -> Output {
 
 pub mod daemon;
 pub mod http;
+pub mod reference;
 
 /// A scratch directory removed on drop, world-traversable so a daemon running as another user can
 /// use it.

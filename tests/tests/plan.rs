@@ -35,25 +35,26 @@ fn a_24_gib_gpu_takes_the_whole_model_and_the_output() {
 
 /// llama-cpp-python (llama.cpp's C API defaults) keeps a full-size cache for windowed layers too:
 /// it reported 24.00 MiB for the 3 global layers and 120.00 MiB for the 15 windowed ones at ctx
-/// 8192, and a 514.50 MiB CPU compute buffer (mostly the logits of a 512-token batch).
+/// 8192. Its 514.50 MiB CPU compute buffer is mostly the logits of a 512-token batch; the
+/// engine computes logits only where a step asks for them, and the plan sizes scratch as the
+/// engine allocates it (about 21 MiB here; `worker/tests/engine.rs` holds the two within 10%).
 #[test]
 fn swa_full_matches_llama_cpp_python() {
     let p = plan(&["--devices", "cpu", "--ctx", "8192", "--swa-full"]);
     let replica = &p["replicas"][0];
     assert_eq!(replica["cpu_kv_bytes"], 144 << 20);
-    let scratch = replica["cpu_scratch_bytes"].as_u64().unwrap() as f64;
-    let llama_cpp = 514.5 * (1u64 << 20) as f64;
+    let scratch = replica["cpu_scratch_bytes"].as_u64().unwrap();
     assert!(
-        (scratch - llama_cpp).abs() / llama_cpp < 0.01,
-        "scratch {scratch} vs llama.cpp {llama_cpp}"
+        (20 << 20..24 << 20).contains(&scratch),
+        "scratch {scratch}: the engine's buffers for a 512-token batch and one sequence's logits"
     );
 }
 
 #[test]
 fn a_small_gpu_takes_the_last_blocks_and_the_cpu_keeps_the_rest() {
-    // 768 MiB of reserve and overhead, 263 MiB of scratch at 32k context, leaves room for some
-    // blocks of about 3.5 MiB of weights plus 1 or 32 MiB of KV each.
-    let p = plan(&["--devices", "cuda:0=1100MiB", "--ctx", "32768"]);
+    // 768 MiB of reserve and overhead and 21 MiB of scratch leave 111 MiB: room for some blocks
+    // of about 3.6 MiB of weights plus 1 or 32 MiB of KV each.
+    let p = plan(&["--devices", "cuda:0=900MiB", "--ctx", "32768"]);
     let replica = &p["replicas"][0];
     let gpu = blocks(&replica["devices"][0]);
     let cpu: Vec<u64> = replica["cpu_layers"]

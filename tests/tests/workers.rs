@@ -194,6 +194,10 @@ fn protocol_violations_are_refused_and_nothing_else_is_disturbed() {
                     "MODELHOST_REAL_WORKER",
                     binary("modelhost-worker").display().to_string(),
                 ),
+                (
+                    "MODELHOST_FAKE_PROTOCOL_VERSION",
+                    modelhost_protocol::wire::PROTOCOL_VERSION.to_string(),
+                ),
             ],
             ..Default::default()
         },

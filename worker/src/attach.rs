@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Instant;
 
 use memmap2::Mmap;
@@ -170,7 +171,8 @@ fn region_slices<'m>(region: &LayerRegion, maps: &'m [Mmap]) -> Result<Vec<&'m [
 
 /// Everything a successful attach holds: keep it alive while serving.
 pub struct Attached {
-    pub maps: Vec<Mmap>,
+    /// The mapped files, shared with the engine that computes from them.
+    pub maps: Vec<Arc<Mmap>>,
     pub stats: ReadyStats,
 }
 
@@ -268,12 +270,13 @@ pub fn attach(
         .map_err(AttachError::Allocate)?;
     reporter.progress(WorkerPhase::Kv, a.kv_bytes, a.kv_bytes, layers_done, true);
     Ok(Attached {
-        maps,
+        maps: maps.into_iter().map(Arc::new).collect(),
         stats: ReadyStats {
             weights_bytes: backend.weights_bytes(),
             kv_bytes: a.kv_bytes,
             scratch_bytes: a.scratch_bytes,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            inference: Default::default(),
         },
     })
 }

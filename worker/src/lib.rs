@@ -15,4 +15,5 @@ pub mod attach;
 pub mod backend;
 pub mod bench;
 pub mod devices;
+pub mod inference;
 pub mod standalone;

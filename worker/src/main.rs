@@ -21,6 +21,7 @@ use modelhost_worker::backend::cpu::CpuBackend;
 use modelhost_worker::backend::cuda::CudaBackend;
 use modelhost_worker::backend::Backend;
 use modelhost_worker::devices;
+use modelhost_worker::inference;
 
 /// Attach to a model the modelhost host has mapped, and serve it on one device.
 #[derive(Debug, Parser)]
@@ -229,10 +230,25 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     // The backend holds the KV cache and scratch: it lives as long as the worker serves.
-    let mut backend: Box<dyn Backend> = match attach_msg.assignment.device.kind {
-        DeviceKind::Cpu => Box::new(CpuBackend::new()),
+    let (attached, backend, engine) = match attach_msg.assignment.device.kind {
+        DeviceKind::Cpu => {
+            let mut cpu = CpuBackend::new();
+            let attached = attach(&attach_msg, fds, &mut cpu, &mut |m| send(&sender, &m));
+            let engine = attached.as_ref().ok().map(|attached| {
+                let engine = inference::build(&attach_msg, &attached.maps, cpu.take_kv());
+                if let Err(reason) = &engine {
+                    eprintln!("modelhost-worker: inference unavailable: {reason}");
+                }
+                engine
+            });
+            (attached, Box::new(cpu) as Box<dyn Backend>, engine)
+        }
         DeviceKind::Cuda => match CudaBackend::new(attach_msg.assignment.device) {
-            Ok(backend) => Box::new(backend),
+            Ok(mut backend) => {
+                let attached = attach(&attach_msg, fds, &mut backend, &mut |m| send(&sender, &m));
+                let engine = Some(inference::build(&attach_msg, &[], Vec::new()));
+                (attached, Box::new(backend) as Box<dyn Backend>, engine)
+            }
             Err(e) => {
                 let error = e.to_string();
                 send(
@@ -245,14 +261,18 @@ fn run(args: Args) -> Result<(), String> {
             }
         },
     };
-    let attached = attach(&attach_msg, fds, backend.as_mut(), &mut |m| {
-        send(&sender, &m)
-    });
     match attached {
-        Ok(attached) => {
-            send(&sender, &Message::Ready(attached.stats));
-            // Serve until the reader ends the process; mappings, cache and scratch stay alive.
-            let _keep = (attached, backend);
+        Ok(mut attached) => {
+            if let Some(engine) = &engine {
+                attached.stats.inference = inference::status(engine);
+                if let Ok(engine) = engine {
+                    attached.stats.scratch_bytes = engine.scratch_bytes();
+                }
+            }
+            send(&sender, &Message::Ready(attached.stats.clone()));
+            // Serve until the reader ends the process; mappings, cache, scratch and engine
+            // stay alive.
+            let _keep = (attached, backend, engine);
             loop {
                 std::thread::park();
             }

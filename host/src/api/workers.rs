@@ -42,4 +42,8 @@ pub struct WorkerInfo {
     pub ready_ms: Option<u64>,
     /// RSS and PSS of the worker process, from /proc.
     pub memory: Option<ProcessMemory>,
+    /// Whether it computes (its kernels, threads and sequence slots) or why not, from its
+    /// latest Ready.
+    #[serde(default)]
+    pub inference: Option<modelhost_protocol::wire::Inference>,
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use modelhost_protocol::arch::Architecture;
 use modelhost_protocol::GgmlType;
 
 use super::CliError;
@@ -36,9 +37,22 @@ pub struct SynthArgs {
     /// The context length to record in the metadata.
     #[arg(long, default_value_t = 4096)]
     ctx: u32,
+    /// Write a runnable model of this architecture (gemma3, llama, qwen2 or qwen3): its own
+    /// tensors and keys, weights of sane magnitude, a vocabulary llama.cpp accepts.
+    #[arg(long, value_parser = parse_arch)]
+    arch: Option<Architecture>,
+    /// The number of blocks (default: as many as --size holds).
+    #[arg(long)]
+    blocks: Option<u64>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_arch(name: &str) -> Result<Architecture, String> {
+    Architecture::from_name(name).ok_or_else(|| {
+        format!("{name:?}: the engine's architectures are gemma3, llama, qwen2 and qwen3")
+    })
 }
 
 fn parse_types(names: &[String]) -> Result<Vec<GgmlType>, CliError> {
@@ -69,6 +83,8 @@ pub fn run(args: SynthArgs) -> Result<(), CliError> {
         context_length: args.ctx,
         every_value_type: args.every_value_type,
         vocab: args.vocab,
+        arch: args.arch,
+        blocks: args.blocks,
     };
     let report = write_synthetic(&spec, &args.out)?;
     if args.json {

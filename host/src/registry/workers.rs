@@ -3,8 +3,11 @@
 
 use std::sync::Arc;
 
-use modelhost_protocol::placement::{plan, Assignment, Mode, Plan, PlanError, PlanOptions};
-use modelhost_protocol::wire::{Attach, Hello};
+use modelhost_node::cpu;
+use modelhost_protocol::placement::{
+    plan, Assignment, DeviceId, DeviceKind, Mode, Plan, PlanError, PlanOptions,
+};
+use modelhost_protocol::wire::{Attach, EngineSpec, Hello, WorkerOptions};
 
 use super::{Entry, Registry};
 use crate::api::ModelState;
@@ -49,8 +52,15 @@ impl Registry {
         let (Some(plan), true) = (&entry.plan, entry.spawn_workers) else {
             return;
         };
-        for (i, assignment) in plan.assignments().into_iter().enumerate() {
-            let spec = match worker_spec(entry, format!("{name}-{i}"), assignment, &policy) {
+        let assignments = plan.assignments();
+        let devices: Vec<DeviceId> = assignments.iter().map(|a| a.device).collect();
+        let engines: Vec<EngineSpec> = assignments
+            .iter()
+            .map(|a| engine_spec(plan, a.device, &devices, &entry.worker_options))
+            .collect();
+        for (i, (assignment, engine)) in assignments.into_iter().zip(engines).enumerate() {
+            let spec = match worker_spec(entry, format!("{name}-{i}"), assignment, engine, &policy)
+            {
                 Ok(spec) => spec,
                 Err(e) => {
                     tracing::error!(model = name, error = %e, "cannot prepare a worker");
@@ -106,7 +116,19 @@ impl Registry {
             .into_iter()
             .next()
             .ok_or(JoinError::NothingAssigned)?;
-        worker_spec(entry, hello.worker_id.clone(), assignment, &self.policy())
+        let engine = engine_spec(
+            &planned,
+            assignment.device,
+            &[assignment.device],
+            &entry.worker_options,
+        );
+        worker_spec(
+            entry,
+            hello.worker_id.clone(),
+            assignment,
+            engine,
+            &self.policy(),
+        )
     }
 
     /// Tracks a worker that joined by itself.
@@ -118,11 +140,41 @@ impl Registry {
     }
 }
 
+/// How a worker on `device` sizes its engine: the plan's context, slots, batch and KV type, and
+/// its compute threads: those configured, else the CPUs of its NUMA node (or of the machine)
+/// shared out among the workers of `devices` on the same node, at least 1, so that four workers
+/// on two cores do not fight over them.
+pub fn engine_spec(
+    plan: &Plan,
+    device: DeviceId,
+    devices: &[DeviceId],
+    options: &WorkerOptions,
+) -> EngineSpec {
+    let threads = options.threads.filter(|t| *t > 0).unwrap_or_else(|| {
+        let cpus = match (device.kind, device.index) {
+            (DeviceKind::Cpu, Some(node)) => cpu::node_cpus(device, node).map_or(1, |c| c.len()),
+            _ => cpu::usable_cpus(),
+        };
+        let sharing = devices.iter().filter(|d| **d == device).count().max(1);
+        (cpus / sharing).max(1) as u32
+    });
+    EngineSpec {
+        context: plan.context_length,
+        slots: plan.parallel,
+        batch: plan.batch,
+        kv_type: modelhost_protocol::GgmlType::from_name(&plan.kv_type)
+            .unwrap_or(modelhost_protocol::GgmlType::F16),
+        swa_full: plan.swa_full,
+        threads,
+    }
+}
+
 /// The attach for one worker of `entry`, with its own duplicates of the model's descriptors.
 fn worker_spec(
     entry: &Entry,
     id: String,
     assignment: Assignment,
+    engine: EngineSpec,
     policy: &super::Policy,
 ) -> Result<WorkerSpec, JoinError> {
     let manifest = entry
@@ -153,6 +205,7 @@ fn worker_spec(
             options: entry.worker_options.clone(),
             // Several heartbeats fit in a timeout, so one late beat is not a death.
             heartbeat_ms: (policy.worker_heartbeat_timeout.as_millis() / 6).clamp(50, 500) as u32,
+            engine,
         },
         files: fds,
         policy: supervisor::machine::Policy {

@@ -230,6 +230,7 @@ fn start_handle(spec: &WorkerSpec) -> Arc<WorkerHandle> {
             error: None,
             ready_ms: None,
             memory: None,
+            inference: None,
         }),
         stop: AtomicBool::new(false),
         thread: Mutex::new(None),
@@ -515,8 +516,19 @@ impl Shell {
             Message::LayerReady { layer } => Event::LayerReady(layer),
             Message::Ready(stats) => {
                 let ready_ms = self.spawned_at.elapsed().as_millis() as u64;
+                match &stats.inference {
+                    modelhost_protocol::wire::Inference::Ready {
+                        kernels,
+                        threads,
+                        slots,
+                    } => {
+                        tracing::info!(worker = %id, ready_ms, %kernels, threads, slots, "worker ready, computing")
+                    }
+                    modelhost_protocol::wire::Inference::Unavailable { reason } => {
+                        tracing::info!(worker = %id, ready_ms, "worker ready; inference: {reason}")
+                    }
+                }
                 self.update(|s| set_stats(s, stats, ready_ms));
-                tracing::info!(worker = %id, ready_ms, "worker ready");
                 Event::Ready
             }
             Message::Failed { error } => {
@@ -569,4 +581,5 @@ fn set_stats(s: &mut WorkerInfo, stats: ReadyStats, ready_ms: u64) {
     s.kv_bytes = stats.kv_bytes;
     s.scratch_bytes = stats.scratch_bytes;
     s.ready_ms = Some(ready_ms);
+    s.inference = Some(stats.inference);
 }

@@ -82,26 +82,45 @@ fn kv_bytes(ty: GgmlType, elements: u64) -> u64 {
     elements.div_ceil(block) * u64::from(ty.type_size())
 }
 
-/// Scratch a backend needs to run blocks: f32 activations for one batch, the larger of the
-/// attention scores (cells × heads per token) and the feed-forward intermediates, reused from
-/// layer to layer.
-pub(crate) fn block_scratch(manifest: &ModelManifest, options: &PlanOptions, cells: u64) -> u64 {
+/// Compute threads the scratch estimate assumes per worker: each holds a row of attention
+/// scores over the context and a prepared weight row (small next to the batch's activations).
+const ASSUMED_THREADS: u64 = 4;
+
+/// Scratch the engine (`modelhost-engine`) allocates to run blocks, as it sizes it: f32
+/// activations for one batch of tokens (the residual stream, its normed copy, Q, K, V, the
+/// attention output, a projection, and the feed-forward's gate and up), the batch quantized to
+/// 8 bits for each activation format, per-thread attention and weight-row buffers, and rope
+/// tables. `worker/tests` holds the engine's real allocation to this within 10%.
+pub(crate) fn block_scratch(manifest: &ModelManifest, options: &PlanOptions, context: u64) -> u64 {
     let h = &manifest.hyper_params;
     let batch = u64::from(options.batch);
-    let attention = cells * u64::from(h.head_count.max());
-    let ff = h
+    let e = u64::from(h.embedding_length);
+    let f = h
         .feed_forward_length
         .as_ref()
         .map_or(0, |f| u64::from(f.max()));
-    let embd = u64::from(h.embedding_length);
-    4 * batch * (attention.max(2 * ff) + 4 * embd)
+    let (hq, hkv) = (
+        u64::from(h.head_count.max()),
+        u64::from(h.head_count_kv.max()),
+    );
+    let (dk, dv) = (u64::from(h.key_length), u64::from(h.value_length));
+    let activations = 4 * batch * (3 * e + hq * dk + hkv * dk + hkv * dv + hq * dv + 2 * f);
+    let widest = e.max(f).max(hq * dv);
+    // Both 8-bit formats (per 32 and per 256 values), each with factors and sums per 16.
+    let quantized =
+        batch * (widest + widest / 8 + widest / 8) + batch * (widest + widest / 64 + widest / 8);
+    let per_thread = ASSUMED_THREADS
+        * (4 * (context + 2 * dk.max(dv)) + widest * 4 + widest + widest / 4 + widest / 4);
+    let rope = 2 * batch * (dk / 2) * 8;
+    activations + quantized + per_thread + rope
 }
 
-/// Scratch for the output stage: f32 logits for a whole batch (llama.cpp reserves its graph for
-/// the worst case, every token of a batch an output), plus one batch of hidden states.
+/// Scratch for the output stage: f32 logits for one output per sequence (the engine returns
+/// logits only where a step asks for them), and the normed hidden states behind them.
 pub(crate) fn output_scratch(manifest: &ModelManifest, options: &PlanOptions) -> u64 {
-    4 * u64::from(options.batch)
-        * (manifest.vocab_size + u64::from(manifest.hyper_params.embedding_length))
+    let outputs = u64::from(options.parallel.max(1));
+    let e = u64::from(manifest.hyper_params.embedding_length);
+    4 * outputs * (manifest.vocab_size + e) + outputs * (e + e / 8 + e / 8)
 }
 
 /// What a GPU may hold in all: the smaller of free memory and its configured limit, less the

@@ -37,8 +37,8 @@ impl Costs<'_> {
         };
         if output {
             weights += self.output_bytes;
-            // One compute buffer serves the whole graph: its size is the peak, not the sum.
-            scratch = scratch.max(self.output_scratch);
+            // The engine holds the blocks' buffers and the output's logits at once.
+            scratch += self.output_scratch;
         }
         (weights, kv, scratch)
     }
@@ -82,7 +82,7 @@ pub fn plan(
     let kv = KvCosts::new(manifest, options, context);
     let costs = Costs {
         manifest,
-        block_scratch: block_scratch(manifest, options, kv.full_cells),
+        block_scratch: block_scratch(manifest, options, u64::from(context)),
         kv,
         output_bytes: manifest.output_bytes(),
         output_scratch: output_scratch(manifest, options),
@@ -142,6 +142,8 @@ pub fn plan(
         mode: options.mode,
         context_length: context,
         parallel: options.parallel,
+        batch: options.batch,
+        swa_full: options.swa_full,
         kv_type: options.kv_type.name().to_owned(),
         block_count: h.block_count,
         replicas,
@@ -385,7 +387,7 @@ fn instance(
         costs.block_scratch
     };
     if cpu_output {
-        cpu_scratch_bytes = cpu_scratch_bytes.max(costs.output_scratch);
+        cpu_scratch_bytes += costs.output_scratch;
     }
     if !gpus.is_empty() && offloaded < n {
         reasons.push(match offloaded {

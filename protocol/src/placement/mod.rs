@@ -244,6 +244,12 @@ pub struct Plan {
     pub mode: Mode,
     pub context_length: u32,
     pub parallel: u32,
+    /// Tokens per batch, which sized the scratch.
+    #[serde(default)]
+    pub batch: u32,
+    /// Whether sliding-window layers were sized for the whole context.
+    #[serde(default)]
+    pub swa_full: bool,
     pub kv_type: String,
     pub block_count: u32,
     pub replicas: Vec<Replica>,

@@ -13,7 +13,7 @@ use super::messages::Message;
 /// The preamble's magic number: "MHWK" read as little-endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MHWK");
 /// The protocol version this build speaks. A peer with another version is refused by name.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The largest frame accepted: an Attach for a model with tens of thousands of tensors fits.
 pub const MAX_FRAME_LEN: u32 = 16 << 20;
 pub const PREAMBLE_LEN: usize = 8;

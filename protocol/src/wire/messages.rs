@@ -67,6 +67,26 @@ pub struct WorkerOptions {
     pub verify: bool,
     /// CUDA: register the shared mapping with the driver and copy from it without staging.
     pub registered_upload: bool,
+    /// Compute threads of a CPU worker's engine; by default the cores of its NUMA node (or of
+    /// the machine) shared out among the CPU workers placed there, at least 1.
+    pub threads: Option<u32>,
+}
+
+/// How a worker sizes its inference engine: what the plan sized its KV cache and scratch for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineSpec {
+    /// Tokens each sequence slot holds.
+    pub context: u32,
+    /// Sequence slots (the plan's `parallel`).
+    pub slots: u32,
+    /// The most tokens one step carries.
+    pub batch: u32,
+    /// The KV cache's type.
+    pub kv_type: crate::GgmlType,
+    /// Sliding-window layers sized for the whole context.
+    pub swa_full: bool,
+    /// Compute threads.
+    pub threads: u32,
 }
 
 /// The attach instructions.
@@ -80,6 +100,8 @@ pub struct Attach {
     pub options: WorkerOptions,
     /// How often the worker must send a Heartbeat.
     pub heartbeat_ms: u32,
+    /// How to size the inference engine.
+    pub engine: EngineSpec,
 }
 
 /// What a worker is doing.
@@ -103,14 +125,40 @@ pub struct Progress {
 }
 
 /// What a ready worker holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ReadyStats {
     /// Weight bytes on the device (for the CPU: used in place from the shared pages).
     pub weights_bytes: u64,
     pub kv_bytes: u64,
+    /// Scratch the worker holds: for a CPU worker, what its engine allocated.
     pub scratch_bytes: u64,
     /// From receiving Attach to Ready.
     pub elapsed_ms: u64,
+    /// Whether the worker can compute, and with what.
+    pub inference: Inference,
+}
+
+/// A worker's inference engine, as its Ready reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inference {
+    /// It computes: with these kernels (`avx2`, `scalar`) and threads, in these many slots.
+    Ready {
+        kernels: String,
+        threads: u32,
+        slots: u32,
+    },
+    /// It attaches and shares but cannot compute, for this reason (an architecture or tensor
+    /// type the engine does not run, a device without an engine yet).
+    Unavailable { reason: String },
+}
+
+impl Default for Inference {
+    fn default() -> Self {
+        Inference::Unavailable {
+            reason: "no engine".into(),
+        }
+    }
 }
 
 /// A stable 64-bit checksum both sides compute the same way across builds: FNV-1a over

@@ -9,6 +9,6 @@ pub use frame::{
     MAX_FRAME_LEN, PREAMBLE_LEN, PROTOCOL_VERSION,
 };
 pub use messages::{
-    checksum64, Assignment, Attach, FileCheck, Hello, Message, Progress, ReadyStats, WorkerOptions,
-    WorkerPhase,
+    checksum64, Assignment, Attach, EngineSpec, FileCheck, Hello, Inference, Message, Progress,
+    ReadyStats, WorkerOptions, WorkerPhase,
 };

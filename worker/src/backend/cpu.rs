@@ -15,8 +15,8 @@ const KV_STEP: usize = 64 << 20;
 #[derive(Default)]
 pub struct CpuBackend {
     weights: u64,
-    kv: Vec<u8>,
-    scratch: Vec<u8>,
+    /// The KV cache, in 8-byte words so that the engine can read it as f16 or f32.
+    kv: Vec<u64>,
     /// Checksums of verified pieces, kept so the work cannot be optimised away.
     pub checksum: u64,
 }
@@ -24,6 +24,11 @@ pub struct CpuBackend {
 impl CpuBackend {
     pub fn new() -> CpuBackend {
         CpuBackend::default()
+    }
+
+    /// Hands the KV cache over to the inference engine, which computes in it.
+    pub fn take_kv(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.kv)
     }
 }
 
@@ -60,33 +65,27 @@ impl Backend for CpuBackend {
         bytes: u64,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), BackendError> {
-        let len = BackendError::len_for("KV cache", bytes)?;
-        let mut kv = Vec::new();
-        kv.try_reserve_exact(len)
+        let words = BackendError::len_for("KV cache", bytes.div_ceil(8))?;
+        let mut kv: Vec<u64> = Vec::new();
+        kv.try_reserve_exact(words)
             .map_err(|_| BackendError::OutOfMemory {
                 what: "KV cache",
                 bytes,
             })?;
-        // Zeroed and touched, as an engine's cache is once used: the memory is really held.
+        // Zeroed and touched, as the engine's cache is once used: the memory is really held.
         // In steps, with progress between them.
-        while kv.len() < len {
-            let step = (len - kv.len()).min(KV_STEP);
+        while kv.len() < words {
+            let step = (words - kv.len()).min(KV_STEP / 8);
             kv.resize(kv.len() + step, 0);
-            progress(step as u64);
+            progress((step as u64 * 8).min(bytes - (kv.len() as u64 - step as u64) * 8));
         }
         self.kv = kv;
         Ok(())
     }
 
-    fn reserve_scratch(&mut self, bytes: u64) -> Result<(), BackendError> {
-        let len = BackendError::len_for("scratch", bytes)?;
-        // Reserved, not touched: an engine's scratch becomes resident when it computes.
-        self.scratch
-            .try_reserve_exact(len)
-            .map_err(|_| BackendError::OutOfMemory {
-                what: "scratch",
-                bytes,
-            })?;
+    fn reserve_scratch(&mut self, _bytes: u64) -> Result<(), BackendError> {
+        // The inference engine allocates its own scratch, sized from its real batch, and the
+        // worker reports that figure in Ready.
         Ok(())
     }
 
@@ -106,7 +105,7 @@ mod tests {
         let mut steps = Vec::new();
         backend.allocate_kv(bytes, &mut |n| steps.push(n)).unwrap();
         assert_eq!(steps, [KV_STEP as u64, KV_STEP as u64, 5]);
-        assert_eq!(backend.kv.len() as u64, bytes);
-        assert!(backend.kv.iter().step_by(4096).all(|&b| b == 0));
+        assert_eq!(backend.kv.len() as u64, bytes.div_ceil(8));
+        assert!(backend.kv.iter().step_by(512).all(|&b| b == 0));
     }
 }

@@ -36,9 +36,34 @@ impl Reader<'_> {
     }
 }
 
+/// Writes the synthetic model of `arch` in `ty` that `scripts/reference/engine-fixtures.sh`
+/// wrote for its fixture (the same arguments, the same seed, so the same bytes).
+pub fn synthetic_model(dir: &Path, arch: &str, ty: &str) -> PathBuf {
+    let path = dir.join(format!("{arch}-{ty}.gguf"));
+    crate::modelhost_ok(&[
+        "synth",
+        "--arch",
+        arch,
+        "--types",
+        ty,
+        "--vocab",
+        "1024",
+        "--blocks",
+        "6",
+        "--size",
+        "1MiB",
+        "--seed",
+        "1",
+        "-o",
+        path.to_str().expect("a UTF-8 scratch path"),
+    ]);
+    path
+}
+
+/// A fixture in `tests/fixtures/`.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("fixtures")
         .join(name)
 }
 
