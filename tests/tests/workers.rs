@@ -431,3 +431,65 @@ fn a_workers_stderr_reaches_the_host_log_as_json_lines() {
     assert!(said("first words"), "the prefix is dropped:\n{log}");
     assert!(said("last words"), "a last line without a newline:\n{log}");
 }
+
+/// A CPU worker builds the inference engine over the pages it attached and says so in Ready:
+/// its kernels, threads (by default the machine's CPUs shared out among the workers, at least
+/// one) and slots, and the scratch the engine really allocated. A model it cannot compute
+/// with still loads and shares; the worker names the tensor type it cannot run.
+#[test]
+fn workers_report_whether_they_compute() {
+    let dir = Scratch::new("inference");
+    let daemon = Daemon::start(&dir.path("control.sock"), DaemonOptions::default());
+    let socket = &daemon.socket;
+    load_with_workers(socket, "g", 4);
+    let model = wait_for(socket, "g", "four ready workers", |m| ready_with(m, 4));
+    let threads = (modelhost_node::cpu::usable_cpus() / 4).max(1) as u64;
+    for w in model["workers"].as_array().unwrap() {
+        let ready = &w["inference"]["ready"];
+        assert!(ready.is_object(), "{w:#}");
+        assert_eq!(ready["threads"], threads, "four workers share the CPUs");
+        assert_eq!(ready["slots"], 1);
+        assert!(["avx2", "scalar"].contains(&ready["kernels"].as_str().unwrap()));
+        // The engine's buffers for a 512-token batch, not llama.cpp's 514 MiB.
+        let scratch = w["scratch_bytes"].as_u64().unwrap();
+        assert!((10 << 20..40 << 20).contains(&scratch), "scratch {scratch}");
+        let planned = model["plan"]["replicas"][0]["cpu_scratch_bytes"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            scratch.abs_diff(planned) * 10 <= scratch,
+            "the plan sized scratch ({planned}) within 10% of the engine's {scratch}"
+        );
+    }
+
+    let iq = dir.path("iq.gguf");
+    modelhost_tests::modelhost_ok(&[
+        "synth",
+        "--types",
+        "iq2_xxs",
+        "--size",
+        "4MiB",
+        "-o",
+        iq.to_str().unwrap(),
+    ]);
+    let body = json!({
+        "path": iq, "name": "iq", "spawn_workers": true, "devices": ["cpu"],
+        "placement": { "ctx": 512 },
+    });
+    modelhost_tests::models::load(socket, &body);
+    let model = wait_for(socket, "iq", "the worker", |m| ready_with(m, 1));
+    let reason = model["workers"][0]["inference"]["unavailable"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.starts_with("unsupported tensor type iq2_xxs in "),
+        "{reason}"
+    );
+    assert!(daemon
+        .log_text()
+        .contains("inference: unsupported tensor type iq2_xxs"));
+    // The first model computes on; nothing was disturbed.
+    let g = get(socket, "/v1/models/g").json();
+    assert!(ready_with(&g, 4));
+}

@@ -35,6 +35,9 @@ pub struct BenchReport {
     pub decode_tok_s: f64,
     pub sequences: u32,
     pub batched_tok_s: f64,
+    /// Anonymous memory of this process after the run (smaps_rollup `Anonymous`): its own
+    /// private pages. The weights are file pages of the mapping and never count here.
+    pub anonymous_bytes: u64,
 }
 
 fn argmax(row: &[f32]) -> u32 {
@@ -146,5 +149,8 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, OpenError> {
         decode_tok_s: f64::from(o.decode) / decode_s,
         sequences,
         batched_tok_s: f64::from(o.decode * sequences) / batched_s,
+        anonymous_bytes: std::fs::read_to_string("/proc/self/smaps_rollup")
+            .map(|t| modelhost_node::memory::kb_field(&t, "Anonymous") * 1024)
+            .unwrap_or(0),
     })
 }

@@ -136,6 +136,15 @@ fn bench(args: &Args) -> Result<(), String> {
             "  decode  {:>5} x {} seq {:>8.1} tok/s",
             report.decode_tokens, report.sequences, report.batched_tok_s
         );
+        println!(
+            "  private anonymous memory {:.1} MiB (KV {:.1} MiB + scratch {:.1} MiB + {:.1} MiB)",
+            mib(report.anonymous_bytes),
+            mib(report.kv_bytes),
+            mib(report.scratch_bytes),
+            mib(report
+                .anonymous_bytes
+                .saturating_sub(report.kv_bytes + report.scratch_bytes))
+        );
     }
     Ok(())
 }
