@@ -1,7 +1,8 @@
-//! Attention of one query head over a slot's cached keys and values: causal, limited to the
-//! window on sliding-window layers. As in llama.cpp's CPU path without flash attention, the
-//! query is rounded to the cache's type before the dot products and the probabilities before
-//! they weight the values.
+//! Attention of the query heads that share one KV head over a slot's cached keys and values:
+//! causal, limited to the window on sliding-window layers. As in llama.cpp's CPU path without
+//! flash attention, the queries are rounded to the cache's type before the dot products and the
+//! probabilities before they weight the values. Each cached key and value is converted from f16
+//! once for all the heads of its group.
 
 use crate::f16::{f16_row_to_f32, round_f16};
 use crate::kv::{KvRow, KvType, LayerView};
@@ -17,15 +18,16 @@ pub struct AttnScratch {
 }
 
 impl AttnScratch {
-    /// Bytes held for a context of `context` and heads of `width`.
-    pub fn bytes_for(context: usize, width: usize) -> usize {
-        4 * (context + 2 * width)
+    /// Bytes held for a context of `context`, `group` query heads per KV head and heads of
+    /// `width`.
+    pub fn bytes_for(context: usize, group: usize, width: usize) -> usize {
+        4 * (group * context + width + group * width)
     }
 
-    pub fn reserve(&mut self, context: usize, width: usize) {
-        self.scores.reserve(context);
+    pub fn reserve(&mut self, context: usize, group: usize, width: usize) {
+        self.scores.reserve(group * context);
         self.row.reserve(width);
-        self.query.reserve(width);
+        self.query.reserve(group * width);
     }
 }
 
@@ -40,7 +42,8 @@ fn as_f32<'a>(row: KvRow<'a>, buf: &'a mut Vec<f32>) -> &'a [f32] {
     }
 }
 
-/// `out = softmax(scale · q·K) · V` for the query at `pos` of `slot`, over KV head `kv_head`.
+/// `out[h] = softmax(scale · q[h]·K) · V` for the query heads `q` (concatenated) of the token
+/// at `pos` of `slot` that share KV head `kv_head`.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     view: &LayerView<'_>,
@@ -55,24 +58,34 @@ pub fn attend(
 ) {
     let first = view.first_visible(pos);
     let n = (pos - first + 1) as usize;
+    let dk = view.key_length();
+    let group = q.len() / dk;
+    let dv = out.len() / group;
     s.query.clear();
     match ty {
         KvType::F16 => s.query.extend(q.iter().map(|&v| round_f16(v))),
         KvType::F32 => s.query.extend_from_slice(q),
     }
-    s.scores.resize(n, 0.0);
+    s.scores.resize(group * n, 0.0);
     for (j, p) in (first..=pos).enumerate() {
         let k = as_f32(view.key(slot, p, kv_head), &mut s.row);
-        s.scores[j] = dot_f32(&s.query, k) * scale;
+        for h in 0..group {
+            s.scores[h * n + j] = dot_f32(&s.query[h * dk..(h + 1) * dk], k) * scale;
+        }
     }
-    softmax(&mut s.scores[..n]);
+    for h in 0..group {
+        softmax(&mut s.scores[h * n..(h + 1) * n]);
+        if ty == KvType::F16 {
+            for w in &mut s.scores[h * n..(h + 1) * n] {
+                *w = round_f16(*w);
+            }
+        }
+    }
     out.fill(0.0);
     for (j, p) in (first..=pos).enumerate() {
-        let w = match ty {
-            KvType::F16 => round_f16(s.scores[j]),
-            KvType::F32 => s.scores[j],
-        };
         let v = as_f32(view.value(slot, p, kv_head), &mut s.row);
-        axpy(w, v, out);
+        for h in 0..group {
+            axpy(s.scores[h * n + j], v, &mut out[h * dv..(h + 1) * dv]);
+        }
     }
 }

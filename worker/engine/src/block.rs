@@ -200,26 +200,19 @@ impl Step<'_> {
         let scratch = self.attn_scratch;
         let out = Out(self.b.attn.as_mut_ptr());
         let q_ref = &q;
-        self.pool.for_ranges(n * hq, &|thread, range| {
+        let items = n * hkv;
+        self.pool.for_ranges(items, &|thread, range| {
             let mut s = scratch[thread].lock().unwrap_or_else(|e| e.into_inner());
             for item in range {
-                let (t, head) = (item / hq, item % hq);
+                let (t, kv_head) = (item / hkv, item % hkv);
                 let at = tokens[t];
-                let qh = &q_ref[(t * hq + head) * dk..(t * hq + head + 1) * dk];
-                // SAFETY: each (token, head) item is in exactly one range, and its output row
-                // is that item's alone.
-                let o = unsafe { std::slice::from_raw_parts_mut(out.at((t * hq + head) * dv), dv) };
-                attend(
-                    &view,
-                    ty,
-                    at.slot,
-                    at.pos,
-                    head / group,
-                    qh,
-                    scale,
-                    o,
-                    &mut s,
-                );
+                let heads = t * hq + kv_head * group..t * hq + (kv_head + 1) * group;
+                let qh = &q_ref[heads.start * dk..heads.end * dk];
+                // SAFETY: each (token, KV head) item is in exactly one range, and the output
+                // rows of its query heads are that item's alone.
+                let o =
+                    unsafe { std::slice::from_raw_parts_mut(out.at(heads.start * dv), group * dv) };
+                attend(&view, ty, at.slot, at.pos, kv_head, qh, scale, o, &mut s);
             }
         });
         self.b.q = q;

@@ -139,10 +139,11 @@ impl Engine {
         acts_bytes += out_acts.reserve(outputs, e);
         let context = options.context as usize;
         let head = p.key_length.max(p.value_length) as usize;
+        let group = (p.head_count / p.head_count_kv.max(1)) as usize;
         let attn: Vec<Mutex<AttnScratch>> = (0..threads)
             .map(|_| {
                 let mut s = AttnScratch::default();
-                s.reserve(context, head);
+                s.reserve(context, group, head);
                 Mutex::new(s)
             })
             .collect();
@@ -173,7 +174,7 @@ impl Engine {
         let scratch_bytes = (buffers.bytes()
             + acts_bytes
             + 4 * (logits.len() + out_x.len())
-            + threads * AttnScratch::bytes_for(context, head)
+            + threads * AttnScratch::bytes_for(context, group, head)
             + threads * PreparedRow::bytes_for(widest)
             + 2 * batch * pairs * 8) as u64;
         Ok(Engine {

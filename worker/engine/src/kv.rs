@@ -331,6 +331,11 @@ pub struct LayerView<'a> {
 }
 
 impl LayerView<'_> {
+    /// The width of one key head.
+    pub fn key_length(&self) -> usize {
+        self.key_length
+    }
+
     fn index(&self, slot: u32, pos: u32) -> usize {
         let cell = match self.cells.window {
             Some(_) => pos % self.cells.cells,

@@ -169,6 +169,8 @@ fn rows_32<
         // chain of dependent FMAs would bound the loop.
         let (mut even, mut odd) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
         let mut mins = [0f32; N];
+        // The same order of additions for every N, so that a token's result does not depend on
+        // how many others share its step.
         let mut b = 0;
         while b + 2 <= blocks {
             block_32::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, &a, b, &mut even, &mut mins);
