@@ -79,7 +79,9 @@ echo "$table"
 } > "$work/parse.md"
 echo "cold load, warm attach, memory, restart, API latency ..." >&2
 python3 scripts/bench.py "$work/system.md" >&2
-cat "$work/parse.md" "$work/system.md" > docs/benchmarks.md
+echo "inference engine ..." >&2
+python3 scripts/bench_engine.py "$work/engine.md" "$work" "${LLAMA_PYTHON:-}"
+cat "$work/parse.md" "$work/system.md" "$work/engine.md" > docs/benchmarks.md
 cat >> docs/benchmarks.md <<'MD'
 
 ## What the figures led to

@@ -38,6 +38,36 @@ pub struct BenchReport {
     /// Anonymous memory of this process after the run (smaps_rollup `Anonymous`): its own
     /// private pages. The weights are file pages of the mapping and never count here.
     pub anonymous_bytes: u64,
+    /// The machine's read bandwidth with this many threads: summing a 1 GiB heap buffer, and
+    /// summing the model's own mapping (the pages a decode step reads), best of 3, in GB/s.
+    pub heap_read_gbs: f64,
+    pub mapping_read_gbs: f64,
+}
+
+/// Bytes per second of summing `bytes` as u64 words split over `threads` threads, best of 3.
+fn read_bandwidth(bytes: &[u8], threads: usize) -> f64 {
+    let words = bytes.len() / 8;
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            for t in 0..threads.max(1) {
+                let part =
+                    &bytes[words * t / threads.max(1) * 8..words * (t + 1) / threads.max(1) * 8];
+                scope.spawn(move || {
+                    let sum = part
+                        .chunks_exact(8)
+                        .map(|w| {
+                            u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])
+                        })
+                        .fold(0u64, u64::wrapping_add);
+                    std::hint::black_box(sum);
+                });
+            }
+        });
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    bytes.len() as f64 / best / 1e9
 }
 
 fn argmax(row: &[f32]) -> u32 {
@@ -135,6 +165,10 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, OpenError> {
     let started = Instant::now();
     decode(&mut engine, &slots, o.decode);
     let batched_s = started.elapsed().as_secs_f64();
+    // Read before the bandwidth floors below allocate their buffer.
+    let anonymous_bytes = std::fs::read_to_string("/proc/self/smaps_rollup")
+        .map(|t| modelhost_node::memory::kb_field(&t, "Anonymous") * 1024)
+        .unwrap_or(0);
 
     Ok(BenchReport {
         model: path.display().to_string(),
@@ -149,8 +183,8 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, OpenError> {
         decode_tok_s: f64::from(o.decode) / decode_s,
         sequences,
         batched_tok_s: f64::from(o.decode * sequences) / batched_s,
-        anonymous_bytes: std::fs::read_to_string("/proc/self/smaps_rollup")
-            .map(|t| modelhost_node::memory::kb_field(&t, "Anonymous") * 1024)
-            .unwrap_or(0),
+        anonymous_bytes,
+        heap_read_gbs: read_bandwidth(&vec![1u8; 1 << 30], o.threads),
+        mapping_read_gbs: read_bandwidth(&model.files[0], o.threads),
     })
 }

@@ -136,6 +136,14 @@ fn bench(args: &Args) -> Result<(), String> {
             "  decode  {:>5} x {} seq {:>8.1} tok/s",
             report.decode_tokens, report.sequences, report.batched_tok_s
         );
+        let floor = report.mapping_read_gbs * 1e9 / report.weight_bytes_per_step as f64;
+        println!(
+            "  read bandwidth {:.1} GB/s (heap), {:.1} GB/s (the mapping): decode floor {:.1} tok/s, decode at {:.2}x it",
+            report.heap_read_gbs,
+            report.mapping_read_gbs,
+            floor,
+            report.decode_tok_s / floor
+        );
         println!(
             "  private anonymous memory {:.1} MiB (KV {:.1} MiB + scratch {:.1} MiB + {:.1} MiB)",
             mib(report.anonymous_bytes),

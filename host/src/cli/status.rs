@@ -1,6 +1,7 @@
 //! `modelhost status` and `modelhost ps`.
 
 use clap::Args;
+use modelhost_protocol::wire::Inference;
 
 use super::{block_on, CliError, ConnectArgs};
 use crate::api::{ModelInfo, Status};
@@ -66,6 +67,20 @@ struct ProcessRow {
     rss_bytes: u64,
     pss_bytes: u64,
     restarts: u32,
+    /// `avx2 x2` (kernels and threads) for a worker that computes, `no` for one that cannot
+    /// (`modelhost status` and the API say why), empty for the host.
+    compute: String,
+}
+
+/// A worker's COMPUTE column.
+fn compute(inference: Option<&Inference>) -> String {
+    match inference {
+        Some(Inference::Ready {
+            kernels, threads, ..
+        }) => format!("{kernels} x{threads}"),
+        Some(Inference::Unavailable { .. }) => "no".into(),
+        None => "-".into(),
+    }
 }
 
 pub fn ps(args: PsArgs) -> Result<(), CliError> {
@@ -84,6 +99,7 @@ pub fn ps(args: PsArgs) -> Result<(), CliError> {
         rss_bytes: status.host_memory.rss_bytes,
         pss_bytes: status.host_memory.pss_bytes,
         restarts: 0,
+        compute: String::new(),
     }];
     for m in &models {
         for w in &m.workers {
@@ -100,6 +116,7 @@ pub fn ps(args: PsArgs) -> Result<(), CliError> {
                 rss_bytes: memory.rss_bytes,
                 pss_bytes: memory.pss_bytes,
                 restarts: w.restarts,
+                compute: compute(w.inference.as_ref()),
             });
         }
     }
@@ -108,12 +125,22 @@ pub fn ps(args: PsArgs) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{:>8} {:<26} {:<8} {:<10} {:>7} {:>11} {:>10} {:>11} {:>11} {:>8}",
-        "PID", "PROCESS", "DEVICE", "STATE", "BLOCKS", "WEIGHTS", "KV", "RSS", "PSS", "RESTARTS"
+        "{:>8} {:<26} {:<8} {:<10} {:>7} {:>11} {:>10} {:>11} {:>11} {:>8} {:<8}",
+        "PID",
+        "PROCESS",
+        "DEVICE",
+        "STATE",
+        "BLOCKS",
+        "WEIGHTS",
+        "KV",
+        "RSS",
+        "PSS",
+        "RESTARTS",
+        "COMPUTE"
     );
     for r in &rows {
         println!(
-            "{:>8} {:<26} {:<8} {:<10} {:>7} {:>11} {:>10} {:>11} {:>11} {:>8}",
+            "{:>8} {:<26} {:<8} {:<10} {:>7} {:>11} {:>10} {:>11} {:>11} {:>8} {:<8}",
             r.pid.map_or("-".into(), |p| p.to_string()),
             r.role,
             r.device,
@@ -123,7 +150,8 @@ pub fn ps(args: PsArgs) -> Result<(), CliError> {
             format_bytes(r.kv_bytes),
             format_bytes(r.rss_bytes),
             format_bytes(r.pss_bytes),
-            r.restarts
+            r.restarts,
+            r.compute
         );
     }
     Ok(())
