@@ -31,5 +31,8 @@ kill -9 "$victim"
 sleep 1
 "$bin" ps
 echo
+echo "== each worker computes from those shared pages; the engine alone on the same file:"
+"$root/target/release/modelhost-worker" --bench "$model" --prompt 32 --decode 16 --sequences 4 --threads "$(nproc)"
+echo
 kill -TERM "$host"
 wait "$host" && echo "== host stopped cleanly (exit 0) and took its workers with it"
