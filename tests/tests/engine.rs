@@ -445,3 +445,68 @@ fn the_plan_sizes_scratch_as_the_engine_allocates_it() {
         );
     }
 }
+
+/// A model the engine cannot run is a named build error, never a panic: a missing tensor, a
+/// tensor whose shape disagrees with the hyper-parameters, one that runs past its file, an
+/// unsupported KV type.
+#[test]
+fn models_the_engine_cannot_run_are_named() {
+    use modelhost_engine::{BuildError, Engine};
+    let dir = Scratch::new("engine-build");
+    let model = open_model(&synthetic_model(&dir.0, "llama", "q8_0")).unwrap();
+    let params = model.manifest.inference.clone().unwrap();
+    let build = |tensors: Vec<modelhost_protocol::layers::RegionTensor>, kv: KvType| {
+        Engine::new(
+            &params,
+            &tensors,
+            model.files.clone(),
+            EngineOptions {
+                kv_type: kv,
+                ..options(1)
+            },
+            None,
+        )
+        .err()
+    };
+    let all = model.tensors();
+    let without: Vec<_> = all
+        .iter()
+        .filter(|t| t.name != "blk.3.ffn_down.weight")
+        .cloned()
+        .collect();
+    assert_eq!(
+        build(without, KvType::F16),
+        Some(BuildError::MissingTensor("blk.3.ffn_down.weight".into()))
+    );
+    let mut reshaped = all.clone();
+    let t = reshaped
+        .iter_mut()
+        .find(|t| t.name == "blk.0.attn_k.weight")
+        .unwrap();
+    t.dims = vec![256, 64];
+    assert!(matches!(
+        build(reshaped, KvType::F16),
+        Some(BuildError::Shape { ref tensor, .. }) if tensor == "blk.0.attn_k.weight"
+    ));
+    let mut outside = all.clone();
+    let t = outside
+        .iter_mut()
+        .find(|t| t.name == "output.weight")
+        .unwrap();
+    t.offset = model.files[0].len() as u64 - 16;
+    assert!(matches!(
+        build(outside, KvType::F16),
+        Some(BuildError::OutOfFile { ref tensor, .. }) if tensor == "output.weight"
+    ));
+    let message = modelhost_engine::kv::KvType::from_name("q8_0")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        message,
+        "KV cache type q8_0 is not supported by the CPU engine (use f16 or f32)"
+    );
+    assert!(
+        build(all, KvType::F32).is_none(),
+        "the untouched model builds, with an f32 cache too"
+    );
+}

@@ -299,7 +299,8 @@ fn rows_k<const N: usize, const BITS: u8>(
     for (i, row) in bytes.chunks_exact(rb).enumerate() {
         prefetch_ahead(bytes, (i + PREFETCH_ROWS) * rb, rb);
         let mut acc = [_mm256_setzero_ps(); N];
-        let mut offsets = [0f32; N];
+        // The corrections, accumulated in vectors and summed once per row.
+        let mut offsets = [_mm256_setzero_ps(); N];
         for sb in 0..supers {
             let blk = &row[size * sb..size * (sb + 1)];
             let mut isum = [_mm256_setzero_si256(); N];
@@ -317,20 +318,34 @@ fn rows_k<const N: usize, const BITS: u8>(
                     dcorr = 32.0 * d;
                 }
                 _ => {
-                    let s = &blk[4..16];
+                    // ggml's unpacking of the twelve bytes of 6-bit scales and mins, a word at
+                    // a time: scales in `utmp[0..2]`, mins in `utmp[2..4]`.
+                    let (k1, k2, k3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
+                    let w = |i: usize| {
+                        u32::from_le_bytes([
+                            blk[4 + 4 * i],
+                            blk[5 + 4 * i],
+                            blk[6 + 4 * i],
+                            blk[7 + 4 * i],
+                        ])
+                    };
+                    let (w0, w1, w2) = (w(0), w(1), w(2));
+                    let utmp = [
+                        w0 & k1,
+                        (w2 & k2) | (((w0 >> 6) & k3) << 4),
+                        w1 & k1,
+                        ((w2 >> 4) & k2) | (((w1 >> 6) & k3) << 4),
+                    ];
+                    let bytes = |a: u32, b: u32| {
+                        let (a, b) = (a.to_le_bytes(), b.to_le_bytes());
+                        [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]]
+                    };
+                    let (scales, mins) = (bytes(utmp[0], utmp[1]), bytes(utmp[2], utmp[3]));
                     for k in 0..8 {
-                        let (scale, min) = if k < 4 {
-                            (s[k] & 63, s[k + 4] & 63)
-                        } else {
-                            (
-                                (s[k + 4] & 0xf) | ((s[k - 4] >> 6) << 4),
-                                (s[k + 4] >> 4) | ((s[k] >> 6) << 4),
-                            )
-                        };
-                        sc[2 * k] = i16::from(scale);
-                        sc[2 * k + 1] = i16::from(scale);
-                        corr[2 * k] = i16::from(min);
-                        corr[2 * k + 1] = i16::from(min);
+                        sc[2 * k] = i16::from(scales[k]);
+                        sc[2 * k + 1] = i16::from(scales[k]);
+                        corr[2 * k] = i16::from(mins[k]);
+                        corr[2 * k + 1] = i16::from(mins[k]);
                     }
                     d = read_f16(blk, 0);
                     dcorr = read_f16(blk, 2);
@@ -393,17 +408,21 @@ fn rows_k<const N: usize, const BITS: u8>(
                     isum[n] = _mm256_add_epi32(isum[n], _mm256_add_epi32(p0, p1));
                 }
             }
+            // SAFETY: 16 i16 in `corr`.
+            let corr = unsafe { _mm256_loadu_si256(corr.as_ptr() as *const __m256i) };
             for n in 0..N {
                 let bs = &a[n].bsums[16 * sb..16 * sb + 16];
-                let c: i32 = (0..16).map(|g| i32::from(corr[g]) * i32::from(bs[g])).sum();
+                // SAFETY: 16 i16 in `bs` (checked at the top).
+                let bs = unsafe { _mm256_loadu_si256(bs.as_ptr() as *const __m256i) };
+                let c = _mm256_cvtepi32_ps(_mm256_madd_epi16(corr, bs));
                 let da = a[n].d[sb];
                 acc[n] =
                     _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(isum[n]), acc[n]);
-                offsets[n] += dcorr * da * c as f32;
+                offsets[n] = _mm256_fmadd_ps(_mm256_set1_ps(dcorr * da), c, offsets[n]);
             }
         }
         for n in 0..N {
-            out(j + n, first + i, hsum(acc[n]) - offsets[n]);
+            out(j + n, first + i, hsum(acc[n]) - hsum(offsets[n]));
         }
     }
 }
