@@ -69,6 +69,10 @@ pub unsafe fn rows(
     if rb == 0 {
         return true;
     }
+    if acts.rows > 4 && matches!(format, WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K) {
+        rows_k_unpacked(format, bytes, first, acts, out);
+        return true;
+    }
     // With many activation rows (a prompt), the weight rows go in tiles small enough to stay
     // in the L1 cache while every group of activation rows passes over them.
     let tile = if acts.rows > 4 {
@@ -102,6 +106,96 @@ pub unsafe fn rows(
 
 /// Bytes of weight rows in a prompt's tile.
 const TILE_BYTES: usize = 16 << 10;
+
+/// Activation rows per tile when a K-quant row is unpacked once for many (a prompt): they stay
+/// in the L2 cache while the tile's weight rows pass over them.
+const ACT_TILE: usize = 32;
+
+/// K-quant rows against many activation rows: each row is unpacked once into a buffer per tile
+/// of activation rows (rather than once per group of four), then each group of four takes its
+/// dot products from the buffer. The float operations are those of [`rows_k`] in the same
+/// order, so the results are the same bits whichever path a row takes.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rows_k_unpacked(
+    format: WeightFormat,
+    bytes: &[u8],
+    first: usize,
+    acts: &super::QuantizedActs,
+    out: &mut dyn FnMut(usize, usize, f32),
+) {
+    let k = acts.k;
+    let rb = format.row_bytes(k);
+    let mut u = Unpacked::default();
+    let mut j0 = 0;
+    while j0 < acts.rows {
+        let j1 = acts.rows.min(j0 + ACT_TILE);
+        for (i, row) in bytes.chunks_exact(rb).enumerate() {
+            u.reset(k, 256);
+            // SAFETY: AVX2 and F16C were detected by our caller; the formats here have SIMD
+            // unpackers.
+            if !unsafe { unpack(format, row, &mut u) } {
+                return;
+            }
+            let mut j = j0;
+            while j < j1 {
+                match (j1 - j).min(4) {
+                    1 => unpacked_k::<1>(&u, first + i, acts, j, out),
+                    2 => unpacked_k::<2>(&u, first + i, acts, j, out),
+                    3 => unpacked_k::<3>(&u, first + i, acts, j, out),
+                    _ => unpacked_k::<4>(&u, first + i, acts, j, out),
+                }
+                j += (j1 - j).min(4);
+            }
+        }
+        j0 = j1;
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn unpacked_k<const N: usize>(
+    u: &Unpacked,
+    row: usize,
+    acts: &super::QuantizedActs,
+    j: usize,
+    out: &mut dyn FnMut(usize, usize, f32),
+) {
+    let supers = u.d.len();
+    let a = act_rows::<N>(acts, j);
+    assert!(u.q.len() >= 256 * supers && u.scale.len() >= 16 * supers && u.offset.len() >= 16 * supers);
+    for x in &a {
+        assert!(x.qs.len() >= 256 * supers && x.d.len() >= supers && x.bsums.len() >= 16 * supers);
+    }
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut offsets = [_mm256_setzero_ps(); N];
+    for sb in 0..supers {
+        let mut isum = [_mm256_setzero_si256(); N];
+        for c in 0..8 {
+            let at = 256 * sb + 32 * c;
+            let q = load32(&u.q[at..]);
+            let g = at / 16;
+            let scales = _mm256_set_m128i(_mm_set1_epi16(u.scale[g + 1]), _mm_set1_epi16(u.scale[g]));
+            for n in 0..N {
+                let x = load32(as_bytes(&a[n].qs[at..]));
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), scales);
+                isum[n] = _mm256_add_epi32(isum[n], p);
+            }
+        }
+        // SAFETY: 16 i16 at 16·sb of `u.offset` (checked above).
+        let corr = unsafe { _mm256_loadu_si256(u.offset.as_ptr().add(16 * sb) as *const __m256i) };
+        for n in 0..N {
+            // SAFETY: 16 i16 at 16·sb of the sums (checked above).
+            let bs = unsafe { _mm256_loadu_si256(a[n].bsums.as_ptr().add(16 * sb) as *const __m256i) };
+            let c = _mm256_cvtepi32_ps(_mm256_madd_epi16(corr, bs));
+            let da = a[n].d[sb];
+            acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(u.d[sb] * da), _mm256_cvtepi32_ps(isum[n]), acc[n]);
+            offsets[n] = _mm256_fmadd_ps(_mm256_set1_ps(u.dmin[sb] * da), c, offsets[n]);
+        }
+    }
+    for n in 0..N {
+        out(j + n, row, hsum(acc[n]) - hsum(offsets[n]));
+    }
+}
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
