@@ -8,11 +8,17 @@ use modelhost_tests::{gemma_model, Scratch};
 use modelhost_worker::standalone::open_model;
 
 fn options(threads: usize) -> EngineOptions {
+    sized(1024, 1, 64, threads)
+}
+
+/// An f16 engine of `slots` slots of `context` tokens, steps of `batch` tokens (each may be an
+/// output), and `threads` threads.
+fn sized(context: u32, slots: u32, batch: u32, threads: usize) -> EngineOptions {
     EngineOptions {
-        context: 1024,
-        slots: 1,
-        batch: 64,
-        outputs: 64,
+        context,
+        slots,
+        batch,
+        outputs: batch,
         threads,
         kv_type: KvType::F16,
         swa_full: false,
@@ -115,17 +121,7 @@ use modelhost_engine::{Chunk, Engine, Logits, StepError};
 fn synthetic_engine(dir: &Scratch, arch: &str, ty: &str, slots: u32, batch: u32) -> Engine {
     let path = synthetic_model(&dir.0, arch, ty);
     let model = open_model(&path).unwrap();
-    model
-        .engine(EngineOptions {
-            context: 256,
-            slots,
-            batch,
-            outputs: batch,
-            threads: 2,
-            kv_type: KvType::F16,
-            swa_full: false,
-        })
-        .unwrap()
+    model.engine(sized(256, slots, batch, 2)).unwrap()
 }
 
 /// Tokens for a slot: deterministic, inside the synthetic vocabulary, past its special tokens.
@@ -353,17 +349,7 @@ fn a_kept_prefix_continues_like_the_whole_sequence() {
     // gemma3's windowed layers keep a ring of 256 cells (the window of 16 and a batch, padded)
     // of the 1024-token context.
     let model = open_model(&synthetic_model(&dir.0, "gemma3", "q8_0")).unwrap();
-    let mut g = model
-        .engine(EngineOptions {
-            context: 1024,
-            slots: 1,
-            batch: 16,
-            outputs: 16,
-            threads: 2,
-            kv_type: KvType::F16,
-            swa_full: false,
-        })
-        .unwrap();
+    let mut g = model.engine(sized(1024, 1, 16, 2)).unwrap();
     let long = tokens(600, 5);
     for piece in long.chunks(16) {
         step_last(&mut g, 0, piece);
@@ -379,17 +365,7 @@ fn a_kept_prefix_continues_like_the_whole_sequence() {
         "the window before 20 was overwritten long ago"
     );
     // What was kept still continues correctly: 590 tokens, then the rest again.
-    let mut h = model
-        .engine(EngineOptions {
-            context: 1024,
-            slots: 1,
-            batch: 16,
-            outputs: 16,
-            threads: 2,
-            kv_type: KvType::F16,
-            swa_full: false,
-        })
-        .unwrap();
+    let mut h = model.engine(sized(1024, 1, 16, 2)).unwrap();
     let mut rows = Vec::new();
     for piece in long.chunks(10) {
         rows = step_last(&mut h, 0, piece);

@@ -6,7 +6,7 @@ use crate::attention::{attend, AttnScratch};
 use crate::kv::KvCache;
 use crate::matmul::{matmul, RowBuffers};
 use crate::ops::{geglu, rms_norm, rms_norm_in_place, swiglu, Rope, RopeTable};
-use crate::pool::Pool;
+use crate::pool::{Pool, SharedOut};
 use crate::quant::{ActFormat, QuantizedActs};
 use crate::weights::{Layer, Matrix, ModelFile};
 use modelhost_protocol::arch::ArchParams;
@@ -198,7 +198,7 @@ impl Step<'_> {
         let group = hq / hkv;
         let tokens = self.tokens;
         let scratch = self.attn_scratch;
-        let out = Out(self.b.attn.as_mut_ptr());
+        let out = SharedOut::new(&mut self.b.attn);
         let q_ref = &q;
         let items = n * hkv;
         self.pool.for_ranges(items, &|thread, range| {
@@ -290,17 +290,3 @@ fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
         }
     }
 }
-
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-
-impl Out {
-    /// The element at `offset` (a method, so that closures capture the whole `Out`).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-// SAFETY: used only to write rows that exactly one thread owns.
-unsafe impl Send for Out {}
-// SAFETY: as above.
-unsafe impl Sync for Out {}

@@ -4,24 +4,9 @@
 
 use std::sync::Mutex;
 
-use crate::pool::Pool;
+use crate::pool::{Pool, SharedOut};
 use crate::quant::{dot_rows, PreparedRow, QuantizedActs};
 use crate::weights::{Matrix, ModelFile};
-
-/// A pointer that threads may share to write disjoint elements.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-
-impl Out {
-    /// The element at `offset` (a method, so that closures capture the whole `Out`).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-// SAFETY: used only to write elements that exactly one thread owns (see `matmul`).
-unsafe impl Send for Out {}
-// SAFETY: as above.
-unsafe impl Sync for Out {}
 
 /// Per-thread prepared weight rows.
 pub struct RowBuffers(Vec<Mutex<PreparedRow>>);
@@ -50,7 +35,7 @@ pub fn matmul(
     assert!(out.len() >= acts.rows * w.rows);
     let bytes = w.bytes(files);
     let (m, n) = (w.rows, acts.rows);
-    let ptr = Out(out.as_mut_ptr());
+    let ptr = SharedOut::new(out);
     let threads = pool.threads().min(m.max(1));
     pool.run(&|t| {
         if t >= threads {

@@ -10,6 +10,27 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// A pointer to f32s that the threads of one job share, each writing elements that no other
+/// thread writes (disjoint rows of an output). It is `Send` and `Sync` for that use alone.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(*mut f32);
+
+// SAFETY: only used to write elements that exactly one thread of a job owns.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    pub(crate) fn new(out: &mut [f32]) -> SharedOut {
+        SharedOut(out.as_mut_ptr())
+    }
+
+    /// The element at `offset` (a method, so that closures capture the whole `SharedOut`).
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// A job: called once per thread with the thread's index.
 type Job = dyn Fn(usize) + Sync;
 

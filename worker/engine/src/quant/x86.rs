@@ -69,7 +69,12 @@ pub unsafe fn rows(
     if rb == 0 {
         return true;
     }
-    if acts.rows > 4 && matches!(format, WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K) {
+    if acts.rows > 4
+        && matches!(
+            format,
+            WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K
+        )
+    {
         rows_k_unpacked(format, bytes, first, acts, out);
         return true;
     }
@@ -162,7 +167,9 @@ fn unpacked_k<const N: usize>(
 ) {
     let supers = u.d.len();
     let a = act_rows::<N>(acts, j);
-    assert!(u.q.len() >= 256 * supers && u.scale.len() >= 16 * supers && u.offset.len() >= 16 * supers);
+    assert!(
+        u.q.len() >= 256 * supers && u.scale.len() >= 16 * supers && u.offset.len() >= 16 * supers
+    );
     for x in &a {
         assert!(x.qs.len() >= 256 * supers && x.d.len() >= supers && x.bsums.len() >= 16 * supers);
     }
@@ -174,7 +181,8 @@ fn unpacked_k<const N: usize>(
             let at = 256 * sb + 32 * c;
             let q = load32(&u.q[at..]);
             let g = at / 16;
-            let scales = _mm256_set_m128i(_mm_set1_epi16(u.scale[g + 1]), _mm_set1_epi16(u.scale[g]));
+            let scales =
+                _mm256_set_m128i(_mm_set1_epi16(u.scale[g + 1]), _mm_set1_epi16(u.scale[g]));
             for n in 0..N {
                 let x = load32(as_bytes(&a[n].qs[at..]));
                 let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), scales);
@@ -185,10 +193,15 @@ fn unpacked_k<const N: usize>(
         let corr = unsafe { _mm256_loadu_si256(u.offset.as_ptr().add(16 * sb) as *const __m256i) };
         for n in 0..N {
             // SAFETY: 16 i16 at 16·sb of the sums (checked above).
-            let bs = unsafe { _mm256_loadu_si256(a[n].bsums.as_ptr().add(16 * sb) as *const __m256i) };
+            let bs =
+                unsafe { _mm256_loadu_si256(a[n].bsums.as_ptr().add(16 * sb) as *const __m256i) };
             let c = _mm256_cvtepi32_ps(_mm256_madd_epi16(corr, bs));
             let da = a[n].d[sb];
-            acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(u.d[sb] * da), _mm256_cvtepi32_ps(isum[n]), acc[n]);
+            acc[n] = _mm256_fmadd_ps(
+                _mm256_set1_ps(u.d[sb] * da),
+                _mm256_cvtepi32_ps(isum[n]),
+                acc[n],
+            );
             offsets[n] = _mm256_fmadd_ps(_mm256_set1_ps(u.dmin[sb] * da), c, offsets[n]);
         }
     }
@@ -285,29 +298,9 @@ fn rows_32<
 }
 
 /// Block `b` of a 32-weight row against the activation rows `a`, into `acc` and `mins`.
-#[inline(always)]
-fn block_32<
-    const SIZE: usize,
-    const QS: usize,
-    const QH: usize,
-    const MIN: usize,
-    const OFF: i8,
-    const Q8: bool,
-    const N: usize,
->(
-    row: &[u8],
-    a: &[ActRow<'_>; N],
-    b: usize,
-    acc: &mut [__m256; N],
-    mins: &mut [f32; N],
-) {
-    // SAFETY: only called from `rows_32`, which runs where AVX2, FMA and F16C were detected.
-    unsafe { block_32_inner::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, a, b, acc, mins) }
-}
-
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn block_32_inner<
+fn block_32<
     const SIZE: usize,
     const QS: usize,
     const QH: usize,
