@@ -55,6 +55,25 @@ pub struct Chunk<'a> {
 /// What a step did for one chunk: the rows of [`Engine::logits`] that are its outputs.
 pub type ChunkResult = Result<std::ops::Range<usize>, StepError>;
 
+/// Checks the parameters the shapes and loops rely on. The host derived them from a validated
+/// file, but they crossed a socket: a bad one must be an error here, not a panic later.
+fn check_params(p: &ArchParams) -> Result<(), BuildError> {
+    let bad = |what: &str| Err(BuildError::Config(format!("inference parameters: {what}")));
+    if p.embedding_length == 0 || p.vocab_size == 0 || p.key_length == 0 || p.value_length == 0 {
+        return bad("a zero width or vocabulary");
+    }
+    if p.head_count == 0 || p.head_count_kv == 0 || !p.head_count.is_multiple_of(p.head_count_kv) {
+        return bad("heads that do not share their KV heads evenly");
+    }
+    if p.rope_dimensions > p.key_length || !p.rope_dimensions.is_multiple_of(2) {
+        return bad("rope over more dimensions than a head has, or an odd number");
+    }
+    if p.swa_layers.len() != p.block_count as usize {
+        return bad("a sliding-window flag per block is missing");
+    }
+    Ok(())
+}
+
 /// The engine.
 pub struct Engine {
     p: ArchParams,
@@ -93,6 +112,7 @@ impl Engine {
                 "context, slots and batch must each be at least 1".into(),
             ));
         }
+        check_params(p)?;
         let arch = arch(p.architecture);
         let weights = Weights::load(p, &arch.shape, &TensorSet::new(tensors, &files))?;
         let layout = KvLayout::new(
