@@ -391,53 +391,22 @@ fn rows_k<const N: usize, const BITS: u8>(
         for sb in 0..supers {
             let blk = &row[size * sb..size * (sb + 1)];
             let mut isum = [_mm256_setzero_si256(); N];
-            // Scales per 16 values; the correction's integer weights per 16 values.
-            let mut sc = [0i16; 16];
-            let mut corr = [0i16; 16];
-            let (d, dcorr);
-            match BITS {
+            // The scales as 8-bit values in a vector, the correction's integer weights per 16
+            // values, and the two float factors.
+            let (scales8, corr, d, dcorr) = match BITS {
                 6 => {
-                    for g in 0..16 {
-                        sc[g] = i16::from(blk[192 + g] as i8);
-                        corr[g] = sc[g];
-                    }
-                    d = read_f16(blk, 208);
-                    dcorr = 32.0 * d;
+                    // SAFETY: 16 bytes at 192 in a 210-byte block.
+                    let sc = unsafe { _mm_loadu_si128(blk[192..208].as_ptr() as *const __m128i) };
+                    let d = read_f16(blk, 208);
+                    (sc, _mm256_cvtepi8_epi16(sc), d, 32.0 * d)
                 }
                 _ => {
-                    // ggml's unpacking of the twelve bytes of 6-bit scales and mins, a word at
-                    // a time: scales in `utmp[0..2]`, mins in `utmp[2..4]`.
-                    let (k1, k2, k3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
-                    let w = |i: usize| {
-                        u32::from_le_bytes([
-                            blk[4 + 4 * i],
-                            blk[5 + 4 * i],
-                            blk[6 + 4 * i],
-                            blk[7 + 4 * i],
-                        ])
-                    };
-                    let (w0, w1, w2) = (w(0), w(1), w(2));
-                    let utmp = [
-                        w0 & k1,
-                        (w2 & k2) | (((w0 >> 6) & k3) << 4),
-                        w1 & k1,
-                        ((w2 >> 4) & k2) | (((w1 >> 6) & k3) << 4),
-                    ];
-                    let bytes = |a: u32, b: u32| {
-                        let (a, b) = (a.to_le_bytes(), b.to_le_bytes());
-                        [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]]
-                    };
-                    let (scales, mins) = (bytes(utmp[0], utmp[1]), bytes(utmp[2], utmp[3]));
-                    for k in 0..8 {
-                        sc[2 * k] = i16::from(scales[k]);
-                        sc[2 * k + 1] = i16::from(scales[k]);
-                        corr[2 * k] = i16::from(mins[k]);
-                        corr[2 * k + 1] = i16::from(mins[k]);
-                    }
-                    d = read_f16(blk, 0);
-                    dcorr = read_f16(blk, 2);
+                    let sm = k4_scales_mins(blk);
+                    // The mins, each for 32 values, repeated for the two sums per 16.
+                    let corr = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm));
+                    (sm, corr, read_f16(blk, 0), read_f16(blk, 2))
                 }
-            }
+            };
             // Four pairs of 32-value chunks: (quants, offset of the chunk in the super-block).
             for pair in 0..4 {
                 let (q0, at0, q1, at1) = match BITS {
@@ -479,9 +448,18 @@ fn rows_k<const N: usize, const BITS: u8>(
                         (lo, 64 * pair, hi, 64 * pair + 32)
                     }
                 };
-                let (g0, g1) = (at0 / 16, at1 / 16);
-                let s0 = _mm256_set_m128i(_mm_set1_epi16(sc[g0 + 1]), _mm_set1_epi16(sc[g0]));
-                let s1 = _mm256_set_m128i(_mm_set1_epi16(sc[g1 + 1]), _mm_set1_epi16(sc[g1]));
+                let (s0, s1) = match BITS {
+                    // A scale per 16 values: the chunk's two, one per 128-bit half.
+                    6 => (
+                        scale_pair_i8(scales8, at0 / 16),
+                        scale_pair_i8(scales8, at1 / 16),
+                    ),
+                    // A scale per 32 values: the chunk's one in every lane.
+                    _ => (
+                        scale_all_u8(scales8, at0 / 32),
+                        scale_all_u8(scales8, at1 / 32),
+                    ),
+                };
                 for n in 0..N {
                     let x = &a[n].qs[256 * sb..];
                     let p0 = _mm256_madd_epi16(
@@ -495,8 +473,6 @@ fn rows_k<const N: usize, const BITS: u8>(
                     isum[n] = _mm256_add_epi32(isum[n], _mm256_add_epi32(p0, p1));
                 }
             }
-            // SAFETY: 16 i16 in `corr`.
-            let corr = unsafe { _mm256_loadu_si256(corr.as_ptr() as *const __m256i) };
             for n in 0..N {
                 let bs = &a[n].bsums[16 * sb..16 * sb + 16];
                 // SAFETY: 16 i16 in `bs` (checked at the top).
@@ -512,6 +488,54 @@ fn rows_k<const N: usize, const BITS: u8>(
             out(j + n, first + i, hsum(acc[n]) - hsum(offsets[n]));
         }
     }
+}
+
+/// Q4_K and Q5_K: a super-block's eight 6-bit scales (bytes 0..8 of the result) and eight
+/// 6-bit mins (bytes 8..16), unpacked from its twelve bytes a word at a time as ggml does.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn k4_scales_mins(blk: &[u8]) -> __m128i {
+    let w = |i: usize| {
+        u32::from_le_bytes([
+            blk[4 + 4 * i],
+            blk[5 + 4 * i],
+            blk[6 + 4 * i],
+            blk[7 + 4 * i],
+        ])
+    };
+    let (k1, k2, k3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
+    let (w0, w1, w2) = (w(0), w(1), w(2));
+    let scales_lo = w0 & k1;
+    let scales_hi = (w2 & k2) | (((w0 >> 6) & k3) << 4);
+    let mins_lo = w1 & k1;
+    let mins_hi = ((w2 >> 4) & k2) | (((w1 >> 6) & k3) << 4);
+    _mm_set_epi32(
+        mins_hi as i32,
+        mins_lo as i32,
+        scales_hi as i32,
+        scales_lo as i32,
+    )
+}
+
+/// Unsigned byte `k` of `v` (k < 8) as sixteen i16 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn scale_all_u8(v: __m128i, k: usize) -> __m256i {
+    // Each i16 lane takes byte k then a zero (an index with the top bit set).
+    let pick = _mm256_set1_epi16((0x8000 | k as u16) as i16);
+    _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(v), pick)
+}
+
+/// Signed bytes `g` and `g + 1` of `v` (g < 15) as i16: `g` in the low eight lanes, `g + 1` in
+/// the high eight.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn scale_pair_i8(v: __m128i, g: usize) -> __m256i {
+    let (lo, hi) = (g as i8, (g + 1) as i8);
+    let pick = _mm_set_epi8(
+        hi, hi, hi, hi, hi, hi, hi, hi, lo, lo, lo, lo, lo, lo, lo, lo,
+    );
+    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(v, pick))
 }
 
 /// Quantizes one block of activations to 8 bits exactly as the scalar code does: for q8_0
