@@ -9,7 +9,10 @@ fn main() {
         _ => WeightFormat::Q8_0,
     };
     let cols = 640usize.max(if fmt.block_elems() == 256 { 1024 } else { 640 });
-    let rows = 200_000usize;
+    let rows: usize = std::env::var("ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
     let mut s = 1u64;
     let w = random_weights(fmt.ggml(), rows * cols, 0.05, &mut || {
         s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -22,7 +25,8 @@ fn main() {
     a.quantize(&x, nacts, cols);
     let mut p = PreparedRow::default();
     let mut sink = 0f32;
-    for _ in 0..5 {
+    let reps = (200_000 / rows).max(5);
+    for _ in 0..reps {
         let t = Instant::now();
         dot_rows(fmt, &w, cols, 0..rows, &a, &mut p, |_, _, v| sink += v);
         let dt = t.elapsed().as_secs_f64();

@@ -36,13 +36,14 @@ pub fn matmul(
     let bytes = w.bytes(files);
     let (m, n) = (w.rows, acts.rows);
     let ptr = SharedOut::new(out);
-    let threads = pool.threads().min(m.max(1));
-    pool.run(&|t| {
-        if t >= threads {
-            return;
-        }
+    // Chunks small enough that the threads finish together, large enough that a chunk's
+    // weights stream for a while (the row kernels prefetch within a chunk).
+    let row_bytes = w.format.row_bytes(w.cols).max(1);
+    let chunk = (CHUNK_BYTES / row_bytes)
+        .min(m.div_ceil(pool.threads() * CHUNKS_PER_THREAD))
+        .max(1);
+    pool.for_chunks(m, chunk, &|t, range| {
         let mut prepared = rows.0[t].lock().unwrap_or_else(|e| e.into_inner());
-        let range = m * t / threads..m * (t + 1) / threads;
         dot_rows(
             w.format,
             bytes,
@@ -52,10 +53,16 @@ pub fn matmul(
             &mut prepared,
             |j, r, value| {
                 debug_assert!(j < n && r < m);
-                // SAFETY: j · m + r < n · m <= out.len(), and row r belongs to this thread alone,
+                // SAFETY: j · m + r < n · m <= out.len(), and row r belongs to this chunk alone,
                 // so no other thread writes this element.
                 unsafe { *ptr.at(j * m + r) = value };
             },
         );
     });
 }
+
+/// Weight bytes in a chunk of rows, at most.
+const CHUNK_BYTES: usize = 64 << 10;
+
+/// Chunks per thread, at least, on a matrix too small for `CHUNK_BYTES` chunks.
+const CHUNKS_PER_THREAD: usize = 8;

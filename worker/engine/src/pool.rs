@@ -137,6 +137,30 @@ impl Pool {
         }
     }
 
+    /// Runs `f(thread, range)` over `0..n` in chunks of `chunk` that the threads claim one at a
+    /// time, so that a thread that started late or runs slower (a busy core, a sleeping
+    /// worker's wake-up) takes fewer chunks and nobody waits for it at the end.
+    pub fn for_chunks(
+        &self,
+        n: usize,
+        chunk: usize,
+        f: &(dyn Fn(usize, std::ops::Range<usize>) + Sync),
+    ) {
+        let chunk = chunk.max(1);
+        if self.threads == 1 || n <= chunk {
+            f(0, 0..n);
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        self.run(&|t| loop {
+            let start = next.fetch_add(chunk, Ordering::Relaxed);
+            if start >= n {
+                return;
+            }
+            f(t, start..n.min(start + chunk));
+        });
+    }
+
     /// Splits `0..n` into one contiguous range per thread and runs `f(thread, range)` on each.
     pub fn for_ranges(&self, n: usize, f: &(dyn Fn(usize, std::ops::Range<usize>) + Sync)) {
         let threads = self.threads.min(n.max(1));
@@ -221,6 +245,31 @@ mod tests {
             let h = hits.load(Ordering::Relaxed);
             let expect = (round + 1) * (1 + (1 << 16) + (1 << 32));
             assert_eq!(h, expect, "round {round}");
+        }
+    }
+
+    #[test]
+    fn chunks_cover_everything_once() {
+        let pool = Pool::new(3).unwrap();
+        for (n, chunk) in [
+            (0usize, 4usize),
+            (1, 4),
+            (5, 4),
+            (1001, 7),
+            (64, 64),
+            (65, 64),
+        ] {
+            let covered: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+            pool.for_chunks(n, chunk, &|_, r| {
+                assert!(r.len() <= chunk);
+                for i in r {
+                    covered[i].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert!(
+                covered.iter().all(|c| c.load(Ordering::Relaxed) == 1),
+                "n = {n}, chunk = {chunk}"
+            );
         }
     }
 
