@@ -9,6 +9,7 @@
 //!   SentencePiece or BPE merging.
 //! - [`Tokenizer::decode`] and [`StreamDecoder`]: ids back to text, whole or as they come.
 
+pub mod chat;
 mod hash;
 mod merge;
 pub mod pretokenize;
