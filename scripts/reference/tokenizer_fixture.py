@@ -177,10 +177,21 @@ def main():
                 except UnicodeDecodeError:
                     case["detok_hex"] = detok.hex()
             cases.append(case)
+    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+    special = {
+        "bos": llama_cpp.llama_vocab_bos(vocab),
+        "eos": llama_cpp.llama_vocab_eos(vocab),
+        "eot": llama_cpp.llama_vocab_eot(vocab),
+        "add_bos": bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
+        "add_eos": bool(llama_cpp.llama_vocab_get_add_eos(vocab)),
+        "eog": [i for i in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, i)],
+        "control": sum(1 for i in range(n_vocab) if llama_cpp.llama_vocab_is_control(vocab, i)),
+    }
     with open(model, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     with open(dest, "w", encoding="utf-8") as f:
-        json.dump({"model_sha256": digest, "llama_cpp_python": llama_cpp.__version__, "cases": cases},
+        json.dump({"model_sha256": digest, "llama_cpp_python": llama_cpp.__version__, "special": special,
+                   "cases": cases},
                   f, ensure_ascii=False, separators=(",", ":"))
         f.write("\n")
     print(f"{len(cases)} cases ({len({c['text'] for c in cases})} strings) -> {dest}", file=sys.stderr)

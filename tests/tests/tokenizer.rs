@@ -28,6 +28,25 @@ fn gemma_tokenizes_and_detokenizes_as_llama_cpp() {
     let (bytes, fixture) = gemma();
     let file = GgufFile::parse(&bytes).unwrap();
     let tok = Tokenizer::from_gguf(&file).unwrap();
+    // The special tokens llama.cpp finds, and its end-of-generation set.
+    let v = tok.vocab();
+    let sp = &fixture["special"];
+    let id = |k: &str| sp[k].as_u64().map(|i| i as u32);
+    assert_eq!(v.special().bos, id("bos"));
+    assert_eq!(v.special().eos, id("eos"));
+    assert_eq!(v.special().eot, id("eot"));
+    assert_eq!(v.flags().add_bos, sp["add_bos"].as_bool().unwrap());
+    assert_eq!(v.flags().add_eos, sp["add_eos"].as_bool().unwrap());
+    let eog: Vec<u32> = sp["eog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(v.eog().iter().copied().collect::<Vec<_>>(), eog);
+    let controls = (0..v.len() as u32).filter(|&i| v.is_control(i)).count();
+    assert_eq!(controls as u64, sp["control"].as_u64().unwrap());
+
     let cases = fixture["cases"].as_array().unwrap();
     assert!(cases.len() >= 2000);
     let (mut ids_ok, mut detok_ok, mut round_trips, mut round_trips_expected) = (0, 0, 0, 0);

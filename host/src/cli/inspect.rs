@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use modelhost_protocol::gguf::{GgufModel, HyperParams, PerLayer, SplitSummary, Value};
 use modelhost_protocol::layers::{layer_regions, Extent, LayerGroup, PageSize};
+use modelhost_tokenizer::{ModelText, TextSummary};
 use serde::Serialize;
 use serde_json::json;
 
@@ -49,6 +50,8 @@ struct Report {
     page_size: u64,
     layers: Vec<LayerReport>,
     split: Option<SplitSummary>,
+    /// The tokenizer and chat template, or why the vocabulary cannot be used.
+    text: Result<TextSummary, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tensors: Option<Vec<TensorRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -191,6 +194,9 @@ fn build_report(model: &GgufModel<'_>, page: PageSize, args: &InspectArgs) -> Re
         page_size: page.get(),
         layers,
         split: model.split_summary(),
+        text: ModelText::from_gguf(meta)
+            .map(|t| t.summary())
+            .map_err(|e| e.to_string()),
         tensors: args.tensors.then(|| {
             model
                 .tensors()
@@ -345,6 +351,27 @@ fn render(r: &Report) -> String {
         .vocab_size
         .map_or("unknown".into(), |v| format!("{v} tokens"));
     let _ = writeln!(o, "vocabulary    {vocab}");
+    match &r.text {
+        Ok(t) => {
+            let _ = writeln!(
+                o,
+                "tokenizer     {}{}, BOS {}{}, EOS {}, end of generation {:?}",
+                t.vocabulary,
+                t.pre_tokenizer
+                    .as_deref()
+                    .map(|p| format!(" (pre-tokenizer {p})"))
+                    .unwrap_or_default(),
+                t.bos.map_or("none".into(), |b| b.to_string()),
+                if t.add_bos { " (added)" } else { "" },
+                t.eos.map_or("none".into(), |e| e.to_string()),
+                t.end_of_generation
+            );
+            let _ = writeln!(o, "chat template {}", t.chat_template);
+        }
+        Err(e) => {
+            let _ = writeln!(o, "tokenizer     unavailable: {e}");
+        }
+    }
     let split = match &r.split {
         None => "single file".to_owned(),
         Some(s) => format!(

@@ -8,6 +8,7 @@ pub(crate) mod plan;
 mod serve;
 mod status;
 mod synth;
+mod text;
 mod up;
 
 use std::future::Future;
@@ -49,6 +50,12 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Write a llama-shaped GGUF model with random weights, for tests, benchmarks and demos.
     Synth(synth::SynthArgs),
+    /// Turn text into the model's token ids, with its own vocabulary (offline, on the file).
+    Tokenize(text::TokenizeArgs),
+    /// Turn token ids into text (offline, on the file).
+    Detokenize(text::DetokenizeArgs),
+    /// Render a conversation with the model's chat template (offline, on the file).
+    ChatTemplate(text::ChatTemplateArgs),
 }
 
 /// How a client command reaches the host.
@@ -113,6 +120,9 @@ impl Cli {
             Command::Plan(args) => plan::run(args),
             Command::Inspect(args) => inspect::run(args),
             Command::Synth(args) => synth::run(args),
+            Command::Tokenize(args) => text::tokenize(args),
+            Command::Detokenize(args) => text::detokenize(args),
+            Command::ChatTemplate(args) => text::chat_template(args),
         }
     }
 }

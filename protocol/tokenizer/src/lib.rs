@@ -369,3 +369,119 @@ impl<'t> StreamDecoder<'t> {
         }
     }
 }
+
+/// A model's text side: its tokenizer and its chat template, read from its GGUF.
+pub struct ModelText {
+    tokenizer: Tokenizer,
+    template: Result<chat::ChatTemplate, chat::TemplateError>,
+}
+
+/// What [`ModelText`] says about a model, for `inspect` and the API.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TextSummary {
+    /// `tokenizer.ggml.model`: "llama" (SentencePiece) or "gpt2"/"gemma4" (BPE).
+    pub vocabulary: String,
+    pub tokens: usize,
+    /// The BPE pre-tokenizer.
+    pub pre_tokenizer: Option<String>,
+    pub bos: Option<TokenId>,
+    pub eos: Option<TokenId>,
+    /// Tokens that end generation.
+    pub end_of_generation: Vec<TokenId>,
+    pub add_bos: bool,
+    pub add_eos: bool,
+    /// Where the chat template comes from, or why it cannot be used.
+    pub chat_template: String,
+    /// Whether the chat template can be rendered.
+    pub chat_template_ok: bool,
+}
+
+impl ModelText {
+    /// The tokenizer and chat template of a GGUF file. A template that does not compile is
+    /// kept as its error (tokenizing still works); a vocabulary that cannot be read is an error.
+    pub fn from_gguf(file: &GgufFile<'_>) -> Result<ModelText, VocabError> {
+        let tokenizer = Tokenizer::from_gguf(file)?;
+        let template = match modelhost_protocol::gguf::optional(file.str("tokenizer.chat_template"))
+        {
+            Ok(source) => chat::ChatTemplate::for_model(source, Some(tokenizer.vocab())),
+            Err(e) => Err(chat::TemplateError(e.to_string())),
+        };
+        Ok(ModelText {
+            tokenizer,
+            template,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn template(&self) -> Result<&chat::ChatTemplate, &chat::TemplateError> {
+        self.template.as_ref()
+    }
+
+    /// The text of a special token (for templates' `bos_token`), or "".
+    fn special_text(&self, id: Option<TokenId>) -> &str {
+        id.and_then(|id| self.tokenizer.vocab().text(id))
+            .unwrap_or("")
+    }
+
+    /// The prompt text for a conversation, from the model's template.
+    pub fn render(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+        extra: Option<&serde_json::Map<String, serde_json::Value>>,
+        now: i64,
+    ) -> Result<String, chat::TemplateError> {
+        let template = self.template.as_ref().map_err(Clone::clone)?;
+        let special = self.tokenizer.vocab().special();
+        template.render(&chat::ChatInput {
+            messages,
+            tools,
+            add_generation_prompt,
+            bos_token: self.special_text(special.bos),
+            eos_token: self.special_text(special.eos),
+            extra,
+            now,
+        })
+    }
+
+    /// The ids of a rendered prompt: control tokens in it are parsed, and the BOS the
+    /// vocabulary asks for is added unless the template already wrote it (no EOS: the model
+    /// is to continue the prompt).
+    pub fn encode_prompt(&self, prompt: &str) -> Vec<TokenId> {
+        let v = self.tokenizer.vocab();
+        let bos = v.special().bos.filter(|_| v.flags().add_bos);
+        let written = bos
+            .and_then(|id| v.text(id))
+            .is_some_and(|t| prompt.starts_with(t));
+        let mut ids = Vec::new();
+        if !written {
+            ids.extend(bos);
+        }
+        ids.extend(self.tokenizer.encode(prompt, false, true));
+        ids
+    }
+
+    pub fn summary(&self) -> TextSummary {
+        let v = self.tokenizer.vocab();
+        let (chat_template, chat_template_ok) = match &self.template {
+            Ok(t) => (t.origin.to_string(), true),
+            Err(e) => (e.to_string(), false),
+        };
+        TextSummary {
+            vocabulary: v.model().to_owned(),
+            tokens: v.len(),
+            pre_tokenizer: v.pre_tokenizer().map(str::to_owned),
+            bos: v.special().bos,
+            eos: v.special().eos,
+            end_of_generation: v.eog().iter().copied().collect(),
+            add_bos: v.flags().add_bos,
+            add_eos: v.flags().add_eos,
+            chat_template,
+            chat_template_ok,
+        }
+    }
+}
