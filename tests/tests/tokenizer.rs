@@ -136,3 +136,145 @@ fn streamed_text_has_no_replacement_characters_and_equals_the_whole() {
     // The strings include characters spelled in byte tokens, so the hold-back was exercised.
     assert!(split_chars > 100, "only {split_chars} held-back pieces");
 }
+
+/// A model whose vocabulary names a pre-tokenizer nobody knows: it loads and is shared, and text
+/// requests for it are refused with the reason.
+fn model_with_unknown_pre_tokenizer(path: &std::path::Path) {
+    use modelhost_protocol::gguf::{GgufWriter, OwnedValue};
+    use modelhost_protocol::GgmlType;
+    let mut w = GgufWriter::new();
+    w.add_metadata("general.architecture", OwnedValue::string("llama"))
+        .add_metadata("tokenizer.ggml.model", OwnedValue::string("gpt2"))
+        .add_metadata("tokenizer.ggml.pre", OwnedValue::string("no-such-pre"))
+        .add_metadata(
+            "tokenizer.ggml.tokens",
+            OwnedValue::strings(["a", "b", "ab"]),
+        )
+        .add_metadata("tokenizer.ggml.merges", OwnedValue::strings(["a b"]))
+        .add_tensor("token_embd.weight", &[32, 3], GgmlType::F32);
+    let bytes = w.layout().unwrap().to_bytes(|_, _| {});
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn the_host_tokenizes_and_detokenizes_each_model_with_its_own_vocabulary() {
+    use modelhost_tests::daemon::{Daemon, DaemonOptions};
+    use modelhost_tests::http::{get, request};
+    use modelhost_tests::Scratch;
+    use serde_json::json;
+
+    let dir = Scratch::new("tokenize-api");
+    let daemon = Daemon::start(&dir.path("control.sock"), DaemonOptions::default());
+    let s = &daemon.socket;
+    modelhost_tests::models::load(s, &json!({ "path": gemma_model(), "name": "gemma" }));
+    let odd = dir.path("odd.gguf");
+    model_with_unknown_pre_tokenizer(&odd);
+    let registered = modelhost_tests::models::load(s, &json!({ "path": odd, "name": "odd" }));
+    assert!(registered["text"].is_null());
+    assert!(
+        registered["text_error"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-pre"),
+        "{registered}"
+    );
+
+    let info = get(s, "/v1/models/gemma").json();
+    assert_eq!(info["text"]["vocabulary"], "llama");
+    assert_eq!(info["text"]["tokens"], 262144);
+    assert_eq!(info["text"]["end_of_generation"], json!([1, 106, 212]));
+    assert!(info["text"]["chat_template"]
+        .as_str()
+        .unwrap()
+        .contains("built-in gemma"));
+
+    // The ids llama.cpp gives, from the fixture.
+    let (_, fixture) = gemma();
+    let case = fixture["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            !c["add_special"].as_bool().unwrap()
+                && c["text"].as_str().unwrap().chars().count() > 20
+                && c.get("detok").is_none()
+                && c.get("detok_hex").is_none()
+        })
+        .unwrap();
+    let reply = request(
+        s,
+        "POST",
+        "/v1/tokenize",
+        Some(&json!({ "model": "gemma", "content": case["text"] })),
+    );
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["tokens"], case["ids"]);
+    let reply = request(
+        s,
+        "POST",
+        "/v1/detokenize",
+        Some(&json!({ "model": "gemma", "tokens": case["ids"] })),
+    );
+    assert_eq!(reply.json()["content"], case["text"]);
+
+    // Control tokens in request text stay text unless the caller asks.
+    let turn = |parse: bool| {
+        request(
+            s,
+            "POST",
+            "/v1/tokenize",
+            Some(&json!({ "model": "gemma", "content": "<start_of_turn>user", "parse_special": parse, "with_pieces": true })),
+        )
+        .json()
+    };
+    assert_eq!(turn(true)["tokens"], json!([105, 2364]));
+    assert!(turn(false)["tokens"].as_array().unwrap().len() > 2);
+    assert_eq!(
+        request(
+            s,
+            "POST",
+            "/v1/tokenize",
+            Some(&json!({ "model": "gemma", "content": "hi", "add_special": true }))
+        )
+        .json()["tokens"][0],
+        2
+    );
+
+    // Refusals, each with its code; the host keeps answering.
+    let refused = |path: &str, body: serde_json::Value| {
+        let r = request(s, "POST", path, Some(&body));
+        (
+            r.status,
+            r.json()["error"]["code"].as_str().unwrap().to_owned(),
+        )
+    };
+    assert_eq!(
+        refused("/v1/tokenize", json!({ "model": "odd", "content": "ab" })),
+        (422, "tokenizer_unavailable".into())
+    );
+    assert_eq!(
+        refused("/v1/tokenize", json!({ "model": "nope", "content": "ab" })),
+        (404, "model_not_found".into())
+    );
+    assert_eq!(
+        refused("/v1/tokenize", json!({ "model": "gemma" })),
+        (400, "invalid_json".into())
+    );
+    assert_eq!(
+        refused(
+            "/v1/detokenize",
+            json!({ "model": "gemma", "tokens": [1, 262144] })
+        ),
+        (400, "invalid_token".into())
+    );
+    assert_eq!(
+        request(
+            s,
+            "POST",
+            "/v1/tokenize",
+            Some(&json!({ "model": "gemma", "content": "still here" }))
+        )
+        .status,
+        200
+    );
+}

@@ -11,7 +11,7 @@ mod workers;
 
 pub use events::{Envelope, Event, Phase};
 pub use models::{
-    ErrorBody, ErrorDetail, LayerSummary, LoadRequest, MlockMode, ModelInfo, ModelState,
-    PlacementOptionError, PlacementRequest, Residency, Status,
+    DetokenizeRequest, ErrorBody, ErrorDetail, LayerSummary, LoadRequest, MlockMode, ModelInfo,
+    ModelState, PlacementOptionError, PlacementRequest, Residency, Status, TokenizeRequest,
 };
 pub use workers::{WorkerInfo, WorkerState};

@@ -6,6 +6,7 @@ use modelhost_node::memory::ProcessMemory;
 use modelhost_protocol::gguf::{HyperParams, SplitSummary};
 use modelhost_protocol::placement::{GpuLayers, Mode, Plan, PlanOptions};
 use modelhost_protocol::GgmlType;
+use modelhost_tokenizer::TextSummary;
 use serde::{Deserialize, Serialize};
 
 use super::WorkerInfo;
@@ -181,6 +182,39 @@ pub struct ModelInfo {
     /// The placement planned at load time, when devices were given.
     #[serde(default)]
     pub plan: Option<Plan>,
+    /// The model's tokenizer and chat template.
+    #[serde(default)]
+    pub text: Option<TextSummary>,
+    /// Why the model's vocabulary cannot be used (the model still loads and shares).
+    #[serde(default)]
+    pub text_error: Option<String>,
+}
+
+/// `POST /v1/tokenize`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizeRequest {
+    pub model: String,
+    pub content: String,
+    /// Add the BOS/EOS tokens the vocabulary asks for.
+    #[serde(default)]
+    pub add_special: bool,
+    /// Parse control tokens written in the text; off by default, so that request text cannot
+    /// inject them.
+    #[serde(default)]
+    pub parse_special: bool,
+    /// Also return each token's text.
+    #[serde(default)]
+    pub with_pieces: bool,
+}
+
+/// `POST /v1/detokenize`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetokenizeRequest {
+    pub model: String,
+    pub tokens: Vec<u32>,
+    /// Render control tokens as their text.
+    #[serde(default)]
+    pub special: bool,
 }
 
 /// `GET /v1/status`.

@@ -12,8 +12,9 @@ use super::error::ApiError;
 use super::events::event_stream;
 use super::metrics::render_metrics;
 use super::{json_response, text_response, AppState, Response};
-use crate::api::{LoadRequest, Status};
+use crate::api::{DetokenizeRequest, LoadRequest, Status, TokenizeRequest};
 use crate::pages;
+use crate::registry::TextError;
 
 /// Every route: method and path template. The OpenAPI document must describe exactly these.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -25,6 +26,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/models/{name}"),
     ("DELETE", "/v1/models/{name}"),
     ("GET", "/v1/events"),
+    ("POST", "/v1/tokenize"),
+    ("POST", "/v1/detokenize"),
     ("GET", "/v1/openapi.json"),
 ];
 
@@ -84,6 +87,8 @@ pub async fn dispatch(state: Arc<AppState>, req: Request<Incoming>) -> Result<Re
             ))
         }
         (&Method::GET, ["v1", "events"]) => Ok(event_stream(&state)),
+        (&Method::POST, ["v1", "tokenize"]) => tokenize(state, req).await,
+        (&Method::POST, ["v1", "detokenize"]) => detokenize(state, req).await,
         (&Method::GET, ["v1", "openapi.json"]) => {
             Ok(text_response(StatusCode::OK, "application/json", OPENAPI))
         }
@@ -181,6 +186,61 @@ async fn json_body<T: serde::de::DeserializeOwned>(
             format!("request body: {e}"),
         )
     })
+}
+
+fn text_error(e: TextError) -> ApiError {
+    match e {
+        TextError::NotFound(name) => not_found(&name),
+        e @ TextError::Unavailable { .. } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "tokenizer_unavailable",
+            e.to_string(),
+        ),
+    }
+}
+
+async fn tokenize(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response, ApiError> {
+    let request: TokenizeRequest = json_body(&state, req).await?;
+    let text = state.registry.text(&request.model).map_err(text_error)?;
+    // Tokenizing a large body is CPU work: off the async threads.
+    let body = blocking(move || {
+        let tok = text.tokenizer();
+        let ids = tok.encode(&request.content, request.add_special, request.parse_special);
+        let mut body = serde_json::json!({ "tokens": ids });
+        if request.with_pieces {
+            body["pieces"] = ids
+                .iter()
+                .map(|&id| {
+                    let piece = tok.piece(id, true).unwrap_or_default();
+                    match std::str::from_utf8(piece) {
+                        Ok(s) => serde_json::json!(s),
+                        // Part of a character: its bytes.
+                        Err(_) => serde_json::json!(piece),
+                    }
+                })
+                .collect();
+        }
+        body
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+async fn detokenize(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response, ApiError> {
+    let request: DetokenizeRequest = json_body(&state, req).await?;
+    let text = state.registry.text(&request.model).map_err(text_error)?;
+    let content = blocking(move || {
+        let bytes = text
+            .tokenizer()
+            .decode(&request.tokens, false, request.special)?;
+        Ok::<_, modelhost_tokenizer::UnknownToken>(String::from_utf8_lossy(&bytes).into_owned())
+    })
+    .await?
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_token", e.to_string()))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "content": content }),
+    ))
 }
 
 async fn load(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response, ApiError> {
@@ -336,6 +396,8 @@ mod tests {
             load_ms: None,
             layers: vec![],
             plan: None,
+            text: None,
+            text_error: None,
         };
         let model = serde_json::to_value(&model).unwrap();
         assert_eq!(keys(&model), schema_properties("ModelInfo"));
@@ -348,6 +410,31 @@ mod tests {
             .collect();
         assert_eq!(keys(&model), required);
         assert_eq!(keys(&model["residency"]), schema_properties("Residency"));
+
+        for (schema, request) in [
+            (
+                "TokenizeRequest",
+                serde_json::to_value(TokenizeRequest {
+                    model: "m".into(),
+                    content: "c".into(),
+                    add_special: false,
+                    parse_special: false,
+                    with_pieces: false,
+                })
+                .unwrap(),
+            ),
+            (
+                "DetokenizeRequest",
+                serde_json::to_value(DetokenizeRequest {
+                    model: "m".into(),
+                    tokens: vec![1],
+                    special: false,
+                })
+                .unwrap(),
+            ),
+        ] {
+            assert_eq!(keys(&request), schema_properties(schema), "{schema}");
+        }
 
         let error = ErrorBody {
             error: ErrorDetail {

@@ -11,6 +11,7 @@ use modelhost_protocol::manifest::ModelManifest;
 use modelhost_protocol::placement::{plan, Plan, PlanError, PlanOptions};
 use modelhost_protocol::progress::ProgressThrottle;
 use modelhost_protocol::wire::{checksum64, FileCheck};
+use modelhost_tokenizer::ModelText;
 
 use super::{info, unix_now, Entry, Registry, Summary};
 use crate::api::{Event, LayerSummary, LoadRequest, MlockMode, ModelInfo, ModelState, Phase};
@@ -84,6 +85,33 @@ fn default_name(path: &Path) -> String {
         }
         _ => stem.to_owned(),
     }
+}
+
+/// The model's tokenizer and chat template. A vocabulary that cannot be used does not stop the
+/// load: the model is still mapped and shared, and text requests get the reason.
+fn model_text(mapped: &MappedModel, name: &str) -> Result<Arc<ModelText>, String> {
+    let started = Instant::now();
+    let text = mapped
+        .model()
+        .map_err(|e| e.to_string())
+        .and_then(|m| ModelText::from_gguf(m.metadata()).map_err(|e| e.to_string()));
+    match &text {
+        Ok(t) => {
+            let s = t.summary();
+            tracing::info!(
+                model = %name,
+                vocabulary = %s.vocabulary,
+                tokens = s.tokens,
+                chat_template = %s.chat_template,
+                ms = started.elapsed().as_millis() as u64,
+                "tokenizer ready"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(model = %name, error = %e, "no tokenizer: text requests will be refused")
+        }
+    }
+    text.map(Arc::new)
 }
 
 fn summarize(mapped: &MappedModel) -> Result<Summary, OpenError> {
@@ -185,6 +213,7 @@ impl Registry {
 
         let fresh = MappedModel::open(&canonical)?;
         let summary = summarize(&fresh)?;
+        let text = model_text(&fresh, &name);
         let plan = self.plan_for(&req, &placement, &summary, &fresh)?;
         let identity = fresh.files()[0].identity();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -214,6 +243,7 @@ impl Registry {
             mapping: Arc::clone(&mapping),
             identity,
             summary,
+            text,
             state,
             error: None,
             warnings: Vec::new(),

@@ -25,6 +25,7 @@ use modelhost_protocol::gguf::{HyperParams, SplitSummary};
 use modelhost_protocol::manifest::ModelManifest;
 use modelhost_protocol::placement::Plan;
 use modelhost_protocol::wire::FileCheck;
+use modelhost_tokenizer::ModelText;
 
 use crate::supervisor::WorkerHandle;
 
@@ -49,6 +50,8 @@ struct Entry {
     mapping: Arc<MappedModel>,
     identity: FileIdentity,
     summary: Summary,
+    /// The tokenizer and chat template, or why the vocabulary cannot be used.
+    text: Result<Arc<ModelText>, String>,
     state: ModelState,
     error: Option<String>,
     warnings: Vec<String>,
@@ -78,6 +81,15 @@ pub enum UnloadError {
         "model {name:?} has {workers} worker(s) attached; stop them first or unload with force"
     )]
     InUse { name: String, workers: u32 },
+}
+
+/// Why a model's tokenizer cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TextError {
+    #[error("no model named {0:?}")]
+    NotFound(String),
+    #[error("model {name:?} has no usable vocabulary: {reason}")]
+    Unavailable { name: String, reason: String },
 }
 
 /// Policy that SIGHUP can change.
@@ -164,6 +176,18 @@ impl Registry {
     pub fn get(&self, name: &str) -> Option<ModelInfo> {
         let snapshot = self.lock().get(name).map(snapshot);
         snapshot.map(Snapshot::finish)
+    }
+
+    /// A model's tokenizer and chat template.
+    pub fn text(&self, name: &str) -> Result<Arc<ModelText>, TextError> {
+        let models = self.lock();
+        let e = models
+            .get(name)
+            .ok_or_else(|| TextError::NotFound(name.to_owned()))?;
+        e.text.clone().map_err(|reason| TextError::Unavailable {
+            name: name.to_owned(),
+            reason,
+        })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -298,6 +322,8 @@ fn info(e: &Entry) -> ModelInfo {
         load_ms: e.load_ms,
         layers: e.summary.layers.clone(),
         plan: e.plan.clone(),
+        text: e.text.as_ref().ok().map(|t| t.summary()),
+        text_error: e.text.as_ref().err().cloned(),
     }
 }
 

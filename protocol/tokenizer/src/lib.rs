@@ -377,7 +377,7 @@ pub struct ModelText {
 }
 
 /// What [`ModelText`] says about a model, for `inspect` and the API.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TextSummary {
     /// `tokenizer.ggml.model`: "llama" (SentencePiece) or "gpt2"/"gemma4" (BPE).
     pub vocabulary: String,
