@@ -81,7 +81,9 @@ echo "cold load, warm attach, memory, restart, API latency ..." >&2
 python3 scripts/bench.py "$work/system.md" >&2
 echo "inference engine ..." >&2
 python3 scripts/bench_engine.py "$work/engine.md" "$work" "${LLAMA_PYTHON:-}"
-cat "$work/parse.md" "$work/system.md" "$work/engine.md" > docs/benchmarks.md
+echo "tokenizer ..." >&2
+python3 scripts/bench_tokenizer.py "$work/tokenizer.md" "$work" "${LLAMA_PYTHON:-}" >/dev/null
+cat "$work/parse.md" "$work/system.md" "$work/engine.md" "$work/tokenizer.md" > docs/benchmarks.md
 cat >> docs/benchmarks.md <<'MD'
 
 ## What the figures led to

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Unpacks, from the llama-cpp-python 0.3.36 sdist on PyPI, the reference data the tokenizer tests
 # read: llama.cpp's tokenizer test vectors (models/ggml-vocab-*.gguf with their .inp and .out)
-# and its collection of real chat templates (models/templates/*.jinja). Nothing of it is
-# committed. Running it again when the files are there does nothing.
+# and its collection of real chat templates (models/templates/*.jinja); and, for the tokenizer
+# benchmark, real text (its docs and two of its sources). Nothing of it is committed. Running
+# it again when the files are there does nothing.
 #
-#   scripts/fetch-llama-vendor.sh        # into target/llama-vendor/{models,templates}
+#   scripts/fetch-llama-vendor.sh        # into target/llama-vendor/{models,templates,corpus}
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 dest=$root/target/llama-vendor
 sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-stamp=$dest/.complete
+stamp=$dest/.complete-2
 python=${PYTHON:-python3}
 
 if [ -f "$stamp" ]; then
@@ -36,11 +37,13 @@ if ! echo "$sha256  $sdist" | sha256sum --check --status; then
     exit 1
 fi
 rm -rf "$dest"
-mkdir -p "$dest/models" "$dest/templates"
-tar -xzf "$sdist" -C "$work" --wildcards \
-    'llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-*' \
-    'llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/*'
-cp "$work"/llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-* "$dest/models/"
-cp "$work"/llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/* "$dest/templates/"
+mkdir -p "$dest/models" "$dest/templates" "$dest/corpus"
+src=llama_cpp_python-0.3.36/vendor/llama.cpp
+tar -xzf "$sdist" -C "$work" --wildcards "$src/models/ggml-vocab-*" "$src/models/templates/*" \
+    "$src/docs/*.md" "$src/src/llama-vocab.cpp" "$src/src/llama-model.cpp"
+cp "$work/$src"/models/ggml-vocab-* "$dest/models/"
+cp "$work/$src"/models/templates/* "$dest/templates/"
+find "$work/$src/docs" -name '*.md' | sort | xargs cat > "$dest/corpus/docs.md"
+cp "$work/$src/src/llama-vocab.cpp" "$work/$src/src/llama-model.cpp" "$dest/corpus/"
 touch "$stamp"
 echo "$dest: $(ls "$dest/models" | wc -l) vocabulary files, $(ls "$dest/templates" | wc -l) templates" >&2

@@ -213,9 +213,15 @@ impl Registry {
 
         let fresh = MappedModel::open(&canonical)?;
         let summary = summarize(&fresh)?;
-        let text = model_text(&fresh, &name);
         let plan = self.plan_for(&req, &placement, &summary, &fresh)?;
         let identity = fresh.files()[0].identity();
+        // One tokenizer per file: a second name for the same file shares the first's.
+        let known = self
+            .lock()
+            .values()
+            .find(|e| e.identity == identity)
+            .map(|e| e.text.clone());
+        let text = known.unwrap_or_else(|| model_text(&fresh, &name));
         let cancel = Arc::new(AtomicBool::new(false));
         let needs_job = req.copy || req.prefault || req.mlock != MlockMode::Off;
 

@@ -1,10 +1,8 @@
-//! A fast hash for the vocabulary's maps: their keys come from the model file and the request
-//! text, and a tokenizer looks them up for every pair of symbols, where SipHash's protection
-//! against crafted collisions costs more than it is worth (the keys are bounded by the text's
-//! length, and a collision only slows one request).
+//! A fast hash for the vocabulary's index: a tokenizer looks up every pair of symbols in it,
+//! where SipHash's protection against crafted collisions costs more than it is worth (the
+//! table is built from the model file, and a request's lookups only probe it).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 
 /// Multiply-rotate hashing over 8-byte words (the scheme of rustc's FxHasher).
 #[derive(Default, Clone, Copy)]
@@ -60,5 +58,3 @@ impl Hasher for FastHasher {
         self.0
     }
 }
-
-pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;

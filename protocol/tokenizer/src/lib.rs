@@ -13,6 +13,7 @@ pub mod chat;
 mod hash;
 mod merge;
 pub mod pretokenize;
+mod strings;
 pub mod unicode;
 pub mod vocab;
 
@@ -149,7 +150,7 @@ impl Tokenizer {
             if !parse_special && a & (attr::CONTROL | attr::UNKNOWN) != 0 {
                 continue;
             }
-            let tok = &*v.texts[id as usize];
+            let tok = v.text_of(id);
             // Skip the token unless it occurs at all (one scan of the text).
             if !text.contains(tok) {
                 continue;
@@ -199,7 +200,7 @@ impl Tokenizer {
         if !special && a & (attr::CONTROL | attr::UNKNOWN) != 0 {
             return Ok(&[]);
         }
-        Ok(&v.pieces[id as usize])
+        Ok(v.piece_bytes(id))
     }
 
     /// The text of `ids`, as llama.cpp's detokenizer writes it: `remove_special` drops the

@@ -191,7 +191,7 @@ pub fn bpe(vocab: &Vocab, word: &str, key: &mut String, out: &mut Vec<TokenId>) 
         key.push(' ');
         key.push_str(&joined[split..]);
         // The lowest rank merges first.
-        vocab.merges.get(key.as_str()).map(|&rank| Reverse(rank))
+        vocab.merge_rank(key).map(Reverse)
     });
     for piece in pieces(word, &syms) {
         if let Some(id) = vocab.id(piece) {

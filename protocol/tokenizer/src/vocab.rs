@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 
 use modelhost_protocol::gguf::{optional, GgufFile, MetadataError, Value, ValueType};
 
-use crate::hash::FastMap;
 use crate::pretokenize::{PreTokenizer, PreTokenizerError};
+use crate::strings::{Arena, Duplicates, Index};
 
 /// A token id.
 pub type TokenId = u32;
@@ -77,13 +77,16 @@ pub struct Vocab {
     /// `tokenizer.ggml.model`, as written.
     pub(crate) model: String,
     pub(crate) pre: Option<PreTokenizer>,
-    pub(crate) texts: Vec<Box<str>>,
+    /// Each token's text (UTF-8, checked at load).
+    pub(crate) texts: Arena,
     pub(crate) scores: Vec<f32>,
     pub(crate) attrs: Vec<u16>,
     /// Text to id; where two tokens share a text, the later id, as in llama.cpp.
-    pub(crate) ids: FastMap<Box<str>, TokenId>,
-    /// `"left right"` to the merge's rank; where a merge repeats, its first rank.
-    pub(crate) merges: FastMap<Box<str>, u32>,
+    pub(crate) ids: Index,
+    /// The merges, `"left right"`, with their ranks; where a merge repeats, its first rank.
+    pub(crate) merges: Arena,
+    pub(crate) merge_index: Index,
+    pub(crate) merge_ranks: Vec<u32>,
     pub(crate) special: SpecialTokens,
     pub(crate) eog: BTreeSet<TokenId>,
     pub(crate) flags: Flags,
@@ -91,7 +94,7 @@ pub struct Vocab {
     /// found in text.
     pub(crate) specials_by_length: Vec<TokenId>,
     /// What each token reads as, control tokens included.
-    pub(crate) pieces: Vec<Box<[u8]>>,
+    pub(crate) pieces: Arena,
 }
 
 /// The special token ids a vocabulary names.
@@ -280,9 +283,7 @@ impl Vocab {
         let scores = scores(file, n)?;
         let types = token_types(file, n)?;
 
-        let mut texts = Vec::with_capacity(n as usize);
-        let mut ids = FastMap::default();
-        ids.reserve(n as usize);
+        let mut texts = Arena::with_capacity(n as usize, n as usize * 8);
         let mut attrs = Vec::with_capacity(n as usize);
         for (i, v) in tokens.iter().enumerate() {
             let id = i as TokenId;
@@ -299,9 +300,7 @@ impl Vocab {
                     })
                 }
             };
-            let text: Box<str> = text.into();
-            ids.insert(text.clone(), id);
-            texts.push(text);
+            texts.push(text.as_bytes());
             attrs.push(match types.as_ref().map(|t| t[i]) {
                 None | Some(1) => attr::NORMAL,
                 Some(2) => attr::UNKNOWN,
@@ -313,12 +312,14 @@ impl Vocab {
             });
         }
 
-        let mut merges = FastMap::default();
+        let mut merges = Arena::default();
+        let mut merge_ranks = Vec::new();
         if kind == Kind::Bpe {
             let list = string_array(file, MERGES)?.ok_or(MetadataError::Missing {
                 key: MERGES.to_owned(),
             })?;
-            merges.reserve(list.len() as usize);
+            merges = Arena::with_capacity(list.len() as usize, list.len() as usize * 10);
+            merge_ranks.reserve(list.len() as usize);
             for (rank, v) in list.iter().enumerate() {
                 let Value::String(s) = v else {
                     unreachable!("checked: an array of strings")
@@ -328,7 +329,8 @@ impl Vocab {
                 if !text.as_bytes().iter().skip(1).any(|&b| b == b' ') {
                     continue;
                 }
-                merges.entry(text.into()).or_insert(rank as u32);
+                merges.push(text.as_bytes());
+                merge_ranks.push(rank as u32);
             }
         }
 
@@ -336,16 +338,18 @@ impl Vocab {
             kind,
             model,
             pre,
+            ids: Index::build(&texts, Duplicates::KeepLast),
+            merge_index: Index::build(&merges, Duplicates::KeepFirst),
+            merge_ranks,
             texts,
             scores,
             attrs,
-            ids,
             merges,
             special,
             eog: BTreeSet::new(),
             flags,
             specials_by_length: Vec::new(),
-            pieces: Vec::new(),
+            pieces: Arena::default(),
         };
         vocab.read_special_ids(file)?;
         vocab.find_special_tokens();
@@ -357,8 +361,12 @@ impl Vocab {
         // Longest first; among equals, by id, so that the order does not depend on a sort.
         vocab
             .specials_by_length
-            .sort_by_key(|&id| std::cmp::Reverse(vocab.texts[id as usize].len()));
-        vocab.pieces = (0..n as TokenId).map(|id| vocab.piece_of(id)).collect();
+            .sort_by_key(|&id| std::cmp::Reverse(vocab.texts.get(id).len()));
+        let mut pieces = Arena::with_capacity(n as usize, n as usize * 8);
+        for id in 0..n as TokenId {
+            pieces.push(&vocab.piece_of(id));
+        }
+        vocab.pieces = pieces;
         vocab.set_model_attributes(file)?;
         Ok(vocab)
     }
@@ -423,8 +431,7 @@ impl Vocab {
     fn find_special_tokens(&mut self) {
         let by_text = |texts: &[&str], vocab: &Vocab| -> Option<TokenId> {
             (0..vocab.texts.len() as TokenId).find(|&id| {
-                texts.contains(&&*vocab.texts[id as usize])
-                    && vocab.id(&vocab.texts[id as usize]) == Some(id)
+                texts.contains(&vocab.text_of(id)) && vocab.id(vocab.text_of(id)) == Some(id)
             })
         };
         let found = [
@@ -461,9 +468,10 @@ impl Vocab {
         ] = found;
 
         // Control tokens named "unused" are unused.
-        for (text, a) in self.texts.iter().zip(self.attrs.iter_mut()) {
-            if *a & attr::CONTROL != 0 && text.contains("unused") {
-                *a |= attr::UNUSED;
+        for id in 0..self.texts.len() {
+            if self.attrs[id] & attr::CONTROL != 0 && self.text_of(id as TokenId).contains("unused")
+            {
+                self.attrs[id] |= attr::UNUSED;
             }
         }
 
@@ -471,9 +479,8 @@ impl Vocab {
         self.eog
             .extend([s.fim_pad, s.fim_rep, s.fim_sep].into_iter().flatten());
         for id in 0..self.texts.len() {
-            if EOG_TEXTS.contains(&&*self.texts[id])
-                && self.id(&self.texts[id]) == Some(id as TokenId)
-            {
+            let text = self.text_of(id as TokenId);
+            if EOG_TEXTS.contains(&text) && self.id(text) == Some(id as TokenId) {
                 self.eog.insert(id as TokenId);
                 self.attrs[id] |= attr::CONTROL;
             }
@@ -486,31 +493,18 @@ impl Vocab {
         }
         self.eog.extend([s.eos, s.eot, s.eom].into_iter().flatten());
         // o200k_harmony and solar-open: "<|end|>" ends a message, not the generation.
-        let has = |vocab: &Vocab, text: &str| {
-            vocab
-                .eog
-                .iter()
-                .any(|&id| &*vocab.texts[id as usize] == text)
-        };
+        let has = |vocab: &Vocab, text: &str| vocab.eog.iter().any(|&id| vocab.text_of(id) == text);
         let harmony = has(self, "<|return|>") && has(self, "<|call|>");
         let solar = (has(self, "<|call|>") || has(self, "<|calls|>")) && has(self, "<|flush|>");
         if harmony || solar {
-            if let Some(&end) = self
-                .eog
-                .iter()
-                .find(|&&id| &*self.texts[id as usize] == "<|end|>")
-            {
+            if let Some(&end) = self.eog.iter().find(|&&id| self.text_of(id) == "<|end|>") {
                 self.eog.remove(&end);
                 self.attrs[end as usize] = attr::USER_DEFINED;
             }
         }
         // gemma4 and plamo have a normal "</s>".
         if has(self, "<|tool_response>") || has(self, "<|plamo:eos|>") {
-            if let Some(&s_id) = self
-                .eog
-                .iter()
-                .find(|&&id| &*self.texts[id as usize] == "</s>")
-            {
+            if let Some(&s_id) = self.eog.iter().find(|&&id| self.text_of(id) == "</s>") {
                 self.eog.remove(&s_id);
                 self.attrs[s_id as usize] = attr::NORMAL;
             }
@@ -554,7 +548,7 @@ impl Vocab {
 
     /// What token `id` reads as, control tokens' text included.
     fn piece_of(&self, id: TokenId) -> Box<[u8]> {
-        let text = &*self.texts[id as usize];
+        let text = self.text_of(id);
         let a = self.attrs[id as usize];
         if a & (attr::UNKNOWN | attr::CONTROL | attr::USER_DEFINED) != 0 {
             return text.as_bytes().into();
@@ -573,7 +567,24 @@ impl Vocab {
 
     /// The id of the token spelled `text`.
     pub fn id(&self, text: &str) -> Option<TokenId> {
-        self.ids.get(text).copied()
+        self.ids.find(&self.texts, text.as_bytes())
+    }
+
+    /// Token `id`'s text (`id` in range; checked UTF-8 at load).
+    pub(crate) fn text_of(&self, id: TokenId) -> &str {
+        std::str::from_utf8(self.texts.get(id)).unwrap_or_default()
+    }
+
+    /// The rank of the merge spelled `"left right"`.
+    pub(crate) fn merge_rank(&self, key: &str) -> Option<u32> {
+        self.merge_index
+            .find(&self.merges, key.as_bytes())
+            .map(|i| self.merge_ranks[i as usize])
+    }
+
+    /// What token `id` reads as (`id` in range).
+    pub(crate) fn piece_bytes(&self, id: TokenId) -> &[u8] {
+        self.pieces.get(id)
     }
 
     /// The number of tokens.
@@ -582,7 +593,7 @@ impl Vocab {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.texts.is_empty()
+        self.texts.len() == 0
     }
 
     /// How text is cut.
@@ -602,7 +613,7 @@ impl Vocab {
 
     /// The token's text as the vocabulary spells it.
     pub fn text(&self, id: TokenId) -> Option<&str> {
-        self.texts.get(id as usize).map(|t| &**t)
+        ((id as usize) < self.texts.len()).then(|| self.text_of(id))
     }
 
     /// The token's attribute bits ([`attr`]).
