@@ -81,7 +81,7 @@ def main():
     ids_dir = os.path.join(work, "ids")
     os.makedirs(ids_dir, exist_ok=True)
     ours = subprocess.run(
-        ["cargo", "bench", "--quiet", "-p", "modelhost-tokenizer", "--bench", "tokenize", "--", text, *paths],
+        ["cargo", "bench", "--quiet", "-p", "modelhost-text", "--bench", "tokenize", "--", text, *paths],
         cwd=ROOT, check=True, capture_output=True, text=True, env={**os.environ, "TOKENIZE_IDS_DIR": ids_dir}).stdout
     ours = [json.loads(line) for line in ours.splitlines() if line.startswith("{")]
     for i, o in enumerate(ours):

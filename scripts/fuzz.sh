@@ -2,6 +2,7 @@
 # Runs one cargo-fuzz target for a while, seeded with real and synthetic files.
 #
 #   scripts/fuzz.sh gguf_parse 600      # ten minutes
+#   (targets: gguf_parse, wire_decode, control_body, tokenize, chat_template)
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz`). The toolchain here is stable; cargo-fuzz's
 # sanitizer flags are nightly-only, so RUSTC_BOOTSTRAP=1 unlocks them on stable rustc.
@@ -58,6 +59,20 @@ for name, payload in frames.items():
     with open(f"{sys.argv[1]}/{name}", "wb") as f:
         f.write(pre + struct.pack("<I", len(payload)) + payload)
 PY
+        ;;
+    tokenize)
+        # Seeds: one text per vocabulary (the first byte picks it), from llama.cpp's test inputs.
+        scripts/fetch-llama-vendor.sh
+        i=0
+        for inp in target/llama-vendor/models/ggml-vocab-{llama-spm,gpt-2,llama-bpe,qwen2,deepseek-llm,gemma-4}.gguf.inp; do
+            { printf "\\x$(printf %02x $i)"; head -c 4096 "$inp"; } > "$corpus/vocab-$i"
+            i=$((i + 1))
+        done
+        ;;
+    chat_template)
+        # Seeds: the real templates llama.cpp keeps.
+        scripts/fetch-llama-vendor.sh
+        cp target/llama-vendor/templates/*.jinja "$corpus/"
         ;;
     esac
 fi

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use modelhost_tokenizer::chat::{ChatInput, ChatTemplate};
+use modelhost_text::chat::{ChatInput, ChatTemplate};
 use serde_json::json;
 
 fuzz_target!(|data: &[u8]| {

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use modelhost_protocol::gguf::GgufFile;
-use modelhost_tokenizer::{StreamDecoder, Tokenizer};
+use modelhost_text::{StreamDecoder, Tokenizer};
 
 const VOCABS: &[&str] = &["llama-spm", "gpt-2", "llama-bpe", "qwen2", "deepseek-llm", "gemma-4"];
 

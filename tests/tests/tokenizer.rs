@@ -6,7 +6,7 @@
 
 use modelhost_protocol::gguf::GgufFile;
 use modelhost_tests::{gemma_model, workspace_root};
-use modelhost_tokenizer::{StreamDecoder, Tokenizer};
+use modelhost_text::{StreamDecoder, Tokenizer};
 
 fn gemma() -> (Vec<u8>, serde_json::Value) {
     let bytes = std::fs::read(gemma_model()).unwrap();

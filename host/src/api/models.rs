@@ -6,7 +6,7 @@ use modelhost_node::memory::ProcessMemory;
 use modelhost_protocol::gguf::{HyperParams, SplitSummary};
 use modelhost_protocol::placement::{GpuLayers, Mode, Plan, PlanOptions};
 use modelhost_protocol::GgmlType;
-use modelhost_tokenizer::TextSummary;
+use modelhost_text::TextSummary;
 use serde::{Deserialize, Serialize};
 
 use super::WorkerInfo;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use modelhost_protocol::gguf::{GgufModel, HyperParams, PerLayer, SplitSummary, Value};
 use modelhost_protocol::layers::{layer_regions, Extent, LayerGroup, PageSize};
-use modelhost_tokenizer::{ModelText, TextSummary};
+use modelhost_text::{ModelText, TextSummary};
 use serde::Serialize;
 use serde_json::json;
 

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
-use modelhost_tokenizer::{ModelText, StreamDecoder};
+use modelhost_text::{ModelText, StreamDecoder};
 use serde_json::json;
 
 use super::CliError;

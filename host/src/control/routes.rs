@@ -233,7 +233,7 @@ async fn detokenize(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
         let bytes = text
             .tokenizer()
             .decode(&request.tokens, false, request.special)?;
-        Ok::<_, modelhost_tokenizer::UnknownToken>(String::from_utf8_lossy(&bytes).into_owned())
+        Ok::<_, modelhost_text::UnknownToken>(String::from_utf8_lossy(&bytes).into_owned())
     })
     .await?
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_token", e.to_string()))?;

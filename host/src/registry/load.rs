@@ -11,7 +11,7 @@ use modelhost_protocol::manifest::ModelManifest;
 use modelhost_protocol::placement::{plan, Plan, PlanError, PlanOptions};
 use modelhost_protocol::progress::ProgressThrottle;
 use modelhost_protocol::wire::{checksum64, FileCheck};
-use modelhost_tokenizer::ModelText;
+use modelhost_text::ModelText;
 
 use super::{info, unix_now, Entry, Registry, Summary};
 use crate::api::{Event, LayerSummary, LoadRequest, MlockMode, ModelInfo, ModelState, Phase};

@@ -25,7 +25,7 @@ use modelhost_protocol::gguf::{HyperParams, SplitSummary};
 use modelhost_protocol::manifest::ModelManifest;
 use modelhost_protocol::placement::Plan;
 use modelhost_protocol::wire::FileCheck;
-use modelhost_tokenizer::ModelText;
+use modelhost_text::ModelText;
 
 use crate::supervisor::WorkerHandle;
 

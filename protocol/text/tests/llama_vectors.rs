@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use modelhost_protocol::gguf::GgufFile;
-use modelhost_tokenizer::{Kind, Tokenizer, VocabError};
+use modelhost_text::{Kind, Tokenizer, VocabError};
 
 fn vendor() -> PathBuf {
     let dir = std::env::var_os("MODELHOST_LLAMA_VENDOR").map_or_else(

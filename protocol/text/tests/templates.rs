@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use modelhost_tokenizer::chat::{ChatInput, ChatTemplate};
+use modelhost_text::chat::{ChatInput, ChatTemplate};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")

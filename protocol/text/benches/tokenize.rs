@@ -1,7 +1,7 @@
 //! Tokenizer throughput on a text file, for `scripts/bench_tokenizer.py`, which runs llama.cpp's
 //! tokenizer on the same text in the same run and prints the ratios.
 //!
-//!     cargo bench -p modelhost-tokenizer --bench tokenize -- TEXT MODEL.gguf...
+//!     cargo bench -p modelhost-text --bench tokenize -- TEXT MODEL.gguf...
 //!
 //! Per model, one JSON line: the time to read the vocabulary, and the median of 5 passes over
 //! the whole text (as a request is tokenized: no special tokens parsed, BOS added). With
@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use modelhost_protocol::gguf::GgufFile;
-use modelhost_tokenizer::Tokenizer;
+use modelhost_text::Tokenizer;
 
 fn main() {
     let args: Vec<String> = std::env::args()

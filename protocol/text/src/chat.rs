@@ -274,7 +274,8 @@ fn without_generation_tags(source: &str) -> String {
     while let Some(at) = rest.find("{%") {
         out.push_str(&rest[..at]);
         let tag = &rest[at..];
-        let Some(end) = tag.find("%}") else {
+        // The tag ends at the first `%}` after its `{%` (`{%}` is not an empty tag).
+        let Some(end) = tag[2..].find("%}").map(|e| e + 2) else {
             out.push_str(tag);
             return out;
         };
@@ -874,6 +875,12 @@ mod tests {
         assert_eq!(
             without_generation_tags("a{%- generation %}b{% endgeneration -%} c{{ x }}"),
             "a{%- if true %}b{% endif -%} c{{ x }}"
+        );
+        // Found by the fuzzer: `{%}` overlaps its own end marker.
+        assert_eq!(without_generation_tags("{%}x"), "{%}x");
+        assert_eq!(
+            without_generation_tags("{%} generation %}"),
+            "{%} generation %}"
         );
     }
 }
