@@ -15,7 +15,8 @@ use crate::model_file::MappedModel;
 pub struct TokenizeArgs {
     /// The GGUF file.
     model: PathBuf,
-    /// The text to tokenize.
+    /// The text to tokenize; `-` reads it from standard input (for text longer than a command
+    /// line holds).
     text: String,
     /// Parse control tokens written in the text (`<start_of_turn>`) as those tokens.
     #[arg(long)]
@@ -65,7 +66,15 @@ fn open_text(path: &std::path::Path) -> Result<ModelText, CliError> {
 pub fn tokenize(args: TokenizeArgs) -> Result<(), CliError> {
     let text = open_text(&args.model)?;
     let tok = text.tokenizer();
-    let ids = tok.encode(&args.text, args.add_special, args.special);
+    let input = if args.text == "-" {
+        let mut input = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+            .map_err(|e| CliError(format!("standard input: {e}")))?;
+        input
+    } else {
+        args.text
+    };
+    let ids = tok.encode(&input, args.add_special, args.special);
     // A token that is part of a character (a byte token) shows its bytes: `<0xF0>`.
     let pieces: Vec<String> = ids
         .iter()

@@ -884,3 +884,50 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod bounds {
+    use super::*;
+
+    fn render(src: &str) -> Result<String, TemplateError> {
+        let t = ChatTemplate::jinja(src)?;
+        let messages = serde_json::json!([{"role": "user", "content": "hi"}]);
+        t.render(&ChatInput {
+            messages: &messages,
+            tools: None,
+            add_generation_prompt: true,
+            bos_token: "<s>",
+            eos_token: "</s>",
+            extra: None,
+            now: 0,
+        })
+    }
+
+    /// A template is code from the file: loops without end, runaway recursion and huge ranges or
+    /// repetitions are errors, not a hung or exhausted host. (Growth by repeated concatenation is
+    /// not bounded by minijinja; see ARCHITECTURE.md.)
+    #[test]
+    fn runaway_templates_are_stopped_with_a_named_error() {
+        let cases = [
+            (
+                "{% for a in range(1000) %}{% for b in range(1000) %}\
+                 {% for c in range(1000) %}x{% endfor %}{% endfor %}{% endfor %}",
+                "out of fuel",
+            ),
+            (
+                "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+                "recursion limit",
+            ),
+            ("{{ 'x' * 4000000000 }}", "too large"),
+            ("{{ range(100000000) | length }}", "too many elements"),
+            ("{{ raise_exception('no tools here') }}", "no tools here"),
+        ];
+        for (src, want) in cases {
+            let err = render(src).expect_err(src);
+            assert!(err.0.contains(want), "{src}: {err}");
+        }
+        // Well inside the bounds, the same constructs render.
+        let fine = "{% for a in range(100) %}{% for b in range(100) %}.{% endfor %}{% endfor %}";
+        assert_eq!(render(fine).unwrap().len(), 10_000);
+    }
+}

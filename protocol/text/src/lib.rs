@@ -248,7 +248,9 @@ impl Tokenizer {
 
 /// The clean-up of `clean_up_tokenization_spaces`, in llama.cpp's three passes: no space
 /// before `?!.,`; none around a lone apostrophe; none before `'s`, `'m`, `'re`, `'ve`.
-fn clean_spaces(text: &mut Vec<u8>) {
+/// [`Tokenizer::decode`] applies it where the vocabulary asks (`Flags::clean_spaces`); the
+/// streaming decoder does not, as llama.cpp's per-token pieces do not.
+pub fn clean_spaces(text: &mut Vec<u8>) {
     let t = std::mem::take(text);
     // First pass.
     let mut a = Vec::with_capacity(t.len());
@@ -324,9 +326,9 @@ impl<'t> StreamDecoder<'t> {
         if self.first && self.tokenizer.vocab.flags.add_space_prefix {
             piece = piece.strip_prefix(b" ").unwrap_or(piece);
         }
-        if !piece.is_empty() {
-            self.first = false;
-        }
+        // Only the first token loses its space, as in llama.cpp's detokenizer, even when that
+        // token was nothing but the space (" a" is "▁" then "▁a").
+        self.first = false;
         self.pending.extend_from_slice(piece);
         Ok(self.take_complete())
     }

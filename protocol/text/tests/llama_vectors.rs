@@ -114,3 +114,53 @@ fn every_spm_and_bpe_vocabulary_passes_llama_cpps_vectors() {
     eprintln!("{}", report.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Inputs built to be slow: long runs of one character, of white space, of digits, of a
+/// control token's look-alike, a single word with no merges between its halves. Each finishes
+/// (the work per byte is bounded: no quadratic merge loop) and every vocabulary that can spell
+/// the text gives it back unchanged.
+#[test]
+fn pathological_inputs_finish_and_round_trip() {
+    let models = vendor().join("models");
+    let patterns = [
+        "a",
+        " ",
+        "\n",
+        "1",
+        "\u{4e2d}",
+        "\u{1f600}",
+        "<",
+        "ab",
+        "<start_of_turn>",
+    ];
+    let len = 32 << 10;
+    let mut report = Vec::new();
+    for name in [
+        "ggml-vocab-llama-spm",
+        "ggml-vocab-llama-bpe",
+        "ggml-vocab-qwen2",
+        "ggml-vocab-gpt-2",
+        "ggml-vocab-command-r",
+    ] {
+        let bytes = std::fs::read(models.join(format!("{name}.gguf"))).unwrap();
+        let file = GgufFile::parse(&bytes).unwrap();
+        let tok = Tokenizer::from_gguf(&file).unwrap();
+        for p in patterns {
+            let text = p.repeat(len / p.len());
+            let ids = tok.encode(&text, false, false);
+            // At most a token per byte, and SentencePiece's leading space.
+            assert!(
+                !ids.is_empty() && ids.len() <= text.len() + 1,
+                "{name} {p:?}"
+            );
+            let back = tok.decode(&ids, false, false).unwrap();
+            let back = String::from_utf8(back).unwrap();
+            // SentencePiece writes a space before the text and its detokenizer takes it off
+            // again; both sides agree, so the text comes back exactly.
+            assert_eq!(back.len(), text.len(), "{name} {p:?}");
+            assert!(back == text, "{name} {p:?}: the text did not come back");
+            report.push(format!("{name} {p:?}: {} ids", ids.len()));
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+}
