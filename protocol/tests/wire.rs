@@ -1,8 +1,9 @@
 //! The wire protocol: every violation from literal bytes, and round trips through the decoder.
 
 use modelhost_protocol::wire::{
-    check_preamble, decode_payload, encode, preamble, FrameDecoder, Inference, Message, Progress,
-    ReadyStats, WireError, WorkerPhase, MAX_FRAME_LEN,
+    check_preamble, decode_payload, encode, preamble, FinishReason, Finished, FrameDecoder,
+    GeneratedToken, Inference, Message, Progress, ReadyStats, Sampling, Submit, TokenLogprob,
+    WireError, WorkerPhase, MAX_FRAME_LEN,
 };
 use proptest::prelude::*;
 
@@ -93,6 +94,10 @@ fn wire_index(message: &Message) -> u8 {
         Message::Heartbeat { .. } => 6,
         Message::Shutdown => 7,
         Message::Detach => 8,
+        Message::Submit(_) => 9,
+        Message::Token(_) => 10,
+        Message::Finished(_) => 11,
+        Message::Cancel { .. } => 12,
     }
 }
 
@@ -128,6 +133,38 @@ fn every_kind() -> Vec<Message> {
         Message::Heartbeat { seq: 1 },
         Message::Shutdown,
         Message::Detach,
+        Message::Submit(Box::new(Submit {
+            request: 1,
+            prompt: vec![2, 9259, 236764],
+            sampling: Sampling {
+                temperature: 0.7,
+                logit_bias: vec![(5, -100.0)],
+                seed: 42,
+                ..Sampling::default()
+            },
+            max_tokens: 16,
+            stop_tokens: vec![1, 106],
+            banned_tokens: vec![],
+            min_tokens: 0,
+            logprobs: Some(2),
+        })),
+        Message::Token(GeneratedToken {
+            request: 1,
+            token: 1902,
+            logprob: Some(-0.25),
+            top: vec![TokenLogprob {
+                token: 1902,
+                logprob: -0.25,
+            }],
+        }),
+        Message::Finished(Finished {
+            request: 1,
+            reason: FinishReason::Error("prompt of 9 tokens exceeds the context".into()),
+            prompt_tokens: 3,
+            cached_tokens: 1,
+            completion_tokens: 1,
+        }),
+        Message::Cancel { request: 1 },
     ]
 }
 
@@ -245,6 +282,31 @@ fn message() -> impl Strategy<Value = Message> {
         ".{0,40}".prop_map(|error| Message::Failed { error }),
         Just(Message::Shutdown),
         Just(Message::Detach),
+        any::<u64>().prop_map(|request| Message::Cancel { request }),
+        (any::<u64>(), prop::collection::vec(any::<u32>(), 0..40), any::<u64>(), any::<u32>())
+            .prop_map(|(request, prompt, seed, max_tokens)| Message::Submit(Box::new(Submit {
+                request,
+                prompt,
+                sampling: Sampling { seed, temperature: 1.0, ..Sampling::default() },
+                max_tokens,
+                stop_tokens: vec![1, 2],
+                banned_tokens: if seed % 2 == 0 { vec![3] } else { vec![] },
+                min_tokens: 1,
+                logprobs: None,
+            }))),
+        (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(request, token, n)| Message::Finished(Finished {
+            request,
+            reason: FinishReason::Length,
+            prompt_tokens: n,
+            cached_tokens: n / 2,
+            completion_tokens: token,
+        })),
+        (any::<u64>(), any::<u32>()).prop_map(|(request, token)| Message::Token(GeneratedToken {
+            request,
+            token,
+            logprob: None,
+            top: Vec::new(),
+        })),
         (any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(d, t, l, lt)| {
             Message::Progress(Progress {
                 phase: WorkerPhase::Upload,

@@ -5,6 +5,8 @@
 //!   KV cache, reporting progress as it goes.
 //! - [`backend`]: the device backends behind one trait (the CPU uses the pages in place; CUDA
 //!   uploads them through cudarc).
+//! - [`serve`]: the serving loop: requests in, tokens out, with continuous batching over the
+//!   engine's sequence slots.
 //! - [`devices`]: the device inventory a worker reports in its Hello (CUDA here, the CPU from
 //!   `modelhost_node`).
 //!
@@ -16,4 +18,5 @@ pub mod backend;
 pub mod bench;
 pub mod devices;
 pub mod inference;
+pub mod serve;
 pub mod standalone;

@@ -15,13 +15,14 @@ use clap::Parser;
 use modelhost_node::channel::{Channel, ChannelError, Sender};
 use modelhost_node::cpu::pin_to_numa_node;
 use modelhost_protocol::placement::{DeviceId, DeviceKind};
-use modelhost_protocol::wire::{Hello, Message};
+use modelhost_protocol::wire::{FinishReason, Finished, Hello, Message};
 use modelhost_worker::attach::attach;
 use modelhost_worker::backend::cpu::CpuBackend;
 use modelhost_worker::backend::cuda::CudaBackend;
 use modelhost_worker::backend::Backend;
 use modelhost_worker::devices;
 use modelhost_worker::inference;
+use modelhost_worker::serve::Server;
 
 /// Attach to a model the modelhost host has mapped, and serve it on one device.
 #[derive(Debug, Parser)]
@@ -171,6 +172,22 @@ fn send(sender: &Mutex<Sender>, message: &Message) {
     }
 }
 
+/// A worker that cannot compute answers every request with why (the host routes none to it;
+/// this covers a host that does).
+fn refuse_all(inbox: &std::sync::mpsc::Receiver<Message>, reason: &str, send: &mut dyn FnMut(&Message)) {
+    while let Ok(message) = inbox.recv() {
+        if let Message::Submit(submit) = message {
+            send(&Message::Finished(Finished {
+                request: submit.request,
+                reason: FinishReason::Error(format!("this worker does not compute: {reason}")),
+                prompt_tokens: submit.prompt.len() as u32,
+                cached_tokens: 0,
+                completion_tokens: 0,
+            }));
+        }
+    }
+}
+
 fn run(args: Args) -> Result<(), String> {
     let stream = match (args.fd, &args.connect) {
         // SAFETY: the host passed this descriptor to us as our end of a socketpair; nothing else
@@ -205,12 +222,17 @@ fn run(args: Args) -> Result<(), String> {
     let fds = channel.take_fds();
 
     // The reader: the host saying stop, or the host going away, ends the process at once.
+    // Requests go to the serving loop.
+    let (requests, inbox) = std::sync::mpsc::channel::<Message>();
     std::thread::Builder::new()
         .name("host-reader".into())
         .spawn(move || loop {
             match channel.recv() {
                 Ok(Message::Shutdown | Message::Detach) | Err(ChannelError::Closed) => {
                     std::process::exit(0)
+                }
+                Ok(m @ (Message::Submit(_) | Message::Cancel { .. })) => {
+                    let _ = requests.send(m);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -287,12 +309,16 @@ fn run(args: Args) -> Result<(), String> {
                 }
             }
             send(&sender, &Message::Ready(attached.stats.clone()));
-            // Serve until the reader ends the process; mappings, cache, scratch and engine
-            // stay alive.
-            let _keep = (attached, backend, engine);
-            loop {
-                std::thread::park();
+            // Serve until the reader ends the process; the mappings and the backend's buffers
+            // stay alive under the engine.
+            let _keep = (attached, backend);
+            let mut reply = |m: &Message| send(&sender, m);
+            match engine {
+                Some(Ok(engine)) => Server::new(engine).run(&inbox, &mut reply),
+                Some(Err(reason)) => refuse_all(&inbox, &reason, &mut reply),
+                None => refuse_all(&inbox, "no engine", &mut reply),
             }
+            Ok(())
         }
         Err(error) => {
             let error = error.to_string();

@@ -13,7 +13,8 @@ use super::messages::Message;
 /// The preamble's magic number: "MHWK" read as little-endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MHWK");
 /// The protocol version this build speaks. A peer with another version is refused by name.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 3 added generation (Submit, Token, Finished, Cancel).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The largest frame accepted: an Attach for a model with tens of thousands of tensors fits.
 pub const MAX_FRAME_LEN: u32 = 16 << 20;
 pub const PREAMBLE_LEN: usize = 8;
@@ -90,7 +91,7 @@ pub fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
 
 /// The index of `Message`'s last variant (`Detach`). `tests/wire.rs` holds it to the enum: every
 /// message kind must decode, and the next index must be unknown.
-const LAST_VARIANT: u32 = 8;
+const LAST_VARIANT: u32 = 12;
 
 /// Accumulates bytes from a stream and yields whole frames.
 #[derive(Debug, Default)]

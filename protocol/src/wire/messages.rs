@@ -1,6 +1,10 @@
 //! The host↔worker messages. A worker says Hello; the host answers Attach (with the model's file
 //! descriptors alongside); the worker reports Progress, LayerReady in layer order, then Ready or
 //! Failed, and Heartbeats until it is told to Shutdown or Detach.
+//!
+//! A ready worker that computes serves generation: the host Submits a request (prompt ids and
+//! how to sample), the worker answers with a Token per generated token and one Finished, and
+//! the host may Cancel a request at any time. Text never crosses the wire, nor do logits.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +34,186 @@ pub enum Message {
     Shutdown,
     /// Host → worker: the model is being unloaded; release it and exit.
     Detach,
+    /// Host → worker: generate for this request.
+    Submit(Box<Submit>),
+    /// Worker → host: the next token of a request.
+    Token(GeneratedToken),
+    /// Worker → host: a request is over, whether it ended or was refused; no Token follows.
+    Finished(Finished),
+    /// Host → worker: stop generating for this request (its client has gone). The worker
+    /// answers with Finished (`Cancelled`), unless the request had already finished.
+    Cancel { request: u64 },
+}
+
+/// The most prompt ids a Submit may carry: a frame of 16 MiB holds four million ids, and no
+/// slot's context comes near; the host refuses a longer prompt before it sends.
+pub const MAX_PROMPT_TOKENS: usize = 1 << 21;
+/// The most alternatives a token's logprobs may list (OpenAI's `top_logprobs` cap).
+pub const MAX_TOP_LOGPROBS: u8 = 20;
+/// The most `logit_bias` entries and stop ids a request may carry (OpenAI caps logit_bias at
+/// 300 entries); the same cap holds for stop and banned ids.
+pub const MAX_BIAS_ENTRIES: usize = 1024;
+
+/// How to choose each token. The defaults are greedy decoding with no penalty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// 0 is greedy (the most likely token, ties to the lowest id).
+    pub temperature: f32,
+    /// Keep the k most likely tokens; 0 keeps all.
+    pub top_k: u32,
+    /// Keep the most likely tokens whose probabilities add up to p; 1 keeps all.
+    pub top_p: f32,
+    /// Drop tokens less likely than min_p times the most likely one; 0 keeps all.
+    pub min_p: f32,
+    /// llama.cpp's and vLLM's repetition penalty over the prompt and the output: a seen
+    /// token's positive logit is divided by it, a negative one multiplied. 1 is none.
+    pub repetition_penalty: f32,
+    /// OpenAI's: subtracted once from the logit of every token the output holds.
+    pub presence_penalty: f32,
+    /// OpenAI's: subtracted from a token's logit once per time the output holds it.
+    pub frequency_penalty: f32,
+    /// Added to these tokens' logits (-100 bans, +100 forces, as OpenAI's).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// The random stream. The host always sets one, so a request samples the same tokens on
+    /// any worker.
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            seed: 0,
+        }
+    }
+}
+
+/// A generation request, as the host tokenized it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submit {
+    /// Unique among the requests the host has in flight on this worker.
+    pub request: u64,
+    pub prompt: Vec<u32>,
+    pub sampling: Sampling,
+    /// The most tokens to generate; the worker also stops where the slot's context is full.
+    pub max_tokens: u32,
+    /// Ids that end the generation: the model's end-of-generation ids (unless the client asked
+    /// to ignore them) and the client's stop ids. The stop id is not part of the output. The
+    /// worker knows no vocabulary; the host decides.
+    pub stop_tokens: Vec<u32>,
+    /// Ids never sampled (end-of-generation ids when the client ignores them).
+    pub banned_tokens: Vec<u32>,
+    /// Generate at least this many tokens: until then the stop ids are not sampled.
+    pub min_tokens: u32,
+    /// Return each token's logprob and this many alternatives (0 to 20); None returns none.
+    pub logprobs: Option<u8>,
+}
+
+impl Submit {
+    /// Checks what crossed the socket against the worker's vocabulary and slot context: a
+    /// request the worker cannot run is refused by name (as Finished with an error), never a
+    /// panic or a silent clamp.
+    pub fn check(&self, vocab: u32, context: u32) -> Result<(), String> {
+        let s = &self.sampling;
+        if self.prompt.is_empty() {
+            return Err("the prompt is empty".into());
+        }
+        if self.prompt.len() > MAX_PROMPT_TOKENS || self.prompt.len() >= context as usize {
+            return Err(format!(
+                "a prompt of {} tokens does not fit a context of {context} (it must leave room \
+                 for one generated token)",
+                self.prompt.len()
+            ));
+        }
+        let ids = self
+            .prompt
+            .iter()
+            .chain(&self.stop_tokens)
+            .chain(&self.banned_tokens)
+            .chain(s.logit_bias.iter().map(|(t, _)| t));
+        if let Some(&bad) = ids.into_iter().find(|&&t| t >= vocab) {
+            return Err(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            ));
+        }
+        for (name, len) in [
+            ("logit_bias", s.logit_bias.len()),
+            ("stop ids", self.stop_tokens.len()),
+            ("banned ids", self.banned_tokens.len()),
+        ] {
+            if len > MAX_BIAS_ENTRIES {
+                return Err(format!("{len} {name} exceed the limit of {MAX_BIAS_ENTRIES}"));
+            }
+        }
+        let finite = |name: &str, v: f32, lo: f32, hi: f32| {
+            if v.is_finite() && (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} {v} is outside [{lo}, {hi}]"))
+            }
+        };
+        finite("temperature", s.temperature, 0.0, 100.0)?;
+        finite("top_p", s.top_p, f32::MIN_POSITIVE, 1.0)?;
+        finite("min_p", s.min_p, 0.0, 1.0)?;
+        finite("repetition_penalty", s.repetition_penalty, 0.01, 100.0)?;
+        finite("presence_penalty", s.presence_penalty, -2.0, 2.0)?;
+        finite("frequency_penalty", s.frequency_penalty, -2.0, 2.0)?;
+        for &(_, bias) in &s.logit_bias {
+            finite("a logit_bias value", bias, -100.0, 100.0)?;
+        }
+        if self.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(format!("more than {MAX_TOP_LOGPROBS} top logprobs"));
+        }
+        Ok(())
+    }
+}
+
+/// One token's log-probability, under the model's distribution before any sampling setting.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+}
+
+/// A generated token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneratedToken {
+    pub request: u64,
+    pub token: u32,
+    /// With `logprobs`: the chosen token's, then the most likely alternatives, best first.
+    pub logprob: Option<f32>,
+    pub top: Vec<TokenLogprob>,
+}
+
+/// Why a request ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FinishReason {
+    /// An end-of-generation or stop id (not sent as a Token).
+    Stop,
+    /// `max_tokens` generated, or the slot's context full.
+    Length,
+    /// The host cancelled it.
+    Cancelled,
+    /// The worker could not run it (a prompt longer than its context, an engine error).
+    Error(String),
+}
+
+/// The end of a request, with what it used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    pub request: u64,
+    pub reason: FinishReason,
+    pub prompt_tokens: u32,
+    /// Prompt tokens whose KV the slot already held from an earlier request (not computed).
+    pub cached_tokens: u32,
+    pub completion_tokens: u32,
 }
 
 /// What a worker reports about itself.

@@ -14,6 +14,7 @@ mod matmul;
 pub mod ops;
 pub mod pool;
 pub mod quant;
+pub mod sample;
 pub mod simd;
 pub mod weights;
 
