@@ -1,5 +1,6 @@
 //! The daemon's configuration: a TOML file, flags on top, reloaded on SIGHUP.
 
+use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -36,6 +37,11 @@ struct FileConfig {
     request_timeout_ms: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
     log_format: Option<LogFormat>,
+    http_listen: Option<SocketAddr>,
+    api_key: Option<String>,
+    api_key_file: Option<PathBuf>,
+    queue_requests: Option<usize>,
+    queue_prompt_tokens: Option<usize>,
     #[serde(default)]
     models: Vec<LoadRequest>,
 }
@@ -75,6 +81,16 @@ pub struct Config {
     /// How long shutdown waits for open connections before closing them.
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
+    /// Where to serve the generation API over TCP (OpenAI clients cannot reach a unix
+    /// socket); none by default. Loopback unless configured otherwise.
+    pub http_listen: Option<SocketAddr>,
+    /// The bearer key the TCP listener asks for (from `api_key`, or the first line of
+    /// `api_key_file`); none asks for none.
+    pub api_key: Option<String>,
+    /// Requests that may wait per model when every slot is busy; more get 429.
+    pub queue_requests: usize,
+    /// Prompt tokens that may wait per model; more get 429.
+    pub queue_prompt_tokens: usize,
     /// Models to load at start (and on SIGHUP, those not yet loaded).
     pub models: Vec<LoadRequest>,
 }
@@ -98,6 +114,16 @@ pub enum ConfigError {
     UnknownGroup(String),
     #[error("config: model_dirs entry {0} must be an absolute path")]
     RelativeModelDir(PathBuf),
+    #[error("config: api_key_file {path}: {source}")]
+    ApiKeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config: give api_key or api_key_file, not both")]
+    TwoApiKeys,
+    #[error("config: the API key is empty")]
+    EmptyApiKey,
 }
 
 /// Values given on the command line; they override the file.
@@ -105,6 +131,7 @@ pub enum ConfigError {
 pub struct Overrides {
     pub socket: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -132,6 +159,26 @@ impl Config {
             if !dir.is_absolute() {
                 return Err(ConfigError::RelativeModelDir(dir.clone()));
             }
+        }
+        let api_key = match (file.api_key, &file.api_key_file) {
+            (Some(_), Some(_)) => return Err(ConfigError::TwoApiKeys),
+            (Some(key), None) => Some(key),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::ApiKeyFile {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        if api_key.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::EmptyApiKey);
         }
         let socket = overrides
             .socket
@@ -163,6 +210,10 @@ impl Config {
             request_timeout: Duration::from_millis(file.request_timeout_ms.unwrap_or(10_000)),
             shutdown_timeout: Duration::from_millis(file.shutdown_timeout_ms.unwrap_or(5_000)),
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
+            http_listen: overrides.http_listen.or(file.http_listen),
+            api_key,
+            queue_requests: file.queue_requests.unwrap_or(64),
+            queue_prompt_tokens: file.queue_prompt_tokens.unwrap_or(1 << 20),
             models: file.models,
         })
     }
@@ -276,6 +327,7 @@ mod tests {
             &Overrides {
                 socket: Some("/y.sock".into()),
                 log_format: None,
+                http_listen: None,
             },
         )
         .unwrap();

@@ -30,6 +30,12 @@ pub enum DaemonError {
     Runtime(#[source] std::io::Error),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("binding the HTTP listener {addr}: {source}")]
+    HttpListen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Sets up logging on stderr: human-readable lines, or JSON objects.
@@ -109,12 +115,35 @@ async fn run_async(
             return Err(e.into());
         }
     };
+    let http = match config.http_listen {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(source) => {
+                let _ = std::fs::remove_file(&worker_socket);
+                let _ = std::fs::remove_file(&socket);
+                return Err(DaemonError::HttpListen { addr, source });
+            }
+        },
+    };
+    if let (Some(addr), None) = (config.http_listen, &config.api_key) {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "the generation API listens beyond loopback with no api_key");
+        }
+    }
     let events = Arc::new(EventBus::new());
     let registry = Registry::new(events, policy(&config));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let preload = config.models.clone();
     let state = AppState::new(Arc::clone(&registry), config, shutdown_rx);
     let server = tokio::spawn(serve(listener, Arc::clone(&state)));
+    state.gateway.spawn_ticker();
+    let http_server = http.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "serving the generation API over TCP");
+        }
+        tokio::spawn(crate::control::serve_tcp(l, Arc::clone(&state)))
+    });
     let workers = tokio::spawn(accept_workers(worker_listener, Arc::clone(&state)));
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "modelhost serving");
 
@@ -147,6 +176,9 @@ async fn run_async(
     }
     // serve() bounds its own wait by the shutdown timeout.
     let _ = server.await;
+    if let Some(h) = http_server {
+        let _ = h.await;
+    }
     let _ = workers.await;
     registry.unload_all();
     let _ = std::fs::remove_file(&worker_socket);

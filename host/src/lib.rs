@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod events;
+pub mod gateway;
 pub mod model_file;
 pub mod notify;
 pub mod pages;

@@ -283,24 +283,37 @@ fn message() -> impl Strategy<Value = Message> {
         Just(Message::Shutdown),
         Just(Message::Detach),
         any::<u64>().prop_map(|request| Message::Cancel { request }),
-        (any::<u64>(), prop::collection::vec(any::<u32>(), 0..40), any::<u64>(), any::<u32>())
-            .prop_map(|(request, prompt, seed, max_tokens)| Message::Submit(Box::new(Submit {
+        (
+            any::<u64>(),
+            prop::collection::vec(any::<u32>(), 0..40),
+            any::<u64>(),
+            any::<u32>()
+        )
+            .prop_map(
+                |(request, prompt, seed, max_tokens)| Message::Submit(Box::new(Submit {
+                    request,
+                    prompt,
+                    sampling: Sampling {
+                        seed,
+                        temperature: 1.0,
+                        ..Sampling::default()
+                    },
+                    max_tokens,
+                    stop_tokens: vec![1, 2],
+                    banned_tokens: if seed % 2 == 0 { vec![3] } else { vec![] },
+                    min_tokens: 1,
+                    logprobs: None,
+                }))
+            ),
+        (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(request, token, n)| {
+            Message::Finished(Finished {
                 request,
-                prompt,
-                sampling: Sampling { seed, temperature: 1.0, ..Sampling::default() },
-                max_tokens,
-                stop_tokens: vec![1, 2],
-                banned_tokens: if seed % 2 == 0 { vec![3] } else { vec![] },
-                min_tokens: 1,
-                logprobs: None,
-            }))),
-        (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(request, token, n)| Message::Finished(Finished {
-            request,
-            reason: FinishReason::Length,
-            prompt_tokens: n,
-            cached_tokens: n / 2,
-            completion_tokens: token,
-        })),
+                reason: FinishReason::Length,
+                prompt_tokens: n,
+                cached_tokens: n / 2,
+                completion_tokens: token,
+            })
+        }),
         (any::<u64>(), any::<u32>()).prop_map(|(request, token)| Message::Token(GeneratedToken {
             request,
             token,

@@ -71,9 +71,14 @@ fn loads_the_real_model_with_monotonic_progress_to_the_total() {
         "sequence numbers out of order: {seqs:?}"
     );
 
-    let models = get(&daemon.socket, "/v1/models").json();
+    let list = get(&daemon.socket, "/v1/models").json();
+    // OpenAI's envelope, each entry with OpenAI's fields and the whole model info.
+    assert_eq!(list["object"], "list");
+    let models = &list["data"];
     assert_eq!(models.as_array().unwrap().len(), 1);
     let gemma = &models[0];
+    assert_eq!(gemma["id"], gemma["name"]);
+    assert_eq!(gemma["object"], "model");
     assert_eq!(gemma["state"], "ready");
     assert_eq!(gemma["layers"].as_array().unwrap().len(), 20);
     // Prefaulted: (nearly) every page is resident right after the load.

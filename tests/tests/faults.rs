@@ -423,7 +423,10 @@ fn concurrent_loads_and_an_unload_mid_load_leave_a_consistent_registry() {
     );
     assert_eq!(get(&socket, "/v1/models/cold").status, 404);
     assert_eq!(
-        get(&socket, "/v1/models").json().as_array().unwrap().len(),
+        get(&socket, "/v1/models").json()["data"]
+            .as_array()
+            .unwrap()
+            .len(),
         0
     );
     // And the same name loads again cleanly.

@@ -97,7 +97,10 @@ fn drive(server: &mut Server, mut arrivals: Vec<(usize, Message)>) -> Outcome {
 #[test]
 fn batching_does_not_change_what_a_request_generates() {
     let mut alone = server(4, 512);
-    let greedy = drive(&mut alone, vec![(0, submit(1, prompt(0), 12, Sampling::default()))]);
+    let greedy = drive(
+        &mut alone,
+        vec![(0, submit(1, prompt(0), 12, Sampling::default()))],
+    );
     let mut alone = server(4, 512);
     let drawn = drive(&mut alone, vec![(0, submit(2, prompt(3), 12, sampled(99)))]);
 
@@ -121,11 +124,17 @@ fn batching_does_not_change_what_a_request_generates() {
             matches!(f.reason, FinishReason::Length | FinishReason::Stop),
             "{f:?}"
         );
-        assert_eq!(f.completion_tokens as usize, together.tokens.get(&f.request).map_or(0, Vec::len));
+        assert_eq!(
+            f.completion_tokens as usize,
+            together.tokens.get(&f.request).map_or(0, Vec::len)
+        );
     }
     // Another seed draws something else.
     let mut other = server(1, 512);
-    let reseeded = drive(&mut other, vec![(0, submit(2, prompt(3), 12, sampled(100)))]);
+    let reseeded = drive(
+        &mut other,
+        vec![(0, submit(2, prompt(3), 12, sampled(100)))],
+    );
     assert_ne!(reseeded.tokens[&2], drawn.tokens[&2]);
 }
 
@@ -133,19 +142,31 @@ fn batching_does_not_change_what_a_request_generates() {
 fn a_kept_prefix_is_reused_and_gives_the_same_tokens() {
     let mut s = server(2, 512);
     let long = prompt(100);
-    let first = drive(&mut s, vec![(0, submit(1, long.clone(), 4, Sampling::default()))]);
+    let first = drive(
+        &mut s,
+        vec![(0, submit(1, long.clone(), 4, Sampling::default()))],
+    );
     assert_eq!(first.finished[&1].cached_tokens, 0);
     // The same prompt again: all but its last token come from the slot.
-    let again = drive(&mut s, vec![(0, submit(2, long.clone(), 4, Sampling::default()))]);
+    let again = drive(
+        &mut s,
+        vec![(0, submit(2, long.clone(), 4, Sampling::default()))],
+    );
     assert_eq!(again.finished[&2].cached_tokens as usize, long.len() - 1);
     assert_eq!(again.tokens[&2], first.tokens[&1]);
     // A longer prompt that starts with it reuses the prompt's part.
     let mut longer = long.clone();
     longer.extend([5000, 5001, 5002]);
-    let extended = drive(&mut s, vec![(0, submit(3, longer.clone(), 4, Sampling::default()))]);
+    let extended = drive(
+        &mut s,
+        vec![(0, submit(3, longer.clone(), 4, Sampling::default()))],
+    );
     assert_eq!(extended.finished[&3].cached_tokens as usize, long.len());
     let mut fresh = server(1, 512);
-    let cold = drive(&mut fresh, vec![(0, submit(3, longer, 4, Sampling::default()))]);
+    let cold = drive(
+        &mut fresh,
+        vec![(0, submit(3, longer, 4, Sampling::default()))],
+    );
     assert_eq!(extended.tokens[&3], cold.tokens[&3]);
 }
 
@@ -175,7 +196,10 @@ fn cancel_stop_length_and_refusals_each_end_a_request_once() {
     }
 
     // A stop id that the model is sure to produce ends it at once; min_tokens holds it off.
-    let greedy = drive(&mut s, vec![(0, submit(3, prompt(0), 3, Sampling::default()))]);
+    let greedy = drive(
+        &mut s,
+        vec![(0, submit(3, prompt(0), 3, Sampling::default()))],
+    );
     let first = greedy.tokens[&3][0];
     let mut stop_at_first = submit(4, prompt(0), 3, Sampling::default());
     if let Message::Submit(sub) = &mut stop_at_first {
@@ -201,8 +225,10 @@ fn cancel_stop_length_and_refusals_each_end_a_request_once() {
             other => panic!("{other:?}"),
         }
     };
-    assert!(refused(submit(6, prompt(100), 4, Sampling::default())).contains("does not fit a context of 64"));
-    assert!(refused(submit(7, vec![2, 999_999], 4, Sampling::default())).contains("outside the vocabulary"));
+    assert!(refused(submit(6, prompt(100), 4, Sampling::default()))
+        .contains("does not fit a context of 64"));
+    assert!(refused(submit(7, vec![2, 999_999], 4, Sampling::default()))
+        .contains("outside the vocabulary"));
     assert!(refused(submit(8, vec![], 4, Sampling::default())).contains("empty"));
     let mut nan = sampled(1);
     nan.temperature = f32::NAN;

@@ -77,7 +77,7 @@ fn up_starts_a_host_and_brings_up_workers_that_share_the_model() {
 
     // The host `up` started keeps serving after `up` has returned.
     let listed: Value = get(&socket, "/v1/models").json();
-    assert_eq!(listed[0]["name"], "g", "{listed}");
+    assert_eq!(listed["data"][0]["name"], "g", "{listed}");
 
     // Without --json, the table: one row per worker, the host row, and the total.
     let table = up(&socket, &["--workers", "1", "--name", "h"]);
@@ -120,7 +120,7 @@ fn a_failed_up_leaves_the_host_as_it_found_it() {
         started.elapsed()
     );
     let listed: Value = get(socket, "/v1/models").json();
-    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(0), "{listed}");
 
     // --keep-on-failure leaves it loaded, with its failed workers and their errors.
     let out = up(

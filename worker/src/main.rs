@@ -174,7 +174,11 @@ fn send(sender: &Mutex<Sender>, message: &Message) {
 
 /// A worker that cannot compute answers every request with why (the host routes none to it;
 /// this covers a host that does).
-fn refuse_all(inbox: &std::sync::mpsc::Receiver<Message>, reason: &str, send: &mut dyn FnMut(&Message)) {
+fn refuse_all(
+    inbox: &std::sync::mpsc::Receiver<Message>,
+    reason: &str,
+    send: &mut dyn FnMut(&Message),
+) {
     while let Ok(message) = inbox.recv() {
         if let Message::Submit(submit) = message {
             send(&Message::Finished(Finished {

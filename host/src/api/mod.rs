@@ -11,7 +11,8 @@ mod workers;
 
 pub use events::{Envelope, Event, Phase};
 pub use models::{
-    DetokenizeRequest, ErrorBody, ErrorDetail, LayerSummary, LoadRequest, MlockMode, ModelInfo,
-    ModelState, PlacementOptionError, PlacementRequest, Residency, Status, TokenizeRequest,
+    DetokenizeRequest, ErrorBody, ErrorDetail, LayerSummary, ListedModel, LoadRequest, MlockMode,
+    ModelInfo, ModelList, ModelState, PlacementOptionError, PlacementRequest, Residency, Status,
+    TokenizeRequest,
 };
 pub use workers::{WorkerInfo, WorkerState};

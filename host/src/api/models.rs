@@ -190,6 +190,39 @@ pub struct ModelInfo {
     pub text_error: Option<String>,
 }
 
+/// `GET /v1/models`, on both listeners: OpenAI's list envelope. On the control socket each
+/// entry also carries the model's whole [`ModelInfo`]; on the TCP listener only OpenAI's
+/// fields and what a client of the generation API needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelList<T> {
+    pub object: String,
+    pub data: Vec<T>,
+}
+
+/// A model in the list on the control socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListedModel {
+    /// OpenAI's: the name to put in a request's `model`.
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+    #[serde(flatten)]
+    pub info: ModelInfo,
+}
+
+impl ListedModel {
+    pub fn new(info: ModelInfo) -> ListedModel {
+        ListedModel {
+            id: info.name.clone(),
+            object: "model".into(),
+            created: info.loaded_at,
+            owned_by: "modelhost".into(),
+            info,
+        }
+    }
+}
+
 /// `POST /v1/tokenize`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenizeRequest {
@@ -231,7 +264,8 @@ pub struct Status {
     pub host_memory: ProcessMemory,
 }
 
-/// An error body: a stable machine-readable code and a message for people.
+/// An error body in OpenAI's envelope, for every route: a message for people, a stable
+/// machine-readable code, OpenAI's error type, and the request field at fault if one is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
@@ -239,8 +273,12 @@ pub struct ErrorBody {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
-    pub code: String,
     pub message: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub param: Option<String>,
+    pub code: String,
 }
 
 #[cfg(test)]

@@ -36,7 +36,8 @@ fn state_name(state: ModelState) -> &'static str {
 
 pub fn ls(args: LsArgs) -> Result<(), CliError> {
     let client = args.connect.client();
-    let models: Vec<ModelInfo> = block_on(client.get("/v1/models"))??;
+    let list: crate::api::ModelList<crate::api::ListedModel> = block_on(client.get("/v1/models"))??;
+    let models: Vec<ModelInfo> = list.data.into_iter().map(|m| m.info).collect();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&models)?);
         return Ok(());

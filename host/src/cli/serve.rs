@@ -15,6 +15,10 @@ pub struct ServeArgs {
     /// The control socket to listen on (overrides the config file).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Serve the generation API (OpenAI's) on this TCP address too, e.g. 127.0.0.1:8080
+    /// (overrides the config file's `http_listen`).
+    #[arg(long)]
+    http_listen: Option<std::net::SocketAddr>,
     /// Log format on stderr (overrides the config file).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -27,6 +31,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     let overrides = Overrides {
         socket: args.socket,
         log_format: args.log_format,
+        http_listen: args.http_listen,
     };
     crate::daemon::run(args.config, overrides, args.log_level)?;
     Ok(())

@@ -86,7 +86,8 @@ fn compute(inference: Option<&Inference>) -> String {
 pub fn ps(args: PsArgs) -> Result<(), CliError> {
     let client = args.connect.client();
     let status: Status = block_on(client.get("/v1/status"))??;
-    let models: Vec<ModelInfo> = block_on(client.get("/v1/models"))??;
+    let list: crate::api::ModelList<crate::api::ListedModel> = block_on(client.get("/v1/models"))??;
+    let models: Vec<ModelInfo> = list.data.into_iter().map(|m| m.info).collect();
     let mut rows = vec![ProcessRow {
         pid: Some(status.pid),
         role: "host".into(),

@@ -13,6 +13,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The request field at fault, if one is.
+    pub param: Option<String>,
 }
 
 impl ApiError {
@@ -21,14 +23,37 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            param: None,
+        }
+    }
+
+    /// A 400 about one field of the request.
+    pub fn invalid(param: &str, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            param: Some(param.to_owned()),
+            ..ApiError::new(StatusCode::BAD_REQUEST, code, message)
+        }
+    }
+
+    /// OpenAI's error type for the status.
+    fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            500..=599 => "server_error",
+            _ => "invalid_request_error",
         }
     }
 
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: ErrorDetail {
-                code: self.code.to_owned(),
                 message: self.message.clone(),
+                kind: self.kind().to_owned(),
+                param: self.param.clone(),
+                code: self.code.to_owned(),
             },
         }
     }

@@ -16,7 +16,7 @@ use super::{AppState, Response};
 use crate::api::{Envelope, Event};
 
 /// A response body fed by a channel.
-struct ChannelBody(mpsc::Receiver<Bytes>);
+pub(super) struct ChannelBody(pub(super) mpsc::Receiver<Bytes>);
 
 impl Body for ChannelBody {
     type Data = Bytes;

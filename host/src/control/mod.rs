@@ -5,6 +5,7 @@ mod error;
 mod events;
 pub mod listener;
 mod metrics;
+mod openai;
 mod routes;
 
 use std::convert::Infallible;
@@ -29,6 +30,7 @@ pub use error::ApiError;
 pub use routes::{OPENAPI, ROUTES};
 
 use crate::config::Config;
+use crate::gateway::Gateway;
 use crate::registry::Registry;
 
 /// A response with any body: a whole JSON document or a stream.
@@ -45,6 +47,8 @@ pub struct Counters {
 /// What every request handler can reach.
 pub struct AppState {
     pub registry: Arc<Registry>,
+    /// Generation: admission, routing over the workers, streaming.
+    pub gateway: Arc<Gateway>,
     config: RwLock<Arc<Config>>,
     pub started: Instant,
     pub shutdown: watch::Receiver<bool>,
@@ -60,7 +64,12 @@ impl AppState {
         config: Config,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<AppState> {
+        let limits = crate::gateway::router::QueueLimits {
+            max_requests: config.queue_requests,
+            max_prompt_tokens: config.queue_prompt_tokens,
+        };
         Arc::new(AppState {
+            gateway: Gateway::new(Arc::clone(&registry), limits),
             registry,
             config: RwLock::new(Arc::new(config)),
             started: Instant::now(),
@@ -68,6 +77,10 @@ impl AppState {
             counters: Counters::default(),
             status_cache: std::sync::Mutex::new(None),
         })
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     /// The configuration in force.
@@ -175,12 +188,22 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Which listener a request came in on: the control socket serves everything; the TCP
+/// listener only the generation API (and its bearer key, when one is set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Socket,
+    Tcp,
+}
+
 async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
     refused: Option<Arc<str>>,
+    listener: Listener,
 ) -> Result<Response, Infallible> {
     state.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let request_id = state.gateway.request_id();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let result = match refused {
@@ -189,9 +212,9 @@ async fn handle(
             "peer_not_allowed",
             reason.to_string(),
         )),
-        None => routes::dispatch(Arc::clone(&state), req).await,
+        None => routes::dispatch(Arc::clone(&state), req, listener, request_id).await,
     };
-    Ok(match result {
+    let mut response = match result {
         Ok(response) => {
             tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
             response
@@ -199,16 +222,36 @@ async fn handle(
         Err(e) => {
             state.counters.errors.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%method, %path, status = e.status.as_u16(), code = e.code, message = %e.message, "request refused");
-            error_response(&e)
+            let mut response = error_response(&e);
+            if e.status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    hyper::header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            response
         }
-    })
+    };
+    openai::retry_after(&mut response);
+    if let Ok(id) = format!("req-{request_id}").parse() {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    Ok(response)
 }
 
-async fn serve_connection(stream: UnixStream, state: Arc<AppState>, refused: Option<Arc<str>>) {
+async fn serve_connection<S>(
+    stream: S,
+    state: Arc<AppState>,
+    refused: Option<Arc<str>>,
+    listener: Listener,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let config = state.config();
     let mut shutdown = state.shutdown.clone();
     let service_state = Arc::clone(&state);
-    let service = service_fn(move |req| handle(Arc::clone(&service_state), req, refused.clone()));
+    let service =
+        service_fn(move |req| handle(Arc::clone(&service_state), req, refused.clone(), listener));
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(config.request_timeout)
@@ -268,7 +311,7 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
         };
         let state = Arc::clone(&state);
         connections.spawn(async move {
-            serve_connection(stream, state, refused).await;
+            serve_connection(stream, state, refused, Listener::Socket).await;
             drop(permit);
         });
     }
@@ -282,6 +325,52 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
             open = connections.len(),
             "closing connections still open at the shutdown deadline"
         );
+        connections.shutdown().await;
+    }
+}
+
+/// Serves the generation API on TCP (`http_listen`) until shutdown. There are no peer
+/// credentials on TCP: the listener is on loopback by default, and with `api_key` set every
+/// request must carry it as a bearer token.
+pub async fn serve_tcp(listener: tokio::net::TcpListener, state: Arc<AppState>) {
+    let config = state.config();
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut connections = JoinSet::new();
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed on the TCP listener");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(
+                limit = config.max_connections,
+                "connection limit reached; dropping a TCP connection"
+            );
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        connections.spawn(async move {
+            serve_connection(stream, state, None, Listener::Tcp).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(config.shutdown_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
         connections.shutdown().await;
     }
 }

@@ -11,8 +11,9 @@ use hyper::{Method, Request, StatusCode};
 use super::error::ApiError;
 use super::events::event_stream;
 use super::metrics::render_metrics;
-use super::{json_response, text_response, AppState, Response};
-use crate::api::{DetokenizeRequest, LoadRequest, Status, TokenizeRequest};
+use super::openai;
+use super::{json_response, text_response, AppState, Listener, Response};
+use crate::api::{DetokenizeRequest, ListedModel, LoadRequest, ModelList, Status, TokenizeRequest};
 use crate::pages;
 use crate::registry::TextError;
 
@@ -28,17 +29,87 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/events"),
     ("POST", "/v1/tokenize"),
     ("POST", "/v1/detokenize"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
     ("GET", "/v1/openapi.json"),
 ];
+
+/// The routes the TCP listener serves: the generation API, never the control API.
+const TCP_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/{name}"),
+    ("POST", "/v1/tokenize"),
+    ("POST", "/v1/detokenize"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+];
+
+/// Whether a TCP request may reach this route, and carries the key when one is set.
+fn tcp_allowed(
+    state: &AppState,
+    req: &Request<Incoming>,
+    segments: &[&str],
+) -> Result<(), ApiError> {
+    let method = req.method().as_str();
+    let allowed = TCP_ROUTES.iter().any(|(m, template)| {
+        let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+        *m == method
+            && parts.len() == segments.len()
+            && parts
+                .iter()
+                .zip(segments)
+                .all(|(t, s)| t.starts_with('{') || t == s)
+    });
+    if !allowed {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "{method} /{} is not served on the TCP listener (the control API is on the unix socket)",
+                segments.join("/")
+            ),
+        ));
+    }
+    if let Some(key) = state.config().api_key.as_deref() {
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "this listener needs the API key as a bearer token (Authorization: Bearer KEY)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Compares without an early exit, so that the time taken does not tell how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 /// The OpenAPI 3 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Routes a request to its handler.
-pub async fn dispatch(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response, ApiError> {
+pub async fn dispatch(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    listener: Listener,
+    request_id: u64,
+) -> Result<Response, ApiError> {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
+    if listener == Listener::Tcp {
+        tcp_allowed(&state, &req, &segments)?;
+    }
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(text_response(
             StatusCode::OK,
@@ -59,16 +130,42 @@ pub async fn dispatch(state: Arc<AppState>, req: Request<Incoming>) -> Result<Re
         }
         (&Method::GET, ["v1", "models"]) => {
             let registry = Arc::clone(&state.registry);
-            Ok(json_response(
-                StatusCode::OK,
-                &blocking(move || registry.list()).await?,
-            ))
+            let models = blocking(move || registry.list()).await?;
+            Ok(match listener {
+                Listener::Socket => json_response(
+                    StatusCode::OK,
+                    &ModelList {
+                        object: "list".into(),
+                        data: models.into_iter().map(ListedModel::new).collect(),
+                    },
+                ),
+                Listener::Tcp => json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "object": "list",
+                        "data": models.iter().map(|m| openai_model(&state, m)).collect::<Vec<_>>(),
+                    }),
+                ),
+            })
+        }
+        (&Method::POST, ["v1", "chat", "completions"]) => {
+            openai::completions(state, req, true, request_id).await
+        }
+        (&Method::POST, ["v1", "completions"]) => {
+            openai::completions(state, req, false, request_id).await
         }
         (&Method::POST, ["v1", "models"]) => load(state, req).await,
         (&Method::GET, ["v1", "models", name]) => {
             let (registry, key) = (Arc::clone(&state.registry), name.to_string());
             match blocking(move || registry.get(&key)).await? {
-                Some(info) => Ok(json_response(StatusCode::OK, &info)),
+                Some(info) if listener == Listener::Tcp => {
+                    Ok(json_response(StatusCode::OK, &openai_model(&state, &info)))
+                }
+                Some(info) => {
+                    let mut body = serde_json::to_value(&info).unwrap_or_default();
+                    body["serving"] = serving_json(&state, &info);
+                    Ok(json_response(StatusCode::OK, &body))
+                }
                 None => Err(not_found(name)),
             }
         }
@@ -94,6 +191,42 @@ pub async fn dispatch(state: Arc<AppState>, req: Request<Incoming>) -> Result<Re
         }
         _ => Err(no_route(&method, &segments)),
     }
+}
+
+/// What a client of the generation API sees of a model: OpenAI's fields, the context each
+/// sequence holds, and the workers that compute.
+fn openai_model(state: &AppState, info: &crate::api::ModelInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": info.name,
+        "object": "model",
+        "created": info.loaded_at,
+        "owned_by": "modelhost",
+        "serving": serving_json(state, info),
+    })
+}
+
+/// The serving figures of a model: the context budget per sequence (never divided among the
+/// slots behind the client's back), slots, the workers that compute, and the queue.
+fn serving_json(state: &AppState, info: &crate::api::ModelInfo) -> serde_json::Value {
+    use modelhost_protocol::wire::Inference;
+    let computing: Vec<&str> = info
+        .workers
+        .iter()
+        .filter(|w| {
+            w.state == crate::api::WorkerState::Ready
+                && matches!(w.inference, Some(Inference::Ready { .. }))
+        })
+        .map(|w| w.id.as_str())
+        .collect();
+    let queue = state.gateway.router.stats(&info.name);
+    serde_json::json!({
+        "context_per_sequence": info.plan.as_ref().map(|p| p.context_length),
+        "sequences_per_worker": info.plan.as_ref().map(|p| p.parallel),
+        "workers_computing": computing,
+        "running": queue.running,
+        "waiting": queue.waiting,
+        "rejected": queue.rejected,
+    })
 }
 
 fn not_found(name: &str) -> ApiError {
@@ -135,7 +268,7 @@ fn no_route(method: &Method, segments: &[&str]) -> ApiError {
 }
 
 /// Reads a JSON body of at most `max_body_bytes`, refusing larger ones before reading them.
-async fn json_body<T: serde::de::DeserializeOwned>(
+pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
     state: &AppState,
     req: Request<Incoming>,
 ) -> Result<T, ApiError> {
@@ -188,7 +321,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn text_error(e: TextError) -> ApiError {
+pub(super) fn text_error(e: TextError) -> ApiError {
     match e {
         TextError::NotFound(name) => not_found(&name),
         e @ TextError::Unavailable { .. } => ApiError::new(
@@ -253,7 +386,7 @@ async fn load(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response, 
 
 /// Runs blocking work (mincore, /proc reads, opening files, waiting for workers to stop) off the
 /// async threads, which must keep answering.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
@@ -438,8 +571,10 @@ mod tests {
 
         let error = ErrorBody {
             error: ErrorDetail {
-                code: "c".into(),
                 message: "m".into(),
+                kind: "invalid_request_error".into(),
+                param: Some("p".into()),
+                code: "c".into(),
             },
         };
         assert_eq!(

@@ -83,6 +83,16 @@ pub enum UnloadError {
     InUse { name: String, workers: u32 },
 }
 
+/// A model as the gateway sees it.
+pub struct Serving {
+    pub text: Arc<ModelText>,
+    /// Tokens each sequence slot holds (the plan's context), when the model has a plan.
+    pub context: Option<u32>,
+    /// Sequence slots per worker.
+    pub slots: Option<u32>,
+    pub workers: Vec<Arc<WorkerHandle>>,
+}
+
 /// Why a model's tokenizer cannot be had.
 #[derive(Debug, thiserror::Error)]
 pub enum TextError {
@@ -188,6 +198,38 @@ impl Registry {
             name: name.to_owned(),
             reason,
         })
+    }
+
+    /// What the gateway needs to serve a model: its text side, each slot's context, and its
+    /// workers (the router asks each whether it is ready and computes).
+    pub fn serving(&self, name: &str) -> Result<Serving, TextError> {
+        let models = self.lock();
+        let e = models
+            .get(name)
+            .ok_or_else(|| TextError::NotFound(name.to_owned()))?;
+        let text = e.text.clone().map_err(|reason| TextError::Unavailable {
+            name: name.to_owned(),
+            reason,
+        })?;
+        Ok(Serving {
+            text,
+            context: e.plan.as_ref().map(|p| p.context_length),
+            slots: e.plan.as_ref().map(|p| p.parallel),
+            workers: e.workers.clone(),
+        })
+    }
+
+    /// A model's worker slots, for the router.
+    pub fn workers_of(&self, name: &str) -> Vec<Arc<WorkerHandle>> {
+        self.lock()
+            .get(name)
+            .map(|e| e.workers.clone())
+            .unwrap_or_default()
+    }
+
+    /// The names of the models, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
     }
 
     pub fn contains(&self, name: &str) -> bool {

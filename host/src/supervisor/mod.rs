@@ -17,9 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use modelhost_node::channel::{Channel, ChannelError};
+use modelhost_node::channel::{Channel, ChannelError, Sender};
 use modelhost_protocol::placement::DeviceId;
-use modelhost_protocol::wire::{Attach, Hello, Message, ReadyStats};
+use modelhost_protocol::wire::{
+    Attach, Finished, GeneratedToken, Hello, Inference, Message, ReadyStats, Submit,
+};
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::api::{Event as HostEvent, WorkerInfo, WorkerState};
 use crate::config::worker_binary;
@@ -47,7 +50,30 @@ pub struct WorkerHandle {
     status: Mutex<WorkerInfo>,
     stop: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// While the worker is Ready and computes: how to reach it, and who waits for what.
+    link: Mutex<Option<Link>>,
 }
+
+/// What the gateway hears about one of its requests on a worker.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    Token(GeneratedToken),
+    Finished(Finished),
+    /// The worker went away (or stopped being Ready) with the request unfinished.
+    Lost(String),
+}
+
+/// A ready worker's request side: a sending handle on its connection (the shell thread keeps
+/// reading it), and the requests in flight with where their events go.
+struct Link {
+    sender: Sender,
+    slots: u32,
+    requests: std::collections::HashMap<u64, UnboundedSender<WorkerEvent>>,
+}
+
+/// How long a Submit or Cancel may wait on a worker that does not read its socket (a frozen
+/// process); the heartbeat timeout kills such a worker soon after.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl WorkerHandle {
     pub fn info(&self) -> WorkerInfo {
@@ -60,6 +86,58 @@ impl WorkerHandle {
             .pid
             .and_then(|pid| pages::process_memory(Some(pid)).ok());
         info
+    }
+
+    /// The sequence slots of a worker that is Ready and computes; None otherwise (starting,
+    /// restarting, stopped, or a worker without an engine).
+    pub fn compute_slots(&self) -> Option<u32> {
+        self.link_guard().as_ref().map(|l| l.slots)
+    }
+
+    /// Requests in flight on this worker.
+    pub fn in_flight(&self) -> usize {
+        self.link_guard().as_ref().map_or(0, |l| l.requests.len())
+    }
+
+    fn link_guard(&self) -> std::sync::MutexGuard<'_, Option<Link>> {
+        self.link.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a request to the worker; its tokens and its end arrive on `events`. Refused when
+    /// the worker is not Ready or the send fails (the worker is then as good as gone).
+    pub fn submit(
+        &self,
+        submit: Submit,
+        events: UnboundedSender<WorkerEvent>,
+    ) -> Result<(), String> {
+        let mut guard = self.link_guard();
+        let Some(link) = guard.as_mut() else {
+            return Err(format!("worker {} is not ready", self.id));
+        };
+        let request = submit.request;
+        link.requests.insert(request, events);
+        if let Err(e) = link.sender.send(&Message::Submit(Box::new(submit))) {
+            link.requests.remove(&request);
+            return Err(format!("sending to worker {}: {e}", self.id));
+        }
+        Ok(())
+    }
+
+    /// Asks the worker to stop a request. Its Finished still arrives (or Lost, if the worker
+    /// goes first).
+    pub fn cancel(&self, request: u64) {
+        if let Some(link) = self.link_guard().as_mut() {
+            if link.requests.contains_key(&request) {
+                let _ = link.sender.send(&Message::Cancel { request });
+            }
+        }
+    }
+
+    /// Forgets a request whose client has gone and whose end no one will read.
+    pub fn forget(&self, request: u64) {
+        if let Some(link) = self.link_guard().as_mut() {
+            link.requests.remove(&request);
+        }
     }
 
     /// Whether the worker process is (or will again be) running.
@@ -234,6 +312,7 @@ fn start_handle(spec: &WorkerSpec) -> Arc<WorkerHandle> {
         }),
         stop: AtomicBool::new(false),
         thread: Mutex::new(None),
+        link: Mutex::new(None),
     })
 }
 
@@ -310,6 +389,7 @@ impl Shell {
             actions.extend(machine.handle(event, Instant::now()));
             actions.extend(machine.handle(Event::Tick, Instant::now()));
         }
+        self.close_link("the worker stopped");
         self.reap();
     }
 
@@ -528,8 +608,29 @@ impl Shell {
                         tracing::info!(worker = %id, ready_ms, "worker ready; inference: {reason}")
                     }
                 }
+                if let Inference::Ready { slots, .. } = &stats.inference {
+                    self.open_link(*slots);
+                }
                 self.update(|s| set_stats(s, stats, ready_ms));
                 Event::Ready
+            }
+            Message::Token(token) => {
+                let guard = self.handle.link_guard();
+                if let Some(waiting) = guard.as_ref().and_then(|l| l.requests.get(&token.request)) {
+                    let _ = waiting.send(WorkerEvent::Token(token));
+                }
+                // Tokens are signs of life as good as a heartbeat.
+                Event::Heartbeat
+            }
+            Message::Finished(finished) => {
+                let mut guard = self.handle.link_guard();
+                if let Some(waiting) = guard
+                    .as_mut()
+                    .and_then(|l| l.requests.remove(&finished.request))
+                {
+                    let _ = waiting.send(WorkerEvent::Finished(finished));
+                }
+                Event::Heartbeat
             }
             Message::Failed { error } => {
                 tracing::error!(worker = %id, %error, "worker failed");
@@ -539,6 +640,37 @@ impl Shell {
             other => Event::Violation(format!(
                 "protocol violation: a worker may not send {other:?}"
             )),
+        }
+    }
+
+    /// Opens the request side of a worker that just said Ready and computes.
+    fn open_link(&self, slots: u32) {
+        let Some(channel) = self.channel.as_ref() else {
+            return;
+        };
+        let sender = match channel.sender() {
+            Ok(sender) => sender,
+            Err(e) => {
+                tracing::warn!(worker = %self.spec.id, error = %e, "no request channel to the worker");
+                return;
+            }
+        };
+        let _ = sender.set_write_timeout(Some(SEND_TIMEOUT));
+        *self.handle.link_guard() = Some(Link {
+            sender,
+            slots,
+            requests: std::collections::HashMap::new(),
+        });
+    }
+
+    /// Ends the request side when the worker stops being Ready: every request in flight hears
+    /// that it was lost, so none waits forever.
+    fn close_link(&self, why: &str) {
+        let link = self.handle.link_guard().take();
+        if let Some(link) = link {
+            for (_, waiting) in link.requests {
+                let _ = waiting.send(WorkerEvent::Lost(why.to_owned()));
+            }
         }
     }
 
@@ -554,6 +686,13 @@ impl Shell {
             .flatten()
             .map(|j| j.pid);
         let pid = self.child.as_ref().map(Child::id).or(connected);
+        if machine.state != WorkerState::Ready || self.channel.is_none() {
+            let why = machine
+                .last_error
+                .clone()
+                .unwrap_or_else(|| format!("worker {} is {:?}", self.spec.id, machine.state));
+            self.close_link(&why);
+        }
         self.update(|s| {
             s.state = machine.state;
             s.pid = pid;

@@ -149,7 +149,9 @@ impl Submit {
             ("banned ids", self.banned_tokens.len()),
         ] {
             if len > MAX_BIAS_ENTRIES {
-                return Err(format!("{len} {name} exceed the limit of {MAX_BIAS_ENTRIES}"));
+                return Err(format!(
+                    "{len} {name} exceed the limit of {MAX_BIAS_ENTRIES}"
+                ));
             }
         }
         let finite = |name: &str, v: f32, lo: f32, hi: f32| {

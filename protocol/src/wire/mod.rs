@@ -9,8 +9,7 @@ pub use frame::{
     MAX_FRAME_LEN, PREAMBLE_LEN, PROTOCOL_VERSION,
 };
 pub use messages::{
-    checksum64, Assignment, Attach, EngineSpec, FileCheck, Finished, FinishReason,
-    GeneratedToken, Hello, Inference, Message, Progress, ReadyStats, Sampling, Submit,
-    TokenLogprob, WorkerOptions, WorkerPhase, MAX_BIAS_ENTRIES, MAX_PROMPT_TOKENS,
-    MAX_TOP_LOGPROBS,
+    checksum64, Assignment, Attach, EngineSpec, FileCheck, FinishReason, Finished, GeneratedToken,
+    Hello, Inference, Message, Progress, ReadyStats, Sampling, Submit, TokenLogprob, WorkerOptions,
+    WorkerPhase, MAX_BIAS_ENTRIES, MAX_PROMPT_TOKENS, MAX_TOP_LOGPROBS,
 };

@@ -307,7 +307,9 @@ mod tests {
                 },
                 &[],
             );
-            (0..50).map(|_| s.sample(&logits, &[], None).token).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&logits, &[], None).token)
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(1), draw(1));
         assert_ne!(draw(1), draw(2));
@@ -325,7 +327,10 @@ mod tests {
         let want = [20_000.0, 10_000.0, 5_000.0, 5_000.0];
         for (c, w) in counts.iter().zip(want) {
             // Five standard deviations of a binomial count at most.
-            assert!((f64::from(*c) - w).abs() < 5.0 * (w * 0.5f64).sqrt(), "{counts:?}");
+            assert!(
+                (f64::from(*c) - w).abs() < 5.0 * (w * 0.5f64).sqrt(),
+                "{counts:?}"
+            );
         }
     }
 

@@ -152,6 +152,12 @@ impl Sender {
     pub fn send(&mut self, message: &Message) -> io::Result<()> {
         self.0.write_all(&encode(message))
     }
+
+    /// Bounds how long a send may block on a peer that does not read. The option belongs to
+    /// the socket, so it holds for every handle on it, the channel's own included.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.0.set_write_timeout(timeout)
+    }
 }
 
 #[cfg(test)]
