@@ -176,3 +176,125 @@ pub fn subscribe(socket: &Path) -> mpsc::Receiver<Value> {
     });
     rx
 }
+
+/// Sends a request on any connected stream and reads the whole response.
+pub fn over<S: std::io::Read + Write>(
+    mut stream: S,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> Response {
+    stream
+        .write_all(&request_bytes(method, path, body, headers))
+        .expect("send request");
+    read_response(&mut BufReader::new(stream))
+}
+
+fn request_bytes(
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> Vec<u8> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: modelhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    [head.as_bytes(), body.as_bytes()].concat()
+}
+
+/// A request over TCP (the generation API's listener).
+pub fn tcp(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> Response {
+    let stream = std::net::TcpStream::connect(addr).expect("connect to the TCP listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    over(stream, method, path, body, headers)
+}
+
+/// A server-sent event stream being read: each `data:` payload in order, and comments counted.
+pub struct SseStream {
+    reader: BufReader<Box<dyn std::io::Read + Send>>,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pending: Vec<u8>,
+    pub comments: usize,
+    done: bool,
+}
+
+impl SseStream {
+    /// POSTs `body` to `path` on a connected stream and reads the head.
+    pub fn open<S: std::io::Read + Write + Send + 'static>(
+        mut stream: S,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> SseStream {
+        stream
+            .write_all(&request_bytes("POST", path, Some(body), headers))
+            .expect("send request");
+        let mut reader: BufReader<Box<dyn std::io::Read + Send>> = BufReader::new(Box::new(stream));
+        let (status, headers) = read_head(&mut reader);
+        SseStream {
+            reader,
+            status,
+            headers,
+            pending: Vec::new(),
+            comments: 0,
+            done: false,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+
+    /// The next `data:` payload (`[DONE]` included, as text), or None at the end of the body.
+    pub fn next_data(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = self.pending.drain(..end + 2).collect();
+                let text = String::from_utf8(event).expect("events are UTF-8");
+                let mut data = None;
+                for line in text.lines() {
+                    if let Some(d) = line.strip_prefix("data: ") {
+                        data = Some(d.to_owned());
+                    } else if line.starts_with(':') {
+                        self.comments += 1;
+                    }
+                }
+                match data {
+                    Some(d) => return Some(d),
+                    None => continue,
+                }
+            }
+            if self.done {
+                return None;
+            }
+            match read_chunk(&mut self.reader) {
+                Some(chunk) => self.pending.extend(chunk),
+                None => self.done = true,
+            }
+        }
+    }
+
+    /// Every remaining payload.
+    pub fn rest(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.next_data()).collect()
+    }
+}

@@ -145,6 +145,7 @@ pub fn render_metrics(state: &AppState) -> String {
             w.restarts
         );
     }
+    render_serving(state, &models, &mut out);
     let c = &state.counters;
     let _ = writeln!(
         out,
@@ -162,4 +163,172 @@ pub fn render_metrics(state: &AppState) -> String {
         c.refused.load(Ordering::Relaxed)
     );
     out
+}
+
+/// Picks one of a model's histograms.
+type HistogramOf = fn(&crate::gateway::Counters) -> &crate::gateway::Histogram;
+
+/// The generation API's figures, named as vLLM names them (so that its dashboards fit), per
+/// model: `model_name` is the label vLLM uses.
+fn render_serving(state: &AppState, models: &[crate::api::ModelInfo], out: &mut String) {
+    use crate::gateway::BUCKETS;
+    let counters = state.gateway.all_counters();
+    let mut series = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let label = |m: &str| format!("{{model_name=\"{m}\"}}");
+    let queue: Vec<(String, crate::gateway::router::QueueStats)> = models
+        .iter()
+        .map(|m| (m.name.clone(), state.gateway.router.stats(&m.name)))
+        .collect();
+    series(
+        "vllm:num_requests_running",
+        "gauge",
+        "Requests holding a sequence slot on a worker.",
+        queue
+            .iter()
+            .map(|(m, q)| (label(m), f64::from(q.running)))
+            .collect(),
+    );
+    series(
+        "vllm:num_requests_waiting",
+        "gauge",
+        "Requests waiting in the model's queue for a slot.",
+        queue
+            .iter()
+            .map(|(m, q)| (label(m), q.waiting as f64))
+            .collect(),
+    );
+    series(
+        "modelhost_admission_rejected_total",
+        "counter",
+        "Requests refused at admission (a full queue, or no worker), answered 429 or 503.",
+        queue
+            .iter()
+            .map(|(m, q)| (label(m), q.rejected as f64))
+            .collect(),
+    );
+    // KV usage: the slots in use over the slots the model's computing workers have.
+    series(
+        "vllm:kv_cache_usage_perc",
+        "gauge",
+        "Fraction of the model's sequence slots in use (each slot owns its KV cache).",
+        models
+            .iter()
+            .map(|m| {
+                let slots: u32 = m
+                    .workers
+                    .iter()
+                    .filter(|w| w.state == WorkerState::Ready)
+                    .filter_map(|w| match &w.inference {
+                        Some(modelhost_protocol::wire::Inference::Ready { slots, .. }) => {
+                            Some(*slots)
+                        }
+                        _ => None,
+                    })
+                    .sum();
+                let running = state.gateway.router.stats(&m.name).running;
+                let usage = if slots == 0 {
+                    0.0
+                } else {
+                    f64::from(running) / f64::from(slots)
+                };
+                (label(&m.name), usage)
+            })
+            .collect(),
+    );
+    let total = |f: &dyn Fn(&crate::gateway::Counters) -> u64| -> Vec<(String, f64)> {
+        counters
+            .iter()
+            .map(|(m, c)| (label(m), f(c) as f64))
+            .collect()
+    };
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    series(
+        "vllm:prompt_tokens_total",
+        "counter",
+        "Prompt tokens of finished requests.",
+        total(&|c| load(&c.prompt_tokens)),
+    );
+    series(
+        "vllm:generation_tokens_total",
+        "counter",
+        "Tokens generated.",
+        total(&|c| load(&c.generation_tokens)),
+    );
+    series(
+        "vllm:prefix_cache_queries_total",
+        "counter",
+        "Prompt tokens looked up in the slots' kept prefixes.",
+        total(&|c| load(&c.prompt_tokens)),
+    );
+    series(
+        "vllm:prefix_cache_hits_total",
+        "counter",
+        "Prompt tokens found in a slot's kept prefix (not computed).",
+        total(&|c| load(&c.cached_tokens)),
+    );
+    series(
+        "modelhost_requests_replaced_total",
+        "counter",
+        "Requests placed again after their worker went away before the first token.",
+        total(&|c| load(&c.replaced)),
+    );
+    let _ = writeln!(out, "# HELP vllm:request_success_total Requests finished, by reason.\n# TYPE vllm:request_success_total counter");
+    for (m, c) in &counters {
+        for (reason, n) in [
+            ("stop", load(&c.finished_stop)),
+            ("length", load(&c.finished_length)),
+            ("abort", load(&c.cancelled)),
+            ("error", load(&c.failed)),
+        ] {
+            let _ = writeln!(
+                out,
+                "vllm:request_success_total{{model_name=\"{m}\",finished_reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+    let histograms: [(&str, &str, HistogramOf); 4] = [
+        (
+            "vllm:time_to_first_token_seconds",
+            "From arrival to the first token.",
+            |c| &c.ttft,
+        ),
+        (
+            "vllm:inter_token_latency_seconds",
+            "Between consecutive tokens of a request.",
+            |c| &c.inter_token,
+        ),
+        (
+            "vllm:e2e_request_latency_seconds",
+            "From arrival to the end of a finished request.",
+            |c| &c.e2e,
+        ),
+        (
+            "vllm:request_queue_time_seconds",
+            "From arrival to a slot.",
+            |c| &c.queue_time,
+        ),
+    ];
+    for (name, help, pick) in histograms {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (m, c) in &counters {
+            let (buckets, sum, count) = pick(c).snapshot();
+            for (bound, n) in BUCKETS.iter().zip(&buckets) {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{model_name=\"{m}\",le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{model_name=\"{m}\",le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(out, "{name}_sum{{model_name=\"{m}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{model_name=\"{m}\"}} {count}");
+        }
+    }
 }

@@ -109,7 +109,7 @@ pub enum AdmitError {
     Unavailable(String),
 }
 
-/// Counters for /metrics, per host (the router keeps the per-model queue figures).
+/// Counters for /metrics, per model (the router keeps the queue figures).
 #[derive(Default)]
 pub struct Counters {
     pub requests: AtomicU64,
@@ -184,7 +184,7 @@ pub struct Gateway {
     registry: Arc<Registry>,
     pub router: Arc<Router>,
     next_request: AtomicU64,
-    pub counters: Counters,
+    counters: std::sync::Mutex<std::collections::BTreeMap<String, Arc<Counters>>>,
 }
 
 impl Gateway {
@@ -193,8 +193,22 @@ impl Gateway {
             router: Router::new(Arc::clone(&registry), limits),
             registry,
             next_request: AtomicU64::new(1),
-            counters: Counters::default(),
+            counters: Default::default(),
         })
+    }
+
+    /// A model's counters (created on first use; kept across unloads, as counters are).
+    pub fn counters(&self, model: &str) -> Arc<Counters> {
+        let mut all = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(all.entry(model.to_owned()).or_default())
+    }
+
+    /// Every model's counters, by name.
+    pub fn all_counters(&self) -> Vec<(String, Arc<Counters>)> {
+        let all = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .map(|(m, c)| (m.clone(), Arc::clone(c)))
+            .collect()
     }
 
     /// Notices workers that became ready for queued requests; runs until the runtime ends.
@@ -226,16 +240,18 @@ impl Gateway {
         text: Arc<ModelText>,
     ) -> Result<mpsc::Receiver<Event>, AdmitError> {
         let prompt = Arc::new(generation.prompt.clone());
+        let counters = self.counters(&generation.model);
         let admission = self
             .router
             .admit(&generation.model, Arc::clone(&prompt))
             .map_err(refusal)?;
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        counters.requests.fetch_add(1, Ordering::Relaxed);
         let (out, events) = mpsc::channel(CLIENT_BUFFER);
         let gateway = Arc::clone(self);
         tokio::spawn(async move {
             let run = Run {
                 gateway: &gateway,
+                counters: &counters,
                 generation: &generation,
                 text: &text,
                 out: &out,
@@ -259,6 +275,7 @@ fn refusal(r: Refusal) -> AdmitError {
 /// One request's task.
 struct Run<'a> {
     gateway: &'a Arc<Gateway>,
+    counters: &'a Counters,
     generation: &'a Generation,
     text: &'a ModelText,
     out: &'a mpsc::Sender<Event>,
@@ -281,7 +298,7 @@ impl Run<'_> {
     }
 
     async fn serve(self, mut admission: Admission) {
-        let counters = &self.gateway.counters;
+        let counters = self.counters;
         for placement in 1..=PLACEMENTS {
             let lease = tokio::select! {
                 lease = admission.lease() => lease,
@@ -334,7 +351,7 @@ impl Run<'_> {
 
     async fn attempt(&self, lease: router::Lease) -> Attempt {
         let g = self.generation;
-        let counters = &self.gateway.counters;
+        let counters = self.counters;
         let request = self.gateway.request_id();
         let worker = Arc::clone(&lease.worker);
         let (events_tx, mut events) = mpsc::unbounded_channel();
