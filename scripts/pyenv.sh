@@ -6,7 +6,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 env=$root/target/pyenv
-requirements="gguf==0.19.0 kubernetes-validate==1.37.0 yamllint==1.38.0"
+requirements="gguf==0.19.0 kubernetes-validate==1.37.0 yamllint==1.38.0 openai==3.57.0"
 stamp=$env/.requirements
 if [ ! -x "$env/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$requirements" ]; then
     python3 -m venv "$env" >&2

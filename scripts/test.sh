@@ -7,6 +7,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 scripts/fetch-models.sh
 scripts/fetch-llama-vendor.sh
+# The Python tools the tests run: gguf-py for the cross-check, the official openai client.
+scripts/pyenv.sh >/dev/null
 # Build every binary first: the multi-process tests run modelhost and modelhost-worker.
 cargo build --workspace --bins
 cargo test --workspace
