@@ -118,6 +118,17 @@ impl Client {
         self.json(Method::DELETE, path, None).await
     }
 
+    /// POSTs a streaming request (`"stream": true`) and returns its server-sent events.
+    pub async fn sse<B: Serialize>(&self, path: &str, body: &B) -> Result<SseStream, ClientError> {
+        let response = self
+            .send(Method::POST, path, Some(serde_json::to_vec(body)?))
+            .await?;
+        Ok(SseStream {
+            body: response.into_body(),
+            buffer: BytesMut::new(),
+        })
+    }
+
     /// Opens the event stream.
     pub async fn events(&self) -> Result<EventStream, ClientError> {
         let response = self.send(Method::GET, "/v1/events", None).await?;
@@ -156,6 +167,42 @@ impl EventStream {
             if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
                 let line = self.buffer.split_to(end + 1);
                 return Ok(Some(serde_json::from_slice(&line[..end])?));
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(frame) => {
+                    if let Ok(mut data) = frame?.into_data() {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            self.buffer.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A server-sent event stream: the `data:` payload of each event, in order.
+pub struct SseStream {
+    body: Incoming,
+    buffer: BytesMut,
+}
+
+impl SseStream {
+    /// The next payload (`[DONE]` included, as text); `None` at the end of the body.
+    pub async fn next(&mut self) -> Result<Option<String>, ClientError> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let event = self.buffer.split_to(end + 2);
+                let text = String::from_utf8_lossy(&event);
+                if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    return Ok(Some(data.to_owned()));
+                }
+                // A comment (keepalive): read on.
+                continue;
             }
             match self.body.frame().await {
                 None => return Ok(None),

@@ -312,6 +312,37 @@ fn answers_match_llama_cpp_over_the_socket_and_over_tcp() {
         let r = tcp(h.addr, method, path, None, &[(k, &v)]);
         assert_eq!(r.status, 404, "{method} {path}");
     }
+    // `modelhost run` streams the same greedy answer to the terminal.
+    let socket = h.daemon.socket.to_str().unwrap();
+    let printed = modelhost_tests::modelhost_ok(&[
+        "run",
+        "--socket",
+        socket,
+        "gemma",
+        case["messages"][0]["content"].as_str().unwrap(),
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "24",
+    ]);
+    let whole = request(
+        &h.daemon.socket,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat(
+            &case["messages"],
+            json!({ "temperature": 0, "max_tokens": 24 }),
+        )),
+    )
+    .json();
+    assert_eq!(
+        printed.trim_end(),
+        whole["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .trim_end()
+    );
+
     // The control socket's list is the same envelope, with the whole model info.
     let list = get(&h.daemon.socket, "/v1/models").json();
     assert_eq!(list["data"][0]["id"], "gemma");

@@ -1,6 +1,7 @@
 //! The `modelhost` command line: one file per command (or per family of small commands).
 
 mod events;
+mod generate;
 mod inspect;
 mod load;
 mod models;
@@ -56,6 +57,10 @@ enum Command {
     Detokenize(text::DetokenizeArgs),
     /// Render a conversation with the model's chat template (offline, on the file).
     ChatTemplate(text::ChatTemplateArgs),
+    /// Answer one prompt, streamed (uses the running host, or starts one as `up` does).
+    Run(generate::RunArgs),
+    /// Chat interactively: history kept, Ctrl-C stops an answer, Ctrl-D quits.
+    Chat(generate::ChatArgs),
 }
 
 /// How a client command reaches the host.
@@ -123,6 +128,8 @@ impl Cli {
             Command::Tokenize(args) => text::tokenize(args),
             Command::Detokenize(args) => text::detokenize(args),
             Command::ChatTemplate(args) => text::chat_template(args),
+            Command::Run(args) => generate::run(args),
+            Command::Chat(args) => generate::chat(args),
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct UpArgs {
     /// Context length per sequence (default: 4096, or the model's if shorter).
     #[arg(long, default_value_t = 4096)]
     ctx: u32,
+    /// Sequences each worker serves at once, each with the whole context (KV grows with it).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    parallel: u32,
     /// Print the final state as JSON.
     #[arg(long)]
     json: bool,
@@ -49,7 +52,7 @@ pub struct UpArgs {
 }
 
 /// Starts `modelhost serve` in the background unless a host already answers.
-fn ensure_host(client: &Client, socket: &PathBuf) -> Result<Option<u32>, CliError> {
+pub(crate) fn ensure_host(client: &Client, socket: &PathBuf) -> Result<Option<u32>, CliError> {
     if block_on(client.get::<Status>("/v1/status"))?.is_ok() {
         return Ok(None);
     }
@@ -85,6 +88,42 @@ fn ensure_host(client: &Client, socket: &PathBuf) -> Result<Option<u32>, CliErro
     )))
 }
 
+/// Loads `path` with one CPU worker and waits until it is ready, printing only the progress
+/// (for `run` and `chat` on a file); returns the model's name.
+pub(crate) fn load_quietly(
+    socket: &std::path::Path,
+    path: &std::path::Path,
+) -> Result<String, CliError> {
+    let client = Client::new(socket);
+    let request = LoadRequest {
+        path: path.to_owned(),
+        name: None,
+        prefault: true,
+        mlock: MlockMode::Off,
+        copy: false,
+        devices: vec!["cpu".into()],
+        placement: PlacementRequest {
+            ctx: Some(4096),
+            mode: Some(Mode::Replicate),
+            ..Default::default()
+        },
+        spawn_workers: true,
+        worker_options: Default::default(),
+    };
+    block_on(async {
+        let mut events = client.events().await?;
+        let registered: ModelInfo = client
+            .post("/v1/models", &request)
+            .await
+            .map_err(explain_refusal)?;
+        let name = registered.name.clone();
+        match wait_until_ready(&client, &mut events, &registered, true).await {
+            Ok(info) => Ok(info.name),
+            Err(error) => Err(roll_back(&client, &name, error).await),
+        }
+    })?
+}
+
 pub fn run(args: UpArgs) -> Result<(), CliError> {
     let socket = args
         .connect
@@ -112,6 +151,7 @@ pub fn run(args: UpArgs) -> Result<(), CliError> {
         devices,
         placement: PlacementRequest {
             ctx: Some(args.ctx),
+            parallel: Some(args.parallel),
             mode: Some(Mode::Replicate),
             ..Default::default()
         },
