@@ -43,6 +43,8 @@ pub struct SynthSpec {
     pub arch: Option<Architecture>,
     /// The number of blocks, instead of as many as the size holds.
     pub blocks: Option<u64>,
+    /// Written as `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
 }
 
 /// What was written.
@@ -474,6 +476,12 @@ pub fn write_synthetic(spec: &SynthSpec, out: &Path) -> Result<SynthReport, Synt
     let (shape, blocks) = plan(spec);
     let tensors = model_tensors(spec.arch, shape, blocks, &spec.types);
     let mut metadata = model_metadata(spec, shape, blocks);
+    if let Some(template) = &spec.chat_template {
+        metadata.push((
+            "tokenizer.chat_template".into(),
+            OwnedValue::string(template),
+        ));
+    }
     if spec.every_value_type {
         metadata.extend(every_value_type());
     }

@@ -719,3 +719,87 @@ fn a_client_that_leaves_frees_its_slot_and_a_full_queue_answers_429() {
     let metrics = String::from_utf8(get(&socket, "/metrics").body).unwrap();
     assert!(metrics.contains("vllm:num_requests_waiting"), "{metrics}");
 }
+
+/// A model's chat template is code from its file: one that eats memory kills only the renderer
+/// (its own process, capped), the request gets an error that says so, and the host serves on.
+#[test]
+fn a_template_that_eats_memory_fails_its_request_and_nothing_else() {
+    let dir = Scratch::new("serving-template");
+    let bomb = dir.path("bomb.jinja");
+    std::fs::write(
+        &bomb,
+        "{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+    )
+    .unwrap();
+    let plain = dir.path("plain.jinja");
+    std::fs::write(
+        &plain,
+        "{% for m in messages %}{{ bos_token }}{{ m.content }}{% endfor %}",
+    )
+    .unwrap();
+    let spin = dir.path("spin.jinja");
+    std::fs::write(&spin, "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}x{% endfor %}{% endfor %}{% endfor %}").unwrap();
+    let daemon = Daemon::start(&dir.path("c.sock"), DaemonOptions::default());
+    for (name, template) in [("bomb", &bomb), ("plain", &plain), ("spin", &spin)] {
+        let file = dir.path(&format!("{name}.gguf"));
+        modelhost_tests::modelhost_ok(&[
+            "synth",
+            "--out",
+            file.to_str().unwrap(),
+            "--arch",
+            "llama",
+            "--size",
+            "4MiB",
+            "--vocab",
+            "1024",
+            "--chat-template",
+            template.to_str().unwrap(),
+        ]);
+        load(
+            &daemon.socket,
+            &json!({ "path": file, "name": name, "spawn_workers": true, "devices": ["cpu"],
+                     "placement": { "ctx": 256 }, "worker_options": { "threads": 1 } }),
+        );
+        wait_for(&daemon.socket, name, "its worker computing", |m| {
+            m["serving"]["workers_computing"].as_array().map(Vec::len) == Some(1)
+        });
+    }
+    let ask = |model: &str| {
+        let body = json!({ "model": model, "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 3 });
+        request(&daemon.socket, "POST", "/v1/chat/completions", Some(&body))
+    };
+    let started = Instant::now();
+    let r = ask("bomb");
+    assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"]["code"], "template_limit");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory limit"),
+        "{}",
+        r.json()
+    );
+    println!(
+        "the memory-eating template was stopped in {:?}",
+        started.elapsed()
+    );
+    // A template that loops runs out of fuel: the template's own error.
+    let r = ask("spin");
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fuel"),
+        "{}",
+        r.json()
+    );
+    // The host, the renderer (started again) and the other models serve on.
+    let r = ask("plain");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["usage"]["completion_tokens"], 3);
+    assert_eq!(ask("bomb").status, 422);
+    assert_eq!(ask("plain").status, 200);
+    assert_eq!(get(&daemon.socket, "/healthz").status, 200);
+}

@@ -61,6 +61,9 @@ enum Command {
     Run(generate::RunArgs),
     /// Chat interactively: history kept, Ctrl-C stops an answer, Ctrl-D quits.
     Chat(generate::ChatArgs),
+    /// The host's chat-template renderer (started by the host, behind a memory limit).
+    #[command(hide = true)]
+    RenderTemplates,
 }
 
 /// How a client command reaches the host.
@@ -130,6 +133,7 @@ impl Cli {
             Command::ChatTemplate(args) => text::chat_template(args),
             Command::Run(args) => generate::run(args),
             Command::Chat(args) => generate::chat(args),
+            Command::RenderTemplates => Ok(crate::gateway::render::helper_main()?),
         }
     }
 }

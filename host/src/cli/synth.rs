@@ -44,6 +44,9 @@ pub struct SynthArgs {
     /// The number of blocks (default: as many as --size holds).
     #[arg(long)]
     blocks: Option<u64>,
+    /// A file whose text becomes the model's `tokenizer.chat_template`.
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -85,6 +88,13 @@ pub fn run(args: SynthArgs) -> Result<(), CliError> {
         vocab: args.vocab,
         arch: args.arch,
         blocks: args.blocks,
+        chat_template: args
+            .chat_template
+            .as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p).map_err(|e| CliError(format!("{}: {e}", p.display())))
+            })
+            .transpose()?,
     };
     let report = write_synthetic(&spec, &args.out)?;
     if args.json {

@@ -23,6 +23,7 @@ use super::error::ApiError;
 use super::events::ChannelBody;
 use super::routes::{blocking, json_body, text_error};
 use super::{json_response, AppState, Response};
+use crate::gateway::render::{RenderError, RenderJob};
 use crate::gateway::{AdmitError, Event, Finish, Generation, TokenInfo, Usage};
 use crate::registry::Serving;
 
@@ -286,21 +287,62 @@ async fn parse(
                     ))
                 }
             };
-            let rendering = Arc::clone(&text);
-            let ids = blocking(move || {
-                let now = now_secs() as i64;
-                let prompt =
-                    rendering.render(&messages, tools.as_ref(), true, kwargs.as_ref(), now)?;
-                Ok::<_, modelhost_text::chat::TemplateError>(rendering.encode_prompt(&prompt))
-            })
-            .await?
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "template_error",
-                    format!("the model's chat template failed on these messages: {e}"),
-                )
-            })?;
+            let now = now_secs() as i64;
+            let source = text
+                .template()
+                .ok()
+                .and_then(|t| t.jinja_source())
+                .map(str::to_owned);
+            let prompt = match source {
+                // A template from the file is code: rendered in the helper, behind its limits.
+                Some(source) => {
+                    let (bos, eos) = text.bos_eos_texts();
+                    let job = RenderJob {
+                        source,
+                        messages,
+                        tools,
+                        add_generation_prompt: true,
+                        bos_token: bos.to_owned(),
+                        eos_token: eos.to_owned(),
+                        extra: kwargs,
+                        now,
+                    };
+                    state
+                        .gateway
+                        .renderer
+                        .render(&job)
+                        .await
+                        .map_err(|e| match e {
+                            RenderError::Template(e) => ApiError::new(
+                                StatusCode::BAD_REQUEST,
+                                "template_error",
+                                format!("the model's chat template failed on these messages: {e}"),
+                            ),
+                            e @ RenderError::Limit(_) => ApiError::new(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                "template_limit",
+                                e.to_string(),
+                            ),
+                        })?
+                }
+                // A built-in format (or a template that did not compile, whose error this is).
+                None => {
+                    let rendering = Arc::clone(&text);
+                    blocking(move || {
+                        rendering.render(&messages, tools.as_ref(), true, kwargs.as_ref(), now)
+                    })
+                    .await?
+                    .map_err(|e| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "template_error",
+                            format!("the model's chat template cannot be used: {e}"),
+                        )
+                    })?
+                }
+            };
+            let encoding = Arc::clone(&text);
+            let ids = blocking(move || encoding.encode_prompt(&prompt)).await?;
             (ids, "messages")
         }
         Kind::Completion => {

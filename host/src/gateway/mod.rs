@@ -9,6 +9,7 @@
 //! client that leaves, or reads too slowly for the bounded buffer, has its request cancelled in
 //! the worker, whose slot is freed at its next step.
 
+pub mod render;
 pub mod router;
 pub mod stop;
 
@@ -183,6 +184,8 @@ impl Histogram {
 pub struct Gateway {
     registry: Arc<Registry>,
     pub router: Arc<Router>,
+    /// Renders templates from model files behind a memory limit.
+    pub renderer: render::Renderer,
     next_request: AtomicU64,
     counters: std::sync::Mutex<std::collections::BTreeMap<String, Arc<Counters>>>,
 }
@@ -191,6 +194,7 @@ impl Gateway {
     pub fn new(registry: Arc<Registry>, limits: QueueLimits) -> Arc<Gateway> {
         Arc::new(Gateway {
             router: Router::new(Arc::clone(&registry), limits),
+            renderer: render::Renderer::default(),
             registry,
             next_request: AtomicU64::new(1),
             counters: Default::default(),

@@ -27,6 +27,8 @@ pub struct ChatTemplate {
     kind: TemplateKind,
     /// Why this template: shown by `inspect` and logged at load.
     pub origin: TemplateOrigin,
+    /// A Jinja template's source (for rendering it elsewhere, behind limits).
+    source: Option<String>,
 }
 
 enum TemplateKind {
@@ -118,6 +120,7 @@ impl ChatTemplate {
             ChatTemplate {
                 kind: TemplateKind::Gemma,
                 origin: TemplateOrigin::BuiltinGemma,
+                source: None,
             }
         } else {
             ChatTemplate {
@@ -125,6 +128,7 @@ impl ChatTemplate {
                 origin: TemplateOrigin::BuiltinChatMl {
                     has_im_start: has("<|im_start|>"),
                 },
+                source: None,
             }
         })
     }
@@ -136,7 +140,14 @@ impl ChatTemplate {
         Ok(ChatTemplate {
             kind: TemplateKind::Jinja(Box::new(env)),
             origin: TemplateOrigin::File,
+            source: Some(source.to_owned()),
         })
+    }
+
+    /// The Jinja source, for a template from the file; None for a built-in format (which runs
+    /// no template code).
+    pub fn jinja_source(&self) -> Option<&str> {
+        self.source.as_deref()
     }
 
     /// The built-in format `name` ("gemma" or "chatml").
@@ -145,10 +156,12 @@ impl ChatTemplate {
             "gemma" => ChatTemplate {
                 kind: TemplateKind::Gemma,
                 origin: TemplateOrigin::BuiltinGemma,
+                source: None,
             },
             "chatml" => ChatTemplate {
                 kind: TemplateKind::ChatMl,
                 origin: TemplateOrigin::BuiltinChatMl { has_im_start: true },
+                source: None,
             },
             _ => return None,
         })

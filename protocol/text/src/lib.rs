@@ -423,6 +423,15 @@ impl ModelText {
         self.template.as_ref()
     }
 
+    /// The texts templates see as `bos_token` and `eos_token`.
+    pub fn bos_eos_texts(&self) -> (&str, &str) {
+        let special = self.tokenizer.vocab().special();
+        (
+            self.special_text(special.bos),
+            self.special_text(special.eos),
+        )
+    }
+
     /// The text of a special token (for templates' `bos_token`), or "".
     fn special_text(&self, id: Option<TokenId>) -> &str {
         id.and_then(|id| self.tokenizer.vocab().text(id))
