@@ -83,7 +83,22 @@ echo "inference engine ..." >&2
 python3 scripts/bench_engine.py "$work/engine.md" "$work" "${LLAMA_PYTHON:-}"
 echo "tokenizer ..." >&2
 python3 scripts/bench_tokenizer.py "$work/tokenizer.md" "$work" "${LLAMA_PYTHON:-}" >/dev/null
-cat "$work/parse.md" "$work/system.md" "$work/engine.md" "$work/tokenizer.md" > docs/benchmarks.md
+echo "serving ..." >&2
+{
+    echo
+    echo "## Serving"
+    echo
+    echo "\`python3 scripts/bench_serving.py OUT WORK LLAMA_PYTHON\` (the part of \`scripts/bench.sh\` that measures"
+    echo "serving): 1, 4 and 16 concurrent streams of 64 tokens (sampled, end-of-generation ignored,"
+    echo "distinct prompts). modelhost: a host and 2 CPU workers of 8 slots, one compute thread each,"
+    echo "through the OpenAI API over TCP. llama.cpp: one llama-cpp-python 0.3.36 process per stream,"
+    echo "the two cores shared out among them. Memory: the PSS of every process involved, at its peak"
+    echo "while the streams run. Same run, same machine."
+    echo
+    python3 scripts/bench_serving.py "$work/serving-table.md" "$work/serving" "${LLAMA_PYTHON:-}" >/dev/null
+    cat "$work/serving-table.md"
+} > "$work/serving.md"
+cat "$work/parse.md" "$work/system.md" "$work/engine.md" "$work/tokenizer.md" "$work/serving.md" > docs/benchmarks.md
 cat >> docs/benchmarks.md <<'MD'
 
 ## What the figures led to
