@@ -784,16 +784,16 @@ fn a_template_that_eats_memory_fails_its_request_and_nothing_else() {
         "the memory-eating template was stopped in {:?}",
         started.elapsed()
     );
-    // A template that loops runs out of fuel: the template's own error.
+    // A template that loops runs out of fuel (the template's own error, 400); on a loaded
+    // machine running an unoptimized build, the render's time limit may come first (422).
+    // Either way it is refused in bounded time.
     let r = ask("spin");
-    assert_eq!(r.status, 400);
+    let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(
-        r.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("fuel"),
-        "{}",
-        r.json()
+        (r.status == 400 && message.contains("fuel"))
+            || (r.status == 422 && message.contains("took over")),
+        "{} {message}",
+        r.status
     );
     // The host, the renderer (started again) and the other models serve on.
     let r = ask("plain");
