@@ -803,3 +803,46 @@ fn a_template_that_eats_memory_fails_its_request_and_nothing_else() {
     assert_eq!(ask("plain").status, 200);
     assert_eq!(get(&daemon.socket, "/healthz").status, 200);
 }
+
+/// A worker that dies before it sent a request's first token: the request is placed again on
+/// another worker, and the client sees only its answer.
+#[test]
+fn a_request_whose_worker_dies_before_its_first_token_is_placed_again() {
+    let h = host("serving-replace", 2, 1, 256, "");
+    let socket = h.daemon.socket.clone();
+    let model = get(&socket, "/v1/models/gemma").json();
+    // Equal choices go to the lowest id: gemma-0 takes the request. Frozen, it sends nothing.
+    let first = model["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == "gemma-0")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap() as i32;
+    let pid = nix::unistd::Pid::from_raw(first);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let body = chat(
+        &json!([{ "role": "user", "content": "Hi" }]),
+        json!({ "max_tokens": 4, "temperature": 0 }),
+    );
+    let asking = {
+        let socket = socket.clone();
+        let body = body.clone();
+        std::thread::spawn(move || request(&socket, "POST", "/v1/chat/completions", Some(&body)))
+    };
+    wait_for(&socket, "gemma", "the request on the frozen worker", |m| {
+        m["serving"]["running"] == 1
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let r = asking.join().unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(header(&r, "x-modelhost-worker"), Some("gemma-1"));
+    assert_eq!(r.json()["usage"]["completion_tokens"], 4);
+    let metrics = String::from_utf8(get(&socket, "/metrics").body).unwrap();
+    assert!(
+        metrics.contains("modelhost_requests_replaced_total{model_name=\"gemma\"} 1"),
+        "{metrics}"
+    );
+}

@@ -211,6 +211,22 @@ fn render_serving(state: &AppState, models: &[crate::api::ModelInfo], out: &mut 
             .map(|(m, q)| (label(m), q.rejected as f64))
             .collect(),
     );
+    series(
+        "modelhost_worker_requests_running",
+        "gauge",
+        "Requests holding a sequence slot on this worker.",
+        models
+            .iter()
+            .flat_map(|m| {
+                m.workers.iter().map(move |w| {
+                    (
+                        format!("{{model_name=\"{}\",worker=\"{}\"}}", m.name, w.id),
+                        f64::from(state.gateway.router.leased_on(&m.name, &w.id)),
+                    )
+                })
+            })
+            .collect(),
+    );
     // KV usage: the slots in use over the slots the model's computing workers have.
     series(
         "vllm:kv_cache_usage_perc",
