@@ -846,3 +846,109 @@ fn a_request_whose_worker_dies_before_its_first_token_is_placed_again() {
         "{metrics}"
     );
 }
+
+/// Ollama's API over the same gateway: the same greedy answer as OpenAI's, in Ollama's shapes.
+#[test]
+fn ollama_clients_get_the_same_answers_in_ollamas_shape() {
+    let h = host("serving-ollama", 1, 2, 512, "");
+    let socket = &h.daemon.socket;
+    let messages = json!([{ "role": "user", "content": "What is the capital of France?" }]);
+    let openai = request(
+        socket,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat(
+            &messages,
+            json!({ "temperature": 0, "max_tokens": 8 }),
+        )),
+    )
+    .json();
+    let want = openai["choices"][0]["message"]["content"].as_str().unwrap();
+
+    let whole = request(
+        socket,
+        "POST",
+        "/api/chat",
+        Some(&json!({
+            "model": "gemma", "messages": messages, "stream": false,
+            "options": { "temperature": 0, "num_predict": 8, "num_ctx": 2048 },
+        })),
+    );
+    assert_eq!(
+        whole.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&whole.body)
+    );
+    let v = whole.json();
+    assert_eq!(v["message"]["role"], "assistant");
+    assert_eq!(v["message"]["content"], want);
+    assert_eq!(
+        (v["done"].as_bool(), v["done_reason"].as_str()),
+        (Some(true), Some("length"))
+    );
+    assert_eq!(v["eval_count"], 8);
+    assert!(v["created_at"].as_str().unwrap().ends_with('Z'));
+
+    // Streamed by default: NDJSON lines, the last one done.
+    let streamed = request(
+        socket,
+        "POST",
+        "/api/chat",
+        Some(&json!({
+            "model": "gemma", "messages": messages, "options": { "temperature": 0, "num_predict": 8 },
+        })),
+    );
+    assert_eq!(
+        header(&streamed, "content-type"),
+        Some("application/x-ndjson")
+    );
+    let lines: Vec<Value> = String::from_utf8(streamed.body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (last, parts) = lines.split_last().unwrap();
+    assert_eq!(last["done"], true);
+    assert!(parts.iter().all(|p| p["done"] == false));
+    let text: String = parts
+        .iter()
+        .map(|p| p["message"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, want);
+
+    // generate, raw (no template): the completions API's answer.
+    let raw = request(
+        socket,
+        "POST",
+        "/api/generate",
+        Some(&json!({
+            "model": "gemma", "prompt": "The capital of France is", "raw": true, "stream": false,
+            "options": { "temperature": 0, "num_predict": 6 },
+        })),
+    )
+    .json();
+    let completion = request(socket, "POST", "/v1/completions", Some(&json!({
+        "model": "gemma", "prompt": "The capital of France is", "temperature": 0, "max_tokens": 6,
+    }))).json();
+    assert_eq!(raw["response"], completion["choices"][0]["text"]);
+
+    let tags = get(socket, "/api/tags").json();
+    assert_eq!(tags["models"][0]["name"], "gemma");
+    assert_eq!(tags["models"][0]["details"]["format"], "gguf");
+    assert_eq!(get(socket, "/api/ps").json()["models"][0]["name"], "gemma");
+    assert!(get(socket, "/api/version").json()["version"].is_string());
+    // Errors in Ollama's shape.
+    let missing = request(
+        socket,
+        "POST",
+        "/api/chat",
+        Some(&json!({ "model": "nope", "messages": messages })),
+    );
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["error"].as_str().unwrap().contains("nope"));
+    // Over TCP too, with the key.
+    let (k, key) = bearer();
+    let r = tcp(h.addr, "GET", "/api/tags", None, &[(k, &key)]);
+    assert_eq!(r.status, 200);
+}

@@ -5,6 +5,7 @@ mod error;
 mod events;
 pub mod listener;
 mod metrics;
+mod ollama;
 mod openai;
 mod routes;
 
@@ -222,7 +223,11 @@ async fn handle(
         Err(e) => {
             state.counters.errors.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%method, %path, status = e.status.as_u16(), code = e.code, message = %e.message, "request refused");
-            let mut response = error_response(&e);
+            let mut response = if path.starts_with("/api/") {
+                json_response(e.status, &ollama::error_body(&e))
+            } else {
+                error_response(&e)
+            };
             if e.status == StatusCode::UNAUTHORIZED {
                 response.headers_mut().insert(
                     hyper::header::WWW_AUTHENTICATE,

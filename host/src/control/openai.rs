@@ -35,15 +35,15 @@ const MAX_STOP_STRINGS: usize = 16;
 
 /// Which endpoint.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Chat,
     Completion,
 }
 
 /// A request read and checked, ready for the gateway.
-struct Parsed {
-    generation: Generation,
-    stream: bool,
+pub(super) struct Parsed {
+    pub(super) generation: Generation,
+    pub(super) stream: bool,
     include_usage: bool,
     /// Chat logprobs (`logprobs: true`), or completions' `logprobs: N`.
     logprobs: bool,
@@ -194,7 +194,7 @@ fn flatten_messages(messages: &Value) -> Result<Value, ApiError> {
 }
 
 /// Reads and checks a request, renders and tokenizes its prompt.
-async fn parse(
+pub(super) async fn parse(
     state: &Arc<AppState>,
     kind: Kind,
     body: Map<String, Value>,
@@ -609,7 +609,7 @@ async fn parse(
     ))
 }
 
-fn admit_error(e: AdmitError) -> ApiError {
+pub(super) fn admit_error(e: AdmitError) -> ApiError {
     match e {
         AdmitError::Busy(message) => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message)

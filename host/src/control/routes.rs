@@ -11,8 +11,8 @@ use hyper::{Method, Request, StatusCode};
 use super::error::ApiError;
 use super::events::event_stream;
 use super::metrics::render_metrics;
-use super::openai;
 use super::{json_response, text_response, AppState, Listener, Response};
+use super::{ollama, openai};
 use crate::api::{DetokenizeRequest, ListedModel, LoadRequest, ModelList, Status, TokenizeRequest};
 use crate::pages;
 use crate::registry::TextError;
@@ -32,6 +32,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
     ("GET", "/v1/openapi.json"),
+    ("POST", "/api/chat"),
+    ("POST", "/api/generate"),
+    ("GET", "/api/tags"),
+    ("GET", "/api/ps"),
+    ("GET", "/api/version"),
 ];
 
 /// The routes the TCP listener serves: the generation API, never the control API.
@@ -44,6 +49,11 @@ const TCP_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/detokenize"),
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
+    ("POST", "/api/chat"),
+    ("POST", "/api/generate"),
+    ("GET", "/api/tags"),
+    ("GET", "/api/ps"),
+    ("GET", "/api/version"),
 ];
 
 /// Whether a TCP request may reach this route, and carries the key when one is set.
@@ -154,6 +164,13 @@ pub async fn dispatch(
         (&Method::POST, ["v1", "completions"]) => {
             openai::completions(state, req, false, request_id).await
         }
+        (&Method::POST, ["api", "chat"]) => ollama::generate(state, req, true, request_id).await,
+        (&Method::POST, ["api", "generate"]) => {
+            ollama::generate(state, req, false, request_id).await
+        }
+        (&Method::GET, ["api", "tags"]) => ollama::models(state, false).await,
+        (&Method::GET, ["api", "ps"]) => ollama::models(state, true).await,
+        (&Method::GET, ["api", "version"]) => Ok(ollama::version()),
         (&Method::POST, ["v1", "models"]) => load(state, req).await,
         (&Method::GET, ["v1", "models", name]) => {
             let (registry, key) = (Arc::clone(&state.registry), name.to_string());
