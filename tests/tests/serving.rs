@@ -952,3 +952,51 @@ fn ollama_clients_get_the_same_answers_in_ollamas_shape() {
     let r = tcp(h.addr, "GET", "/api/tags", None, &[(k, &key)]);
     assert_eq!(r.status, 200);
 }
+
+/// A client that does not read its stream holds back nothing else: the worker's other sequence
+/// streams at its own pace, and the unread one is bounded by buffers, not by the worker.
+#[test]
+fn a_client_that_does_not_read_stalls_no_other_stream() {
+    let h = host("serving-slow", 1, 2, 512, "");
+    let socket = h.daemon.socket.clone();
+    let long = chat(
+        &json!([{ "role": "user", "content": "Write a long story." }]),
+        json!({ "max_tokens": 200, "ignore_eos": true, "stream": true, "temperature": 0 }),
+    );
+    // Opened and never read again after its head.
+    let sleeper = SseStream::open(
+        UnixStream::connect(&socket).unwrap(),
+        "/v1/chat/completions",
+        &long,
+        &[],
+    );
+    assert_eq!(sleeper.status, 200);
+    wait_for(&socket, "gemma", "the unread stream running", |m| {
+        m["serving"]["running"] == 1
+    });
+    // The same worker's other slot answers while the first stream goes unread.
+    let started = Instant::now();
+    let r = request(
+        &socket,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat(
+            &json!([{ "role": "user", "content": "Hi" }]),
+            json!({ "max_tokens": 40, "ignore_eos": true }),
+        )),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["usage"]["completion_tokens"], 40);
+    println!(
+        "40 tokens beside an unread stream in {:?}",
+        started.elapsed()
+    );
+    // The unread stream's request runs to its end in the worker (its text waits in buffers).
+    wait_for(
+        &socket,
+        "gemma",
+        "the unread stream finished in the worker",
+        |m| m["serving"]["running"] == 0,
+    );
+    drop(sleeper);
+}
