@@ -2,7 +2,7 @@
 # Runs one cargo-fuzz target for a while, seeded with real and synthetic files.
 #
 #   scripts/fuzz.sh gguf_parse 600      # ten minutes
-#   (targets: gguf_parse, wire_decode, control_body, tokenize, chat_template)
+#   (targets: gguf_parse, wire_decode, control_body, tokenize, chat_template, openai_request)
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz`). The toolchain here is stable; cargo-fuzz's
 # sanitizer flags are nightly-only, so RUSTC_BOOTSTRAP=1 unlocks them on stable rustc.
@@ -38,6 +38,12 @@ if [ -z "$(ls -A "$corpus")" ]; then
             head -c 1048576 models/gemma-3-270m-q4_k_m.gguf > "$corpus/gemma-header.gguf"
         fi
         rm -rf "$seeds"
+        ;;
+    openai_request)
+        # Seeds: a prompt-length byte, then request bodies with every field the API reads.
+        printf '\x05%s' '{"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_tokens": 16, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "repetition_penalty": 1.1, "presence_penalty": 0.5, "frequency_penalty": -0.5, "logit_bias": {"5": -100, "7": 3.5}, "seed": -3, "stop": ["\n", "User:"], "stop_token_ids": [9], "ignore_eos": true, "min_tokens": 2, "n": 1, "stream": true, "stream_options": {"include_usage": true}, "logprobs": true, "top_logprobs": 3, "response_format": {"type": "text"}}' > "$corpus/chat.json"
+        printf '\x40%s' '{"model": "m", "prompt": [1, 2, 3], "max_completion_tokens": 1, "logprobs": 5, "echo": false, "best_of": 1}' > "$corpus/completion.json"
+        printf '\x00%s' '{"model": "m", "messages": []}' > "$corpus/empty.json"
         ;;
     control_body)
         printf '%s' '{"path": "/srv/models/m.gguf", "name": "m", "prefault": true, "mlock": "try", "copy": false, "devices": ["cuda:0=24GiB", "cpu"], "placement": {"ctx": 8192, "parallel": 2, "kv_type": "q8_0", "gpu_layers": 10, "tensor_split": [3, 1], "mode": "split", "swa_full": true}, "spawn_workers": true, "worker_options": {"mlock": true, "verify": false, "registered_upload": true}}' > "$corpus/full.json"

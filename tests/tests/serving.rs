@@ -951,6 +951,44 @@ fn ollama_clients_get_the_same_answers_in_ollamas_shape() {
     let (k, key) = bearer();
     let r = tcp(h.addr, "GET", "/api/tags", None, &[(k, &key)]);
     assert_eq!(r.status, 200);
+
+    // `modelhost chat`: two turns from standard input, then /bye; each answer streamed after
+    // its prompt, the second with the first turn in its history.
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(modelhost_tests::binary("modelhost"))
+        .args([
+            "chat",
+            "--socket",
+            socket.to_str().unwrap(),
+            "gemma",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "8",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\nAnd of Spain?\n/bye\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(shown.matches(">>> ").count(), 3, "{shown}");
+    assert!(
+        shown.contains(want),
+        "the first answer is the API's: {shown}"
+    );
 }
 
 /// A client that does not read its stream holds back nothing else: the worker's other sequence

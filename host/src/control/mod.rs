@@ -28,6 +28,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 pub use error::ApiError;
+pub use openai::{flatten_messages, read_settings, Kind, Settings};
 pub use routes::{OPENAPI, ROUTES};
 
 use crate::config::Config;

@@ -35,7 +35,7 @@ const MAX_STOP_STRINGS: usize = 16;
 
 /// Which endpoint.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub enum Kind {
     Chat,
     Completion,
 }
@@ -153,7 +153,7 @@ fn fresh_seed(request: u64) -> u64 {
 
 /// A chat message's content as templates expect it: a string. Text parts are joined; other
 /// parts (images, audio) are refused by name.
-fn flatten_messages(messages: &Value) -> Result<Value, ApiError> {
+pub fn flatten_messages(messages: &Value) -> Result<Value, ApiError> {
     let list = messages
         .as_array()
         .filter(|l| !l.is_empty())
@@ -223,49 +223,7 @@ pub(super) async fn parse(
     let tokenizer = text.tokenizer();
     let vocab = tokenizer.vocab().len() as u32;
 
-    if f.integer("n", 1, 1)
-        .map_err(|_| field_error("n", "only n=1 is supported"))?
-        .is_some_and(|n| n != 1)
-    {
-        return Err(field_error("n", "only n=1 is supported"));
-    }
-    if let Some(format) = f.get("response_format") {
-        match format.get("type").and_then(Value::as_str) {
-            Some("text") => {}
-            other => {
-                return Err(ApiError::invalid(
-                    "response_format",
-                    "unsupported_value",
-                    format!(
-                        "response_format {} is not supported (constrained decoding is not built); only {{\"type\": \"text\"}}",
-                        other.unwrap_or("(no type)")
-                    ),
-                ))
-            }
-        }
-    }
-    if kind == Kind::Completion {
-        if f.bool("echo")? == Some(true) {
-            return Err(ApiError::invalid(
-                "echo",
-                "unsupported_value",
-                "echo is not supported",
-            ));
-        }
-        if f.get("suffix").is_some() {
-            return Err(ApiError::invalid(
-                "suffix",
-                "unsupported_value",
-                "suffix is not supported",
-            ));
-        }
-        if f.integer("best_of", 1, 1)
-            .map_err(|_| field_error("best_of", "only best_of=1 is supported"))?
-            .is_some_and(|n| n != 1)
-        {
-            return Err(field_error("best_of", "only best_of=1 is supported"));
-        }
-    }
+    check_unsupported(kind, &f)?;
 
     // The prompt.
     let (prompt, prompt_param) = match kind {
@@ -395,6 +353,120 @@ pub(super) async fn parse(
             format!("model {model:?} has no placement, so no worker can run it"),
         )
     })?;
+    let settings = read_settings(
+        kind,
+        &body,
+        &model,
+        vocab,
+        &tokenizer.vocab().eog().iter().copied().collect::<Vec<_>>(),
+        context,
+        prompt.len(),
+        prompt_param,
+        request_id,
+    )?;
+    let logprobs = settings.logprobs;
+    let generation = Generation {
+        model,
+        prompt,
+        sampling: settings.sampling,
+        max_tokens: settings.max_tokens,
+        stop_tokens: settings.stop_tokens,
+        banned_tokens: settings.banned_tokens,
+        min_tokens: settings.min_tokens,
+        logprobs,
+        stop_strings: settings.stop_strings,
+    };
+    Ok((
+        Parsed {
+            generation,
+            stream: settings.stream,
+            include_usage: settings.include_usage,
+            logprobs: logprobs.is_some(),
+        },
+        text,
+    ))
+}
+
+/// Fields that ask for what this server does not do: refused by name.
+fn check_unsupported(kind: Kind, f: &Fields<'_>) -> Result<(), ApiError> {
+    if f.integer("n", 1, 1)
+        .map_err(|_| field_error("n", "only n=1 is supported"))?
+        .is_some_and(|n| n != 1)
+    {
+        return Err(field_error("n", "only n=1 is supported"));
+    }
+    if let Some(format) = f.get("response_format") {
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            other => {
+                return Err(ApiError::invalid(
+                    "response_format",
+                    "unsupported_value",
+                    format!(
+                        "response_format {} is not supported (constrained decoding is not built); only {{\"type\": \"text\"}}",
+                        other.unwrap_or("(no type)")
+                    ),
+                ))
+            }
+        }
+    }
+    if kind == Kind::Completion {
+        if f.bool("echo")? == Some(true) {
+            return Err(ApiError::invalid(
+                "echo",
+                "unsupported_value",
+                "echo is not supported",
+            ));
+        }
+        if f.get("suffix").is_some() {
+            return Err(ApiError::invalid(
+                "suffix",
+                "unsupported_value",
+                "suffix is not supported",
+            ));
+        }
+        if f.integer("best_of", 1, 1)
+            .map_err(|_| field_error("best_of", "only best_of=1 is supported"))?
+            .is_some_and(|n| n != 1)
+        {
+            return Err(field_error("best_of", "only best_of=1 is supported"));
+        }
+    }
+
+    Ok(())
+}
+
+/// A request's generation settings, checked: everything but the prompt (which needs the
+/// model's template and tokenizer). Pure, so that it can be fuzzed
+/// (`fuzz/fuzz_targets/openai_request.rs`).
+pub struct Settings {
+    pub max_tokens: u32,
+    pub sampling: Sampling,
+    pub stop_tokens: Vec<u32>,
+    pub banned_tokens: Vec<u32>,
+    pub min_tokens: u32,
+    pub logprobs: Option<u8>,
+    pub stop_strings: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Reads [`Settings`] from a request body, for a model of `vocab` tokens whose sequences hold
+/// `context`, and a prompt of `prompt_len` tokens.
+#[allow(clippy::too_many_arguments)]
+pub fn read_settings(
+    kind: Kind,
+    body: &Map<String, Value>,
+    model: &str,
+    vocab: u32,
+    eog: &[u32],
+    context: u32,
+    prompt_len: usize,
+    prompt_param: &str,
+    request_id: u64,
+) -> Result<Settings, ApiError> {
+    let f = Fields { map: body };
+    check_unsupported(kind, &f)?;
     let max_tokens = match (
         f.integer("max_completion_tokens", 1, i64::from(u32::MAX))?,
         f.integer("max_tokens", 1, i64::from(u32::MAX))?,
@@ -402,7 +474,7 @@ pub(super) async fn parse(
         (Some(n), _) | (None, Some(n)) => Some(n as u64),
         (None, None) => None,
     };
-    let prompt_len = prompt.len() as u64;
+    let prompt_len = prompt_len as u64;
     if prompt_len >= u64::from(context) {
         return Err(ApiError::invalid(
             prompt_param,
@@ -530,7 +602,7 @@ pub(super) async fn parse(
             ))
         }
     };
-    let eog: Vec<u32> = tokenizer.vocab().eog().iter().copied().collect();
+    let eog: Vec<u32> = eog.to_vec();
     let ignore_eos = f.bool("ignore_eos")?.unwrap_or(false);
     let banned_tokens = if ignore_eos {
         eog
@@ -577,9 +649,8 @@ pub(super) async fn parse(
         Kind::Completion => f.integer("logprobs", 0, top_max)?.map(|n| n as u8),
     };
 
-    let generation = Generation {
-        model,
-        prompt,
+    Ok(Settings {
+        max_tokens,
         sampling: Sampling {
             temperature,
             top_k,
@@ -591,22 +662,14 @@ pub(super) async fn parse(
             logit_bias,
             seed,
         },
-        max_tokens,
         stop_tokens,
         banned_tokens,
         min_tokens,
         logprobs,
         stop_strings,
-    };
-    Ok((
-        Parsed {
-            generation,
-            stream,
-            include_usage,
-            logprobs: logprobs.is_some(),
-        },
-        text,
-    ))
+        stream,
+        include_usage,
+    })
 }
 
 pub(super) fn admit_error(e: AdmitError) -> ApiError {
