@@ -310,6 +310,45 @@ mod tests {
     }
 
     #[test]
+    fn the_api_key_comes_from_one_place_and_is_not_empty() {
+        let dir = std::env::temp_dir().join(format!("modelhost-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key_file = dir.join("key");
+        std::fs::write(&key_file, "  sk-from-file  \nignored\n").unwrap();
+        let load = |text: String| {
+            let path = dir.join("c.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), &Overrides::default())
+        };
+        let c = load(format!(
+            "api_key_file = {:?}\nhttp_listen = \"127.0.0.1:8080\"\n",
+            key_file
+        ))
+        .unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("sk-from-file"));
+        assert_eq!(c.http_listen, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!((c.queue_requests, c.queue_prompt_tokens), (64, 1 << 20));
+        assert!(matches!(
+            load(format!("api_key = \"a\"\napi_key_file = {key_file:?}\n")),
+            Err(ConfigError::TwoApiKeys)
+        ));
+        assert!(matches!(
+            load("api_key = \" \"\n".into()).map(|c| c.api_key),
+            Ok(Some(k)) if k == " "
+        ));
+        std::fs::write(&key_file, "\n").unwrap();
+        assert!(matches!(
+            load(format!("api_key_file = {key_file:?}\n")),
+            Err(ConfigError::EmptyApiKey)
+        ));
+        assert!(matches!(
+            load("api_key_file = \"/nonexistent/key\"\n".into()),
+            Err(ConfigError::ApiKeyFile { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn config_files_are_strict_and_flags_win() {
         let dir = std::env::temp_dir().join(format!("modelhost-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
