@@ -66,6 +66,7 @@ fn run(command: &mut Command) -> Output {
 }
 
 pub mod daemon;
+pub mod gateway;
 pub mod http;
 pub mod reference;
 

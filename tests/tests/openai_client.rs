@@ -3,13 +3,10 @@
 //! a whole and a streamed chat completion, a completion with logprobs, the model list, three
 //! error cases, and a stream closed early, which must free its slot.
 
-use std::net::TcpListener;
 use std::process::Command;
 
-use modelhost_tests::daemon::{Daemon, DaemonOptions};
-use modelhost_tests::models::{load, wait_for};
-use modelhost_tests::{gemma_model, workspace_root, Scratch};
-use serde_json::json;
+use modelhost_tests::gateway::{host, KEY};
+use modelhost_tests::workspace_root;
 
 #[test]
 fn the_official_openai_client_works_unmodified() {
@@ -19,43 +16,15 @@ fn the_official_openai_client_works_unmodified() {
         "{} is missing: run scripts/pyenv.sh (scripts/test.sh does)",
         python.display()
     );
-    let dir = Scratch::new("openai-client");
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config = dir.path("config.toml");
-    std::fs::write(
-        &config,
-        format!("http_listen = \"{addr}\"\napi_key = \"sk-local\"\n"),
-    )
-    .unwrap();
-    let daemon = Daemon::start(
-        &dir.path("c.sock"),
-        DaemonOptions {
-            config: Some(&config),
-            ..Default::default()
-        },
-    );
-    load(
-        &daemon.socket,
-        &json!({
-            "path": gemma_model(), "name": "gemma", "spawn_workers": true,
-            "devices": ["cpu", "cpu"],
-            "placement": { "ctx": 1024, "parallel": 2, "mode": "replicate" },
-            "worker_options": { "threads": 1 },
-        }),
-    );
-    wait_for(&daemon.socket, "gemma", "both workers computing", |m| {
-        m["serving"]["workers_computing"].as_array().map(Vec::len) == Some(2)
-    });
+    let h = host("openai-client", 2, 2, 1024, "");
+    let (daemon, addr) = (&h.daemon, h.addr);
     let out = Command::new(&python)
         .arg(workspace_root().join("scripts/openai_check.py"))
         .args([
             "--base-url",
             &format!("http://{addr}/v1"),
             "--api-key",
-            "sk-local",
+            KEY,
             "--model",
             "gemma",
         ])

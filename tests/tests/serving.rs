@@ -3,69 +3,17 @@
 //! `scripts/reference/serving_fixture.py`); concurrency must not change any request's text;
 //! a killed worker, a client that leaves and a full queue each have their one outcome.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use modelhost_tests::daemon::{Daemon, DaemonOptions};
+use modelhost_tests::gateway::{host, KEY};
 use modelhost_tests::http::{get, request, tcp, SseStream};
 use modelhost_tests::models::{gone, load, wait_for};
 use modelhost_tests::{gemma_model, Scratch};
 use serde_json::{json, Value};
-
-const KEY: &str = "sk-test-key";
-
-/// A port free a moment ago (the host binds it next).
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-struct Host {
-    daemon: Daemon,
-    addr: SocketAddr,
-    _dir: Scratch,
-}
-
-/// A host with the TCP listener (and a key), `gemma` loaded on `workers` CPU workers of
-/// `parallel` slots, each of `ctx` tokens; `extra` is added to the config file.
-fn host(name: &str, workers: usize, parallel: u32, ctx: u32, extra: &str) -> Host {
-    let dir = Scratch::new(name);
-    let addr = free_port();
-    let config = dir.path("config.toml");
-    std::fs::write(
-        &config,
-        format!("http_listen = \"{addr}\"\napi_key = \"{KEY}\"\n{extra}\n"),
-    )
-    .unwrap();
-    let daemon = Daemon::start(
-        &dir.path("c.sock"),
-        DaemonOptions {
-            config: Some(&config),
-            ..Default::default()
-        },
-    );
-    load(
-        &daemon.socket,
-        &json!({
-            "path": gemma_model(), "name": "gemma", "spawn_workers": true,
-            "devices": vec!["cpu"; workers],
-            "placement": { "ctx": ctx, "parallel": parallel, "mode": "replicate" },
-            "worker_options": { "threads": 1 },
-        }),
-    );
-    wait_for(&daemon.socket, "gemma", "every worker computing", |m| {
-        m["serving"]["workers_computing"].as_array().map(Vec::len) == Some(workers)
-    });
-    Host {
-        daemon,
-        addr,
-        _dir: dir,
-    }
-}
 
 fn chat(messages: &Value, extra: Value) -> Value {
     let mut body = json!({ "model": "gemma", "messages": messages });

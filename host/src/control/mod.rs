@@ -277,25 +277,78 @@ async fn serve_connection<S>(
     }
 }
 
+/// A listening socket the server accepts on: the owner-only unix socket, or the TCP listener.
+trait Accepting {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    const KIND: Listener;
+    async fn accept_one(&self) -> std::io::Result<Self::Stream>;
+    /// Why a new connection's peer may not use this listener, if it may not.
+    fn refusal(&self, stream: &Self::Stream, state: &AppState) -> Option<Arc<str>>;
+}
+
+impl Accepting for UnixListener {
+    type Stream = UnixStream;
+    const KIND: Listener = Listener::Socket;
+
+    async fn accept_one(&self) -> std::io::Result<UnixStream> {
+        self.accept().await.map(|(s, _)| s)
+    }
+
+    fn refusal(&self, stream: &UnixStream, state: &AppState) -> Option<Arc<str>> {
+        peer_allowed(stream, &state.config()).err().map(|reason| {
+            state.counters.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(reason = %reason, "control connection refused");
+            Arc::from(reason)
+        })
+    }
+}
+
+/// There are no peer credentials on TCP: the listener is on loopback by default, and with
+/// `api_key` set every request must carry it as a bearer token (`routes::tcp_allowed`).
+impl Accepting for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    const KIND: Listener = Listener::Tcp;
+
+    async fn accept_one(&self) -> std::io::Result<tokio::net::TcpStream> {
+        let (stream, _) = self.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    fn refusal(&self, _: &tokio::net::TcpStream, _: &AppState) -> Option<Arc<str>> {
+        None
+    }
+}
+
+/// Serves the control API and the generation API on the control socket until shutdown.
+pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
+    accept_until_shutdown(listener, state).await;
+}
+
+/// Serves the generation API on TCP (`http_listen`) until shutdown.
+pub async fn serve_tcp(listener: tokio::net::TcpListener, state: Arc<AppState>) {
+    accept_until_shutdown(listener, state).await;
+}
+
 /// Accepts connections until `shutdown` turns true, then waits up to the shutdown timeout for
 /// open connections to finish and aborts the rest.
-pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
+async fn accept_until_shutdown<L: Accepting>(listener: L, state: Arc<AppState>) {
     let config = state.config();
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let mut connections = JoinSet::new();
     let mut shutdown = state.shutdown.clone();
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept_one() => accepted,
             _ = shutdown.changed() => break,
             // Reap finished connections as we go, so the set does not grow without bound.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok(stream) => stream,
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin.
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(error = %e, listener = ?L::KIND, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
@@ -303,21 +356,15 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(
                 limit = config.max_connections,
+                listener = ?L::KIND,
                 "connection limit reached; dropping a connection"
             );
             continue;
         };
-        let refused = match peer_allowed(&stream, &state.config()) {
-            Ok(()) => None,
-            Err(reason) => {
-                state.counters.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(reason = %reason, "control connection refused");
-                Some(Arc::from(reason))
-            }
-        };
+        let refused = listener.refusal(&stream, &state);
         let state = Arc::clone(&state);
         connections.spawn(async move {
-            serve_connection(stream, state, refused, Listener::Socket).await;
+            serve_connection(stream, state, refused, L::KIND).await;
             drop(permit);
         });
     }
@@ -331,52 +378,6 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
             open = connections.len(),
             "closing connections still open at the shutdown deadline"
         );
-        connections.shutdown().await;
-    }
-}
-
-/// Serves the generation API on TCP (`http_listen`) until shutdown. There are no peer
-/// credentials on TCP: the listener is on loopback by default, and with `api_key` set every
-/// request must carry it as a bearer token.
-pub async fn serve_tcp(listener: tokio::net::TcpListener, state: Arc<AppState>) {
-    let config = state.config();
-    let slots = Arc::new(Semaphore::new(config.max_connections));
-    let mut connections = JoinSet::new();
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed on the TCP listener");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(
-                limit = config.max_connections,
-                "connection limit reached; dropping a TCP connection"
-            );
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let state = Arc::clone(&state);
-        connections.spawn(async move {
-            serve_connection(stream, state, None, Listener::Tcp).await;
-            drop(permit);
-        });
-    }
-    drop(listener);
-    let drained = tokio::time::timeout(config.shutdown_timeout, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
         connections.shutdown().await;
     }
 }
