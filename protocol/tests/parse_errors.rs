@@ -163,6 +163,13 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "EmptyKey",
+            bytes: [header(0, 1), one_u8_kv(b"")].concat(),
+            offset: 24,
+            field: Field::MetadataKey { index: 0 },
+            kind: ErrorKind::EmptyKey,
+        },
+        Case {
             name: "UnknownValueType",
             bytes: [header(0, 1), gstr(b"a"), le32(13).to_vec(), vec![0; 8]].concat(),
             offset: 33,
@@ -349,6 +356,23 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            // "a" (8 f32, 32 bytes) ends at 32, so "b" must start there; it starts at 64.
+            name: "TensorNotPacked",
+            bytes: [
+                header(2, 0),
+                tensor("a", &[8], 0, 0),
+                tensor("b", &[8], 0, 64),
+                vec![0; 96 - 90 + 96],
+            ]
+            .concat(),
+            offset: 57 + t_offset_field - 24,
+            field: Field::TensorOffset { tensor: tname("b") },
+            kind: ErrorKind::TensorNotPacked {
+                offset: 64,
+                expected: 32,
+            },
+        },
+        Case {
             name: "TensorsOverlap",
             bytes: [
                 header(2, 0),
@@ -384,6 +408,7 @@ fn variant_name(kind: &ErrorKind) -> &'static str {
         ErrorKind::InvalidUtf8(_) => "InvalidUtf8",
         ErrorKind::NameTooLong { .. } => "NameTooLong",
         ErrorKind::DuplicateKey { .. } => "DuplicateKey",
+        ErrorKind::EmptyKey => "EmptyKey",
         ErrorKind::UnknownValueType(_) => "UnknownValueType",
         ErrorKind::InvalidBool(_) => "InvalidBool",
         ErrorKind::ArrayTooDeep { .. } => "ArrayTooDeep",
@@ -401,11 +426,12 @@ fn variant_name(kind: &ErrorKind) -> &'static str {
         ErrorKind::MisalignedTensor { .. } => "MisalignedTensor",
         ErrorKind::DataSectionPastEnd { .. } => "DataSectionPastEnd",
         ErrorKind::TensorPastEnd { .. } => "TensorPastEnd",
+        ErrorKind::TensorNotPacked { .. } => "TensorNotPacked",
         ErrorKind::TensorsOverlap { .. } => "TensorsOverlap",
     }
 }
 
-const ALL_VARIANTS: usize = 29;
+const ALL_VARIANTS: usize = 31;
 
 #[test]
 fn each_case_fails_with_its_offset_field_and_kind() {

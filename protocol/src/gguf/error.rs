@@ -139,6 +139,9 @@ pub enum ErrorKind {
     /// A metadata key appears twice.
     #[error("duplicate key {key:?} (first defined at byte {first_offset})")]
     DuplicateKey { key: String, first_offset: u64 },
+    /// A metadata key of no bytes (llama.cpp refuses these; no lookup could find the value).
+    #[error("the metadata key is empty")]
+    EmptyKey,
     /// A metadata value-type tag this parser does not know.
     #[error("unknown value type {0}")]
     UnknownValueType(u32),
@@ -195,6 +198,10 @@ pub enum ErrorKind {
     #[error("data bytes {start}..{end} (absolute) run past the end of the {file_len}-byte file")]
     TensorPastEnd { start: u64, end: u64, file_len: u64 },
     /// Two tensors' byte ranges overlap.
+    /// Tensors must lie in descriptor order, each at the aligned end of the one before, as
+    /// llama.cpp requires: a gap or a different order is a file it refuses.
+    #[error("data offset {offset} is not where the tensors before it end ({expected}); tensor data must be packed in descriptor order")]
+    TensorNotPacked { offset: u64, expected: u64 },
     #[error("data bytes {start}..{end} overlap tensor {other:?} at {other_start}..{other_end}")]
     TensorsOverlap {
         start: u64,

@@ -296,6 +296,7 @@ impl<'a> Parser<'a> {
         }
         place_tensors(&mut tensors, data_offset, alignment, file_len)?;
         check_overlaps(&tensors)?;
+        check_packed(&tensors, alignment)?;
 
         Ok(GgufFile {
             bytes: self.bytes,
@@ -367,6 +368,13 @@ impl<'a> Parser<'a> {
                     ErrorKind::InvalidUtf8(e),
                 )
             })?;
+            if key.is_empty() {
+                return Err(at(
+                    offset,
+                    Field::MetadataKey { index },
+                    ErrorKind::EmptyKey,
+                ));
+            }
             let tag_pos = self.cur.pos();
             let tag = self
                 .cur
@@ -654,6 +662,35 @@ fn place_tensors(
             ));
         }
         t.absolute_offset = start;
+    }
+    Ok(())
+}
+
+/// llama.cpp's rule: each tensor starts where the one before it (in descriptor order) ends,
+/// padded to the alignment. Checked after the overlap check, so an overlap is still named as one.
+fn check_packed(tensors: &[TensorInfo<'_>], alignment: u64) -> Result<(), GgufError> {
+    let mut expected = 0u64;
+    for t in tensors {
+        if t.relative_offset != expected {
+            return Err(at(
+                offset_field_pos(t) as usize,
+                Field::TensorOffset {
+                    tensor: t.name.to_owned(),
+                },
+                ErrorKind::TensorNotPacked {
+                    offset: t.relative_offset,
+                    expected,
+                },
+            ));
+        }
+        // Bounded: every tensor lies inside the file (checked before).
+        expected = align_up(expected + t.size, alignment).ok_or_else(|| {
+            at(
+                offset_field_pos(t) as usize,
+                Field::DataSection,
+                ErrorKind::SizeOverflow,
+            )
+        })?;
     }
     Ok(())
 }
