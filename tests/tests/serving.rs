@@ -986,3 +986,36 @@ fn a_client_that_does_not_read_stalls_no_other_stream() {
     );
     drop(sleeper);
 }
+
+/// A request for a model that is still loading waits for its workers instead of being refused.
+#[test]
+fn a_request_during_a_load_waits_for_the_workers() {
+    let dir = Scratch::new("serving-during-load");
+    let daemon = Daemon::start(&dir.path("c.sock"), DaemonOptions::default());
+    // A sealed copy and a prefault: long enough (hundreds of milliseconds) to ask during it.
+    load(
+        &daemon.socket,
+        &json!({ "path": gemma_model(), "name": "gemma", "copy": true, "spawn_workers": true,
+                 "devices": ["cpu"], "placement": { "ctx": 256 }, "worker_options": { "threads": 1 } }),
+    );
+    let state = get(&daemon.socket, "/v1/models/gemma").json()["state"].clone();
+    let started = Instant::now();
+    let r = request(
+        &daemon.socket,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat(
+            &json!([{ "role": "user", "content": "Hi" }]),
+            json!({ "max_tokens": 2 }),
+        )),
+    );
+    assert_eq!(
+        state, "loading",
+        "the load finished before the request could be sent"
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    println!(
+        "asked while loading; answered {:?} later",
+        started.elapsed()
+    );
+}

@@ -73,10 +73,13 @@ impl Admission {
     pub async fn lease(self) -> Result<Lease, Refusal> {
         match self {
             Admission::Now(lease) => Ok(lease),
-            // The sender is only dropped with a lease sent, or when the model is unloaded.
-            Admission::Queued { model, waiting } => waiting
-                .await
-                .map_err(|_| Refusal::NoWorkers(format!("model {model:?} was unloaded"))),
+            // The sender is dropped with a lease sent, or when nothing can run the request.
+            Admission::Queued { model, waiting } => waiting.await.map_err(|_| {
+                Refusal::NoWorkers(format!(
+                    "model {model:?} has no worker left to run the request (unloaded, failed to \
+                         load, or its workers gave up)"
+                ))
+            }),
         }
     }
 }
@@ -121,6 +124,7 @@ impl Router {
     ) -> Result<Admission, Refusal> {
         let waiting = {
             let workers = self.registry.workers_of(model);
+            let coming = self.registry.workers_coming(model);
             let mut models = self.lock();
             let queue = models.entry(model.to_owned()).or_default();
             if queue.waiters.is_empty() {
@@ -128,9 +132,9 @@ impl Router {
                     return Ok(Admission::Now(self.lease(queue, model, worker, affinity)));
                 }
             }
-            // Nothing can take it now. Wait only if something will: a worker that computes,
-            // or one that is starting and may.
-            if !workers.iter().any(|w| w.alive()) {
+            // Nothing can take it now. Wait only if something will: a worker that is starting
+            // or restarting, or the workers of a model still loading.
+            if !coming && !workers.iter().any(|w| w.alive()) {
                 queue.rejected += 1;
                 return Err(Refusal::NoWorkers(if workers.is_empty() {
                     format!("model {model:?} has no workers (load it with workers, or start some)")
@@ -183,12 +187,14 @@ impl Router {
     pub fn dispatch(self: &Arc<Self>, model: &str) {
         let workers = self.registry.workers_of(model);
         let loaded = self.registry.contains(model);
+        let coming = self.registry.workers_coming(model);
         let mut models = self.lock();
         let Some(queue) = models.get_mut(model) else {
             return;
         };
-        if !loaded {
-            // Unloaded: the waiters hear so when their senders drop.
+        if !loaded || (!coming && !workers.iter().any(|w| w.alive())) {
+            // Unloaded, failed, or its workers gave up: nothing will take the waiters, who
+            // hear so when their senders drop.
             queue.waiters.clear();
             queue.queued_tokens = 0;
             return;

@@ -227,9 +227,12 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// The names of the models, in order.
-    pub fn names(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
+    /// Whether the model is still loading and will spawn workers when its pages are ready: a
+    /// request for it waits rather than being refused.
+    pub fn workers_coming(&self, name: &str) -> bool {
+        self.lock()
+            .get(name)
+            .is_some_and(|e| e.state == ModelState::Loading && e.spawn_workers && e.plan.is_some())
     }
 
     pub fn contains(&self, name: &str) -> bool {
