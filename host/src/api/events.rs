@@ -47,6 +47,14 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A model's worker count changed on request (`modelhost scale`): workers added, and
+    /// workers draining before they stop.
+    ModelScaled {
+        model: String,
+        workers: u32,
+        added: Vec<String>,
+        draining: Vec<String>,
+    },
     /// A worker has this block in place (in layer order), so an engine can begin its warm-up.
     WorkerLayerReady {
         model: String,

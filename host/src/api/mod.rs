@@ -12,7 +12,7 @@ mod workers;
 pub use events::{Envelope, Event, Phase};
 pub use models::{
     DetokenizeRequest, ErrorBody, ErrorDetail, LayerSummary, ListedModel, LoadRequest, MlockMode,
-    ModelInfo, ModelList, ModelState, PlacementOptionError, PlacementRequest, Residency, Status,
-    TokenizeRequest,
+    ModelInfo, ModelList, ModelState, PlacementOptionError, PlacementRequest, Residency,
+    ScaleReport, ScaleRequest, Status, TokenizeRequest,
 };
 pub use workers::{WorkerInfo, WorkerState};

@@ -64,6 +64,11 @@ pub struct LoadRequest {
     /// `devices`).
     #[serde(default)]
     pub spawn_workers: bool,
+    /// Start CPU workers while the pages are still being read (prefault, mlock), so that
+    /// requests are served during the load, the workers' page faults reading what each needs
+    /// (default true). With false, workers start once the load is complete.
+    #[serde(default = "default_true")]
+    pub serve_while_loading: bool,
     /// How the workers attach: `mlock` their pages, `verify` (read and checksum every byte),
     /// `registered_upload` (CUDA: copy straight from the registered mapping).
     #[serde(default)]
@@ -156,6 +161,10 @@ pub struct ModelInfo {
     pub path: PathBuf,
     pub files: Vec<PathBuf>,
     pub state: ModelState,
+    /// Still loading (its pages being read), and a worker already computes: requests are
+    /// served meanwhile.
+    #[serde(default)]
+    pub serving_while_loading: bool,
     /// Why the load failed, or a warning (an mlock fallback).
     #[serde(default)]
     pub error: Option<String>,
@@ -299,4 +308,35 @@ mod tests {
         assert_eq!(serde_json::to_vec(&again).unwrap(), encoded);
         assert!(request.placement.options().is_ok());
     }
+}
+
+/// `POST /v1/models/{name}/scale`: run this many workers of a model whose workers the host
+/// spawned, each holding the whole model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// How many workers to run from now on (0 parks the model: loaded, shared, not computing).
+    pub workers: u32,
+    /// The device of each new worker (default: that of the model's last worker).
+    #[serde(default)]
+    pub device: Option<String>,
+    /// How long a removed worker may take to finish the requests it is answering before it is
+    /// stopped anyway (default 120 s).
+    #[serde(default)]
+    pub drain_timeout_ms: Option<u64>,
+}
+
+/// What a scale did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleReport {
+    pub model: String,
+    /// Workers running (and not being removed) before, and the number asked for.
+    pub workers_before: u32,
+    pub workers: u32,
+    /// Workers started, which attach to the pages already in RAM.
+    pub added: Vec<String>,
+    /// Workers being drained: they take no new request and stop once their answers end.
+    pub draining: Vec<String>,
+    /// Requests that had no token yet on a drained worker, queued again for the others.
+    pub handed_back: u32,
 }

@@ -46,4 +46,8 @@ pub struct WorkerInfo {
     /// latest Ready.
     #[serde(default)]
     pub inference: Option<modelhost_protocol::wire::Inference>,
+    /// Being removed by a scale-down: it takes no new request and stops once those it is
+    /// answering have finished.
+    #[serde(default)]
+    pub draining: bool,
 }

@@ -70,6 +70,24 @@ pub fn run(args: EventsArgs) -> Result<(), CliError> {
                     worker,
                     layer,
                 } => format!("{model}: worker {worker}: block {layer} ready"),
+                Event::ModelScaled {
+                    model,
+                    workers,
+                    added,
+                    draining,
+                } => format!(
+                    "{model}: scaled to {workers} workers (added: {}; draining: {})",
+                    if added.is_empty() {
+                        "none".into()
+                    } else {
+                        added.join(", ")
+                    },
+                    if draining.is_empty() {
+                        "none".into()
+                    } else {
+                        draining.join(", ")
+                    }
+                ),
                 Event::WorkerProgress {
                     model,
                     worker,

@@ -70,6 +70,7 @@ pub fn run(args: LoadArgs) -> Result<(), CliError> {
             ..Default::default()
         },
         spawn_workers: false,
+        serve_while_loading: true,
         worker_options: Default::default(),
     };
     let client = args.connect.client();

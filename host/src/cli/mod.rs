@@ -6,6 +6,7 @@ mod inspect;
 mod load;
 mod models;
 pub(crate) mod plan;
+mod scale;
 mod serve;
 mod status;
 mod synth;
@@ -37,6 +38,8 @@ enum Command {
     Load(load::LoadArgs),
     /// Unload a model from the running host.
     Unload(models::UnloadArgs),
+    /// Run more or fewer workers of a loaded model; removed ones finish their answers first.
+    Scale(scale::ScaleArgs),
     /// List the host's models.
     Ls(models::LsArgs),
     /// List the host's processes and their memory.
@@ -121,6 +124,7 @@ impl Cli {
             Command::Up(args) => up::run(args),
             Command::Load(args) => load::run(args),
             Command::Unload(args) => models::unload(args),
+            Command::Scale(args) => scale::run(args),
             Command::Ls(args) => models::ls(args),
             Command::Ps(args) => status::ps(args),
             Command::Status(args) => status::status(args),

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::{block_on, CliError, ConnectArgs};
-use crate::api::{ModelInfo, ModelState};
+use crate::api::ModelInfo;
 use crate::units::format_bytes;
 
 #[derive(Debug, Args)]
@@ -26,14 +26,6 @@ pub struct UnloadArgs {
     connect: ConnectArgs,
 }
 
-fn state_name(state: ModelState) -> &'static str {
-    match state {
-        ModelState::Loading => "loading",
-        ModelState::Ready => "ready",
-        ModelState::Failed => "failed",
-    }
-}
-
 pub fn ls(args: LsArgs) -> Result<(), CliError> {
     let client = args.connect.client();
     let list: crate::api::ModelList<crate::api::ListedModel> = block_on(client.get("/v1/models"))??;
@@ -43,14 +35,14 @@ pub fn ls(args: LsArgs) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{:<28} {:<8} {:>11} {:>11} {:>11} {:<7} {:>7}  PATH",
+        "{:<28} {:<22} {:>11} {:>11} {:>11} {:<7} {:>7}  PATH",
         "NAME", "STATE", "SIZE", "RESIDENT", "LOCKED", "MODE", "WORKERS"
     );
     for m in &models {
         println!(
-            "{:<28} {:<8} {:>11} {:>11} {:>11} {:<7} {:>7}  {}",
+            "{:<28} {:<22} {:>11} {:>11} {:>11} {:<7} {:>7}  {}",
             m.name,
-            state_name(m.state),
+            super::status::model_activity(m),
             format_bytes(m.file_bytes),
             format_bytes(m.residency.resident_bytes),
             format_bytes(m.residency.locked_bytes),

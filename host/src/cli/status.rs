@@ -4,7 +4,7 @@ use clap::Args;
 use modelhost_protocol::wire::Inference;
 
 use super::{block_on, CliError, ConnectArgs};
-use crate::api::{ModelInfo, Status};
+use crate::api::{ModelInfo, ModelState, Status};
 use crate::units::format_bytes;
 
 #[derive(Debug, Args)]
@@ -155,5 +155,59 @@ pub fn ps(args: PsArgs) -> Result<(), CliError> {
             r.compute
         );
     }
+    print_residency(&models);
     Ok(())
+}
+
+/// Each model's pages: how much of it is in RAM, so that an idle model whose pages the kernel
+/// evicted shows before its next request pays for them.
+fn print_residency(models: &[ModelInfo]) {
+    if models.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:<28} {:<22} {:>11} {:>11} {:>6} {:>11}",
+        "MODEL", "STATE", "MAPPED", "RESIDENT", "", "LOCKED"
+    );
+    for m in models {
+        let r = &m.residency;
+        let share = match r.mapped_bytes {
+            0 => "-".to_owned(),
+            mapped => format!("{:.0}%", r.resident_bytes as f64 * 100.0 / mapped as f64),
+        };
+        println!(
+            "{:<28} {:<22} {:>11} {:>11} {:>6} {:>11}",
+            m.name,
+            model_activity(m),
+            format_bytes(r.mapped_bytes),
+            format_bytes(r.resident_bytes),
+            share,
+            format_bytes(r.locked_bytes),
+        );
+    }
+    for m in models {
+        let r = &m.residency;
+        let missing = r.mapped_bytes.saturating_sub(r.resident_bytes);
+        // A few pages' difference is the tail of the last page or the kernel's own choices.
+        if m.state == ModelState::Ready && r.locked_bytes == 0 && missing > r.mapped_bytes / 100 {
+            println!(
+                "note: {} of {}'s pages are not in RAM (evicted, or never read); its next request \
+                 reads them from disk. `mlock: try` in its load keeps them.",
+                format_bytes(missing),
+                m.name
+            );
+        }
+    }
+}
+
+/// A model's state as an operator reads it: `serving while loading` when its workers already
+/// compute while its pages are still being read.
+pub(crate) fn model_activity(m: &ModelInfo) -> &'static str {
+    match m.state {
+        ModelState::Loading if m.serving_while_loading => "serving while loading",
+        ModelState::Loading => "loading",
+        ModelState::Ready => "ready",
+        ModelState::Failed => "failed",
+    }
 }

@@ -47,6 +47,10 @@ pub struct UpArgs {
     /// loaded, so that a failed `up` leaves the host as it found it).
     #[arg(long)]
     keep_on_failure: bool,
+    /// Start the workers only once the model's pages are all read, rather than while they are
+    /// read (by default requests are served during the load).
+    #[arg(long)]
+    workers_after_load: bool,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -108,6 +112,7 @@ pub(crate) fn load_quietly(
             ..Default::default()
         },
         spawn_workers: true,
+        serve_while_loading: true,
         worker_options: Default::default(),
     };
     block_on(async {
@@ -156,6 +161,7 @@ pub fn run(args: UpArgs) -> Result<(), CliError> {
             ..Default::default()
         },
         spawn_workers: true,
+        serve_while_loading: !args.workers_after_load,
         worker_options: Default::default(),
     };
     let started = Instant::now();

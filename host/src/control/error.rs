@@ -5,7 +5,7 @@ use hyper::StatusCode;
 use crate::api::{ErrorBody, ErrorDetail};
 use crate::model_file::OpenError;
 use crate::placement::PlacementError;
-use crate::registry::{LoadError, UnloadError};
+use crate::registry::{LoadError, ScaleError, UnloadError};
 
 /// An error response: status, a stable code for scripts, and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +113,28 @@ impl From<LoadError> for ApiError {
             },
         };
         ApiError::new(status, code, message)
+    }
+}
+
+impl From<ScaleError> for ApiError {
+    fn from(e: ScaleError) -> ApiError {
+        let (status, code) = match &e {
+            ScaleError::NotFound(_) => (StatusCode::NOT_FOUND, "model_not_found"),
+            ScaleError::NotReady { .. } => (StatusCode::CONFLICT, "model_not_ready"),
+            ScaleError::NotSpawned(_) | ScaleError::NotWholeReplicas(_) => {
+                (StatusCode::CONFLICT, "not_scalable")
+            }
+            ScaleError::TooMany { .. }
+            | ScaleError::Placement(PlacementError::BadDevice { .. }) => {
+                (StatusCode::BAD_REQUEST, "invalid_scale")
+            }
+            ScaleError::Placement(_) => (StatusCode::UNPROCESSABLE_ENTITY, "device_unavailable"),
+            ScaleError::Plan(_) => (StatusCode::UNPROCESSABLE_ENTITY, "plan_failed"),
+            ScaleError::Worker(_) | ScaleError::Thread(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "worker_start_failed")
+            }
+        };
+        ApiError::new(status, code, chain(&e))
     }
 }
 

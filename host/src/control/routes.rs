@@ -13,7 +13,9 @@ use super::events::event_stream;
 use super::metrics::render_metrics;
 use super::{json_response, text_response, AppState, Listener, Response};
 use super::{ollama, openai};
-use crate::api::{DetokenizeRequest, ListedModel, LoadRequest, ModelList, Status, TokenizeRequest};
+use crate::api::{
+    DetokenizeRequest, ListedModel, LoadRequest, ModelList, ScaleRequest, Status, TokenizeRequest,
+};
 use crate::pages;
 use crate::registry::TextError;
 
@@ -26,6 +28,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/models"),
     ("GET", "/v1/models/{name}"),
     ("DELETE", "/v1/models/{name}"),
+    ("POST", "/v1/models/{name}/scale"),
     ("GET", "/v1/events"),
     ("POST", "/v1/tokenize"),
     ("POST", "/v1/detokenize"),
@@ -199,6 +202,14 @@ pub async fn dispatch(
                 StatusCode::OK,
                 &serde_json::json!({ "unloaded": name }),
             ))
+        }
+        (&Method::POST, ["v1", "models", name, "scale"]) => {
+            let name = name.to_string();
+            let request: ScaleRequest = json_body(&state, req).await?;
+            // Planning may ask a worker process about GPUs, and starting workers spawns threads.
+            let registry = Arc::clone(&state.registry);
+            let report = blocking(move || registry.scale(&name, &request)).await??;
+            Ok(json_response(StatusCode::OK, &report))
         }
         (&Method::GET, ["v1", "events"]) => Ok(event_stream(&state)),
         (&Method::POST, ["v1", "tokenize"]) => tokenize(state, req).await,
@@ -496,6 +507,7 @@ mod tests {
             devices: vec!["cpu".into()],
             placement: Default::default(),
             spawn_workers: false,
+            serve_while_loading: true,
             worker_options: Default::default(),
         };
         assert_eq!(
@@ -529,6 +541,7 @@ mod tests {
             path: "/m".into(),
             files: vec![],
             state: ModelState::Ready,
+            serving_while_loading: false,
             error: None,
             warnings: vec![],
             architecture: None,
@@ -570,6 +583,15 @@ mod tests {
                     add_special: false,
                     parse_special: false,
                     with_pieces: false,
+                })
+                .unwrap(),
+            ),
+            (
+                "ScaleRequest",
+                serde_json::to_value(ScaleRequest {
+                    workers: 2,
+                    device: Some("cpu".into()),
+                    drain_timeout_ms: Some(1),
                 })
                 .unwrap(),
             ),
@@ -636,6 +658,12 @@ mod tests {
                 total_bytes: 2,
                 layers_done: 0,
                 layers_total: 1,
+            },
+            Event::ModelScaled {
+                model: "m".into(),
+                workers: 2,
+                added: vec!["m-1".into()],
+                draining: vec!["m-0".into()],
             },
             Event::Lagged { missed: 3 },
         ];

@@ -28,8 +28,11 @@ use stop::StopMatcher;
 
 /// Events buffered for one client before it counts as too slow and is dropped.
 pub const CLIENT_BUFFER: usize = 1024;
-/// How many times a request is placed again after its worker went away before any token.
+/// How many times a request may lose its worker before any token (it is placed again each time
+/// but the last).
 const PLACEMENTS: u32 = 3;
+/// How many times a request may be handed back by workers being removed (scale-down).
+const REQUEUES: u32 = 8;
 /// How long a cancelled request's slot waits for the worker's Finished before it is given up.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
 
@@ -291,6 +294,9 @@ enum Attempt {
     Done,
     /// The worker went away before any token: place the request again.
     Again(String),
+    /// The worker is being removed and handed the request back before any token: queue it
+    /// again, without counting a lost placement.
+    Requeued(String),
     /// The client is gone; nothing more to send.
     Abandoned,
 }
@@ -303,7 +309,11 @@ impl Run<'_> {
 
     async fn serve(self, mut admission: Admission) {
         let counters = self.counters;
-        for placement in 1..=PLACEMENTS {
+        // Placements lost to a dying worker are capped. A request handed back by a draining
+        // worker is queued again without counting as lost, but that too is bounded.
+        let (mut lost, mut handed_back) = (0, 0);
+        let mut first = true;
+        loop {
             let lease = tokio::select! {
                 lease = admission.lease() => lease,
                 () = self.out.closed() => {
@@ -322,35 +332,49 @@ impl Run<'_> {
                     return;
                 }
             };
-            if placement == 1 {
+            if std::mem::take(&mut first) {
                 counters.queue_time.observe(self.arrived.elapsed());
             }
-            match self.attempt(lease).await {
+            let why = match self.attempt(lease).await {
                 Attempt::Done | Attempt::Abandoned => return,
                 Attempt::Again(why) => {
+                    lost += 1;
                     counters.replaced.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(model = %self.generation.model, reason = %why, "worker lost before the first token; placing the request again");
-                    let prompt = Arc::new(self.generation.prompt.clone());
-                    admission = match self.gateway.router.admit(&self.generation.model, prompt) {
-                        Ok(a) => a,
-                        Err(r) => {
-                            counters.failed.fetch_add(1, Ordering::Relaxed);
-                            let message = match refusal(r) {
-                                AdmitError::Busy(m) | AdmitError::Unavailable(m) => m,
-                            };
-                            self.emit(Event::Failed {
-                                message: format!("{why}; and then: {message}"),
-                            });
-                            return;
-                        }
-                    };
+                    why
                 }
+                Attempt::Requeued(why) => {
+                    handed_back += 1;
+                    tracing::info!(model = %self.generation.model, reason = %why, "request handed back before its first token; queued again");
+                    why
+                }
+            };
+            if lost >= PLACEMENTS || handed_back >= REQUEUES {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                self.emit(Event::Failed {
+                    message: if lost >= PLACEMENTS {
+                        format!("the request lost its worker {PLACEMENTS} times; last: {why}")
+                    } else {
+                        format!("the request was handed back by {REQUEUES} workers being removed")
+                    },
+                });
+                return;
             }
+            let prompt = Arc::new(self.generation.prompt.clone());
+            admission = match self.gateway.router.admit(&self.generation.model, prompt) {
+                Ok(a) => a,
+                Err(r) => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    let message = match refusal(r) {
+                        AdmitError::Busy(m) | AdmitError::Unavailable(m) => m,
+                    };
+                    self.emit(Event::Failed {
+                        message: format!("{why}; and then: {message}"),
+                    });
+                    return;
+                }
+            };
         }
-        counters.failed.fetch_add(1, Ordering::Relaxed);
-        self.emit(Event::Failed {
-            message: format!("the request lost its worker {PLACEMENTS} times"),
-        });
     }
 
     async fn attempt(&self, lease: router::Lease) -> Attempt {
@@ -492,6 +516,12 @@ impl Run<'_> {
                         worker: worker.id.clone(),
                     });
                     return Attempt::Done;
+                }
+                WorkerEvent::Requeued(why) => {
+                    if cancelled.is_some() {
+                        return Attempt::Abandoned;
+                    }
+                    return Attempt::Requeued(format!("worker {}: {why}", worker.id));
                 }
                 WorkerEvent::Lost(why) => {
                     if cancelled.is_some() {

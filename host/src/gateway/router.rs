@@ -134,12 +134,16 @@ impl Router {
             }
             // Nothing can take it now. Wait only if something will: a worker that is starting
             // or restarting, or the workers of a model still loading.
-            if !coming && !workers.iter().any(|w| w.alive()) {
+            if !coming && !workers.iter().any(|w| serves(w)) {
                 queue.rejected += 1;
                 return Err(Refusal::NoWorkers(if workers.is_empty() {
-                    format!("model {model:?} has no workers (load it with workers, or start some)")
+                    format!(
+                        "model {model:?} has no workers (load it with workers, scale it up, or start some)"
+                    )
                 } else {
-                    format!("every worker of model {model:?} has stopped or failed")
+                    format!(
+                        "every worker of model {model:?} has stopped, failed or is being removed"
+                    )
                 }));
             }
             if queue.waiters.len() >= self.limits.max_requests
@@ -192,7 +196,7 @@ impl Router {
         let Some(queue) = models.get_mut(model) else {
             return;
         };
-        if !loaded || (!coming && !workers.iter().any(|w| w.alive())) {
+        if !loaded || (!coming && !workers.iter().any(|w| serves(w))) {
             // Unloaded, failed, or its workers gave up: nothing will take the waiters, who
             // hear so when their senders drop.
             queue.waiters.clear();
@@ -297,6 +301,12 @@ fn pick(
         })
         .max_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)).then(b.0.id.cmp(&a.0.id)))
         .map(|(w, affinity, _)| (Arc::clone(w), affinity))
+}
+
+/// Whether a worker is running, or will be again, and is not being removed: something a
+/// request may wait for.
+fn serves(worker: &WorkerHandle) -> bool {
+    worker.alive() && !worker.draining()
 }
 
 pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {

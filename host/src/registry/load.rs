@@ -261,6 +261,10 @@ impl Registry {
             plan,
             placement,
             spawn_workers: req.spawn_workers,
+            devices: req.devices.clone(),
+            next_worker: 0,
+            serve_while_loading: req.serve_while_loading,
+            workers_started: false,
             worker_options: req.worker_options.clone(),
             workers: Vec::new(),
             cancel: Arc::clone(&cancel),
@@ -280,7 +284,7 @@ impl Registry {
             error: None,
         });
         if !needs_job {
-            self.spawn_workers(&name);
+            self.spawn_workers(&name, false);
         }
         if needs_job {
             let job = Job {
@@ -375,6 +379,13 @@ impl Registry {
             }
         }
 
+        // The pages the workers will map exist now (the file, or its sealed copy): workers can
+        // start while the host reads them, and serve requests meanwhile.
+        if !self.publish_mapping(name, &mapping) {
+            return; // unloaded meanwhile
+        }
+        self.spawn_workers(name, true);
+
         if job.prefault {
             let mut throttle = ProgressThrottle::new();
             let mut base = 0u64;
@@ -430,6 +441,19 @@ impl Registry {
         self.finish(name, Some(mapping), Ok(()), locked, warnings);
     }
 
+    /// Makes `mapping` (a sealed copy, after the copy phase) the one new workers are given;
+    /// false when the model was unloaded meanwhile.
+    fn publish_mapping(&self, name: &str, mapping: &Arc<MappedModel>) -> bool {
+        let mut models = self.lock();
+        match models.get_mut(name) {
+            Some(entry) if !entry.cancel.load(Ordering::Relaxed) => {
+                entry.mapping = Arc::clone(mapping);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Records the end of a load job, unless the model was unloaded (or replaced) meanwhile.
     fn finish(
         &self,
@@ -458,10 +482,19 @@ impl Registry {
         };
         entry.state = state;
         entry.error = error.clone();
+        // Workers started during a load that then failed serve pages that may be unreadable.
+        let stopping = if state == ModelState::Failed {
+            std::mem::take(&mut entry.workers)
+        } else {
+            Vec::new()
+        };
         drop(models);
         self.changed();
+        for worker in stopping {
+            worker.stop(std::time::Duration::from_secs(2));
+        }
         if state == ModelState::Ready {
-            self.spawn_workers(name);
+            self.spawn_workers(name, false);
         }
         match &error {
             None => tracing::info!(model = name, "model ready"),

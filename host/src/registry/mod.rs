@@ -5,6 +5,7 @@
 //! on the event stream. The same file loaded twice under two names shares one mapping.
 
 mod load;
+mod scale;
 mod workers;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use load::LoadError;
+pub use scale::{ScaleError, MAX_WORKERS};
 pub use workers::{planned_workers, JoinError};
 
 use crate::api::Event;
@@ -64,6 +66,15 @@ struct Entry {
     /// The placement options the model was loaded with, for workers that join later.
     placement: modelhost_protocol::placement::PlanOptions,
     spawn_workers: bool,
+    /// The devices the workers were planned for, one per worker, as given (`cpu`, `cuda:0`),
+    /// kept in step by scaling.
+    devices: Vec<String>,
+    /// The index the next spawned worker's id takes.
+    next_worker: u32,
+    /// Whether CPU workers start while the pages are still being read.
+    serve_while_loading: bool,
+    /// Whether the plan's workers have been started (during the load, or after it).
+    workers_started: bool,
     worker_options: modelhost_protocol::wire::WorkerOptions,
     workers: Vec<Arc<WorkerHandle>>,
     cancel: Arc<AtomicBool>,
@@ -133,6 +144,8 @@ pub struct Registry {
     generation: std::sync::atomic::AtomicU64,
     events: Arc<EventBus>,
     policy: RwLock<Policy>,
+    /// Held by a scale, so that two do not count the same workers.
+    scaling: Mutex<()>,
 }
 
 impl Registry {
@@ -142,6 +155,7 @@ impl Registry {
             generation: std::sync::atomic::AtomicU64::new(0),
             events,
             policy: RwLock::new(policy),
+            scaling: Mutex::new(()),
         })
     }
 
@@ -316,6 +330,14 @@ impl Snapshot {
     fn finish(mut self) -> ModelInfo {
         self.info.residency = residency(&self.mapping, self.locked);
         self.info.workers = self.workers.iter().map(|w| w.info()).collect();
+        self.info.serving_while_loading = self.info.state == ModelState::Loading
+            && self.info.workers.iter().any(|w| {
+                w.state == crate::api::WorkerState::Ready
+                    && matches!(
+                        w.inference,
+                        Some(modelhost_protocol::wire::Inference::Ready { .. })
+                    )
+            });
         self.info
     }
 }
@@ -350,6 +372,7 @@ fn info(e: &Entry) -> ModelInfo {
         path: e.path.clone(),
         files: e.mapping.paths().map(PathBuf::from).collect(),
         state: e.state,
+        serving_while_loading: false,
         error: e.error.clone(),
         warnings: e.warnings.clone(),
         architecture: e.summary.architecture.clone(),

@@ -42,31 +42,46 @@ pub fn planned_workers(plan: &Plan) -> usize {
 }
 
 impl Registry {
-    /// Starts the model's workers, one per assignment in its plan, once its pages are ready.
-    pub(super) fn spawn_workers(&self, name: &str) {
+    /// Starts the model's workers, one per assignment in its plan, once its pages are ready;
+    /// or, with `during_load`, while the host is still reading them, when every worker is a
+    /// CPU worker (which computes from the pages in place, so its first request's faults read
+    /// what it needs) and the model asks for it. Runs the plan's workers once.
+    pub(super) fn spawn_workers(&self, name: &str, during_load: bool) {
         let policy = self.policy();
         let mut models = self.lock();
         let Some(entry) = models.get_mut(name) else {
             return;
         };
-        let (Some(plan), true) = (&entry.plan, entry.spawn_workers) else {
+        let (Some(plan), true, false) = (&entry.plan, entry.spawn_workers, entry.workers_started)
+        else {
             return;
         };
         let assignments = plan.assignments();
+        if during_load
+            && !(entry.serve_while_loading && assignments.iter().all(|a| !a.device.is_gpu()))
+        {
+            return;
+        }
+        entry.workers_started = true;
+        let mut options = entry.worker_options.clone();
+        // The host's own prefault (or mlock) is reading the pages; a worker that read them too
+        // would only be Ready once they were all in.
+        options.lazy_pages |= during_load;
         let devices: Vec<DeviceId> = assignments.iter().map(|a| a.device).collect();
         let engines: Vec<EngineSpec> = assignments
             .iter()
             .map(|a| engine_spec(plan, a.device, &devices, &entry.worker_options))
             .collect();
         for (i, (assignment, engine)) in assignments.into_iter().zip(engines).enumerate() {
-            let spec = match worker_spec(entry, format!("{name}-{i}"), assignment, engine, &policy)
-            {
+            let id = format!("{name}-{i}");
+            let spec = match worker_spec(entry, id, assignment, engine, options.clone(), &policy) {
                 Ok(spec) => spec,
                 Err(e) => {
                     tracing::error!(model = name, error = %e, "cannot prepare a worker");
                     continue;
                 }
             };
+            entry.next_worker = entry.next_worker.max(i as u32 + 1);
             match supervisor::start(spec, Arc::clone(&self.events)) {
                 Ok(handle) => entry.workers.push(handle),
                 Err(e) => tracing::error!(model = name, error = %e, "cannot start a worker thread"),
@@ -127,6 +142,7 @@ impl Registry {
             hello.worker_id.clone(),
             assignment,
             engine,
+            entry.worker_options.clone(),
             &self.policy(),
         )
     }
@@ -170,11 +186,12 @@ pub fn engine_spec(
 }
 
 /// The attach for one worker of `entry`, with its own duplicates of the model's descriptors.
-fn worker_spec(
+pub(super) fn worker_spec(
     entry: &Entry,
     id: String,
     assignment: Assignment,
     engine: EngineSpec,
+    options: WorkerOptions,
     policy: &super::Policy,
 ) -> Result<WorkerSpec, JoinError> {
     let manifest = entry
@@ -202,7 +219,7 @@ fn worker_spec(
                 .map(|(_, c)| c.clone())
                 .collect(),
             assignment,
-            options: entry.worker_options.clone(),
+            options,
             // Several heartbeats fit in a timeout, so one late beat is not a death.
             heartbeat_ms: (policy.worker_heartbeat_timeout.as_millis() / 6).clamp(50, 500) as u32,
             engine,

@@ -52,6 +52,12 @@ pub struct WorkerHandle {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// While the worker is Ready and computes: how to reach it, and who waits for what.
     link: Mutex<Option<Link>>,
+    /// Being drained for removal: it takes no new request, finishes those that have begun,
+    /// and is then stopped.
+    draining: AtomicBool,
+    /// Whether the host spawned it (and can stop it for good); a joined worker belongs to its
+    /// process manager.
+    pub spawned: bool,
 }
 
 /// What the gateway hears about one of its requests on a worker.
@@ -61,6 +67,10 @@ pub enum WorkerEvent {
     Finished(Finished),
     /// The worker went away (or stopped being Ready) with the request unfinished.
     Lost(String),
+    /// The worker is being drained and had not begun answering: the request was cancelled
+    /// there and goes back to the model's queue. Not a failure, so it does not count against
+    /// the request's placements.
+    Requeued(String),
 }
 
 /// A ready worker's request side: a sending handle on its connection (the shell thread keeps
@@ -68,7 +78,14 @@ pub enum WorkerEvent {
 struct Link {
     sender: Sender,
     slots: u32,
-    requests: std::collections::HashMap<u64, UnboundedSender<WorkerEvent>>,
+    requests: std::collections::HashMap<u64, InFlight>,
+}
+
+/// One request on a worker: where its events go, and whether a token of it has been forwarded
+/// (after which it can no longer move to another worker unseen).
+struct InFlight {
+    events: UnboundedSender<WorkerEvent>,
+    answered: bool,
 }
 
 /// How long a Submit or Cancel may wait on a worker that does not read its socket (a frozen
@@ -90,8 +107,52 @@ impl WorkerHandle {
 
     /// The sequence slots of a worker that is Ready and computes; None otherwise (starting,
     /// restarting, stopped, or a worker without an engine).
+    /// A draining worker has none to offer.
     pub fn compute_slots(&self) -> Option<u32> {
+        if self.draining() {
+            return None;
+        }
         self.link_guard().as_ref().map(|l| l.slots)
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining the worker for removal: the router places nothing more on it, and each
+    /// request that has not yet had a token is cancelled here and handed back to the gateway
+    /// (`Requeued`), which queues it again for another worker. Requests already answering run
+    /// to their end; [`WorkerHandle::in_flight`] counts them down. Returns how many were handed
+    /// back.
+    pub fn drain(&self) -> usize {
+        self.draining.store(true, Ordering::Relaxed);
+        self.update_status(|s| s.draining = true);
+        let mut guard = self.link_guard();
+        let Some(link) = guard.as_mut() else {
+            return 0;
+        };
+        let unanswered: Vec<u64> = link
+            .requests
+            .iter()
+            .filter(|(_, r)| !r.answered)
+            .map(|(id, _)| *id)
+            .collect();
+        for request in &unanswered {
+            if let Some(r) = link.requests.remove(request) {
+                // Under the link's lock no token of it can be forwarded meanwhile; the worker's
+                // Finished(cancelled) finds no one waiting and is dropped.
+                let _ = link.sender.send(&Message::Cancel { request: *request });
+                let _ = r.events.send(WorkerEvent::Requeued(format!(
+                    "worker {} is being removed",
+                    self.id
+                )));
+            }
+        }
+        unanswered.len()
+    }
+
+    fn update_status(&self, f: impl FnOnce(&mut WorkerInfo)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// Requests in flight on this worker.
@@ -114,8 +175,17 @@ impl WorkerHandle {
         let Some(link) = guard.as_mut() else {
             return Err(format!("worker {} is not ready", self.id));
         };
+        if self.draining() {
+            return Err(format!("worker {} is being removed", self.id));
+        }
         let request = submit.request;
-        link.requests.insert(request, events);
+        link.requests.insert(
+            request,
+            InFlight {
+                events,
+                answered: false,
+            },
+        );
         if let Err(e) = link.sender.send(&Message::Submit(Box::new(submit))) {
             link.requests.remove(&request);
             return Err(format!("sending to worker {}: {e}", self.id));
@@ -268,7 +338,7 @@ fn supervise(
     joined: Option<(Channel, Joined)>,
     events: Arc<EventBus>,
 ) -> std::io::Result<Arc<WorkerHandle>> {
-    let handle = start_handle(&spec);
+    let handle = start_handle(&spec, joined.is_none());
     let (channel, external) = match joined {
         Some((channel, joined)) => (Some(channel), Some(joined)),
         None => (None, None),
@@ -289,7 +359,7 @@ fn supervise(
     Ok(handle)
 }
 
-fn start_handle(spec: &WorkerSpec) -> Arc<WorkerHandle> {
+fn start_handle(spec: &WorkerSpec, spawned: bool) -> Arc<WorkerHandle> {
     let a = &spec.attach.assignment;
     Arc::new(WorkerHandle {
         id: spec.id.clone(),
@@ -309,10 +379,13 @@ fn start_handle(spec: &WorkerSpec) -> Arc<WorkerHandle> {
             ready_ms: None,
             memory: None,
             inference: None,
+            draining: false,
         }),
         stop: AtomicBool::new(false),
         thread: Mutex::new(None),
         link: Mutex::new(None),
+        draining: AtomicBool::new(false),
+        spawned,
     })
 }
 
@@ -615,9 +688,13 @@ impl Shell {
                 Event::Ready
             }
             Message::Token(token) => {
-                let guard = self.handle.link_guard();
-                if let Some(waiting) = guard.as_ref().and_then(|l| l.requests.get(&token.request)) {
-                    let _ = waiting.send(WorkerEvent::Token(token));
+                let mut guard = self.handle.link_guard();
+                if let Some(waiting) = guard
+                    .as_mut()
+                    .and_then(|l| l.requests.get_mut(&token.request))
+                {
+                    waiting.answered = true;
+                    let _ = waiting.events.send(WorkerEvent::Token(token));
                 }
                 // Tokens are signs of life as good as a heartbeat.
                 Event::Heartbeat
@@ -628,7 +705,7 @@ impl Shell {
                     .as_mut()
                     .and_then(|l| l.requests.remove(&finished.request))
                 {
-                    let _ = waiting.send(WorkerEvent::Finished(finished));
+                    let _ = waiting.events.send(WorkerEvent::Finished(finished));
                 }
                 Event::Heartbeat
             }
@@ -669,7 +746,7 @@ impl Shell {
         let link = self.handle.link_guard().take();
         if let Some(link) = link {
             for (_, waiting) in link.requests {
-                let _ = waiting.send(WorkerEvent::Lost(why.to_owned()));
+                let _ = waiting.events.send(WorkerEvent::Lost(why.to_owned()));
             }
         }
     }

@@ -14,7 +14,7 @@ use super::messages::Message;
 pub const MAGIC: u32 = u32::from_le_bytes(*b"MHWK");
 /// The protocol version this build speaks. A peer with another version is refused by name.
 /// Version 3 added generation (Submit, Token, Finished, Cancel).
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The largest frame accepted: an Attach for a model with tens of thousands of tensors fits.
 pub const MAX_FRAME_LEN: u32 = 16 << 20;
 pub const PREAMBLE_LEN: usize = 8;

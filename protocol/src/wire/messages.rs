@@ -256,6 +256,10 @@ pub struct WorkerOptions {
     /// Compute threads of a CPU worker's engine; by default the cores of its NUMA node (or of
     /// the machine) shared out among the CPU workers placed there, at least 1.
     pub threads: Option<u32>,
+    /// Do not fault the assigned pages in before Ready. The host sets it for workers it starts
+    /// while it is itself still reading the model's pages (a load in progress): the worker is
+    /// ready at once, and a request's own page faults read what it needs first.
+    pub lazy_pages: bool,
 }
 
 /// How a worker sizes its inference engine: what the plan sized its KV cache and scratch for.

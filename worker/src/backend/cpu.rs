@@ -40,7 +40,9 @@ impl Backend for CpuBackend {
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), BackendError> {
         for chunk in bytes.chunks(STEP) {
-            populate_read(chunk)?;
+            if !options.lazy_pages {
+                populate_read(chunk)?;
+            }
             if options.verify {
                 self.checksum ^= checksum64(chunk);
             }
