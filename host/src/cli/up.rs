@@ -270,8 +270,8 @@ async fn roll_back(client: &Client, name: &str, error: CliError) -> CliError {
     }
 }
 
-/// Follows the event stream until every planned worker of the model is Ready, with a progress
-/// bar per worker. A worker that fails for good, a failed load, an unload by someone else or a
+/// Follows the event stream until every planned worker of the model is Ready and the model's
+/// pages are all read (workers may compute before that), with a progress bar per worker. A worker that fails for good, a failed load, an unload by someone else or a
 /// closed stream end the wait with an error. When the stream lagged, the model's own status
 /// fills in the events that were dropped.
 async fn wait_until_ready(
@@ -293,6 +293,7 @@ async fn wait_until_ready(
             .progress_chars("=> ");
     let mut per_worker: BTreeMap<String, ProgressBar> = BTreeMap::new();
     let mut states: BTreeMap<String, WorkerState> = BTreeMap::new();
+    let mut model_ready = registered.state == ModelState::Ready;
     let failed = |worker: &str, error: Option<String>| {
         CliError(format!(
             "worker {worker} failed: {}",
@@ -304,7 +305,7 @@ async fn wait_until_ready(
             .values()
             .filter(|s| **s == WorkerState::Ready)
             .count();
-        if states.len() >= expected && ready >= expected {
+        if states.len() >= expected && ready >= expected && model_ready {
             break;
         }
         let Some(envelope) = events.next().await? else {
@@ -353,6 +354,9 @@ async fn wait_until_ready(
             } if model == name => {
                 return Err(CliError(format!("{name} failed to load: {e}")));
             }
+            Event::ModelState { model, state, .. } if model == name => {
+                model_ready = state == ModelState::Ready;
+            }
             Event::ModelUnloaded { model } if model == name => {
                 return Err(CliError(format!(
                     "{name} was unloaded by another client before its workers were ready"
@@ -360,6 +364,7 @@ async fn wait_until_ready(
             }
             Event::Lagged { .. } => {
                 let info: ModelInfo = client.get(&model_path).await?;
+                model_ready = info.state == ModelState::Ready;
                 if let Some(e) = info.error.filter(|_| info.state == ModelState::Failed) {
                     return Err(CliError(format!("{name} failed to load: {e}")));
                 }

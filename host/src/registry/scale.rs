@@ -81,6 +81,8 @@ impl Registry {
                 .ok_or_else(|| ScaleError::NotFound(name.to_owned()))?;
             match entry.state {
                 ModelState::Ready => {}
+                // Its workers already run while the pages are read: more may join them.
+                ModelState::Loading if entry.workers_started => {}
                 ModelState::Loading => {
                     return Err(ScaleError::NotReady {
                         name: name.to_owned(),
@@ -192,7 +194,10 @@ impl Registry {
             // Numbered after every worker the model has had, so an id never names two processes.
             let id = format!("{name}-{}", entry.next_worker);
             entry.next_worker += 1;
-            let options = entry.worker_options.clone();
+            let mut options = entry.worker_options.clone();
+            // While the host still reads the pages, a new worker leaves that to it, as the
+            // first ones did.
+            options.lazy_pages |= entry.state == ModelState::Loading;
             let spec = worker_spec(entry, id.clone(), assignment, engine, options, &policy)?;
             let handle =
                 supervisor::start(spec, Arc::clone(&self.events)).map_err(ScaleError::Thread)?;
