@@ -36,7 +36,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELHOST = os.path.join(ROOT, "target/release/modelhost")
 GEMMA = os.path.join(ROOT, "models/gemma-3-270m-q4_k_m.gguf")
-RUNS = 3
+RUNS = int(os.environ.get("TTFT_RUNS", "3"))
 CTX = 4096
 
 # A sentence that gemma's vocabulary cuts into 32 tokens with BOS; {n} changes its start.
@@ -78,7 +78,10 @@ def api(sock, method, path, body=None):
     r = conn.getresponse()
     data = r.read()
     conn.close()
-    return r.status, json.loads(data) if data else None
+    try:
+        return r.status, json.loads(data) if data else None
+    except ValueError:
+        return r.status, data.decode(errors="replace")
 
 
 def first_token(sock, n):

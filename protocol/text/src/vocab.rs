@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use modelhost_protocol::gguf::{optional, GgufFile, MetadataError, Value, ValueType};
 
 use crate::pretokenize::{PreTokenizer, PreTokenizerError};
-use crate::strings::{Arena, Duplicates, Index};
+use crate::strings::{Arena, Duplicates, Index, TextArena};
 
 /// A token id.
 pub type TokenId = u32;
@@ -78,7 +78,7 @@ pub struct Vocab {
     pub(crate) model: String,
     pub(crate) pre: Option<PreTokenizer>,
     /// Each token's text (UTF-8, checked at load).
-    pub(crate) texts: Arena,
+    pub(crate) texts: TextArena,
     pub(crate) scores: Vec<f32>,
     pub(crate) attrs: Vec<u16>,
     /// Text to id; where two tokens share a text, the later id, as in llama.cpp.
@@ -283,16 +283,16 @@ impl Vocab {
         let scores = scores(file, n)?;
         let types = token_types(file, n)?;
 
-        let mut texts = Arena::with_capacity(n as usize, n as usize * 8);
+        let mut texts = TextArena::with_capacity(n as usize, n as usize * 8);
         let mut attrs = Vec::with_capacity(n as usize);
         for (i, v) in tokens.iter().enumerate() {
             let id = i as TokenId;
             let Value::String(s) = v else {
                 unreachable!("checked: an array of strings")
             };
-            let text = match s.to_str() {
-                Ok("") => format!("[EMPTY_{id}]"),
-                Ok(t) => t.to_owned(),
+            match s.to_str() {
+                Ok("") => texts.push(&format!("[EMPTY_{id}]")),
+                Ok(t) => texts.push(t),
                 Err(_) => {
                     return Err(VocabError::NotUtf8 {
                         id,
@@ -300,7 +300,6 @@ impl Vocab {
                     })
                 }
             };
-            texts.push(text.as_bytes());
             attrs.push(match types.as_ref().map(|t| t[i]) {
                 None | Some(1) => attr::NORMAL,
                 Some(2) => attr::UNKNOWN,
@@ -429,10 +428,10 @@ impl Vocab {
     /// End-of-turn, fill-in-the-middle and end-of-generation tokens found by their text; the
     /// tokens found are made control tokens.
     fn find_special_tokens(&mut self) {
+        // The lowest id among those the texts name (each text's own id: a duplicate text
+        // names the id its lookup gives).
         let by_text = |texts: &[&str], vocab: &Vocab| -> Option<TokenId> {
-            (0..vocab.texts.len() as TokenId).find(|&id| {
-                texts.contains(&vocab.text_of(id)) && vocab.id(vocab.text_of(id)) == Some(id)
-            })
+            texts.iter().filter_map(|t| vocab.id(t)).min()
         };
         let found = [
             (self.special.eot, EOT_TEXTS),
@@ -478,11 +477,10 @@ impl Vocab {
         let s = self.special;
         self.eog
             .extend([s.fim_pad, s.fim_rep, s.fim_sep].into_iter().flatten());
-        for id in 0..self.texts.len() {
-            let text = self.text_of(id as TokenId);
-            if EOG_TEXTS.contains(&text) && self.id(text) == Some(id as TokenId) {
-                self.eog.insert(id as TokenId);
-                self.attrs[id] |= attr::CONTROL;
+        for text in EOG_TEXTS {
+            if let Some(id) = self.id(text) {
+                self.eog.insert(id);
+                self.attrs[id as usize] |= attr::CONTROL;
             }
         }
         // gpt-oss's structural tokens are text the client must see.
@@ -572,7 +570,7 @@ impl Vocab {
 
     /// Token `id`'s text (`id` in range; checked UTF-8 at load).
     pub(crate) fn text_of(&self, id: TokenId) -> &str {
-        std::str::from_utf8(self.texts.get(id)).unwrap_or_default()
+        self.texts.get(id)
     }
 
     /// The rank of the merge spelled `"left right"`.
