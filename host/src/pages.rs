@@ -51,6 +51,34 @@ pub struct MlockError {
 }
 
 /// Locks the mapping's pages in RAM.
+/// Asks the kernel, on a thread of its own, to start reading every file of `model` into the
+/// page cache (MADV_WILLNEED), so that the disk works while the host parses the vocabulary and
+/// starts the workers. Advice only: a failure is logged and changes nothing.
+pub fn read_ahead_in_background(model: std::sync::Arc<crate::model_file::MappedModel>) {
+    let advise = move || {
+        for map in model.files().iter().filter_map(|f| f.mapping()) {
+            // SAFETY: the range is exactly a live mapping held by `model`; MADV_WILLNEED
+            // schedules reads and changes no memory.
+            let rc = unsafe {
+                libc::madvise(
+                    map.as_ptr() as *mut libc::c_void,
+                    map.len(),
+                    libc::MADV_WILLNEED,
+                )
+            };
+            if rc != 0 {
+                tracing::debug!(error = %io::Error::last_os_error(), "read-ahead advice refused");
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("read-ahead".into())
+        .spawn(advise)
+    {
+        tracing::debug!(error = %e, "no read-ahead thread");
+    }
+}
+
 pub fn lock(map: &Mmap) -> Result<(), MlockError> {
     map.lock().map_err(|source| MlockError {
         bytes: map.len() as u64,

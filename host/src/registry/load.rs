@@ -211,7 +211,12 @@ impl Registry {
         })?;
         self.check_allowed(&canonical)?;
 
-        let fresh = MappedModel::open(&canonical)?;
+        let fresh = Arc::new(MappedModel::open(&canonical)?);
+        if req.prefault || req.copy {
+            // The disk starts on the weights now, while the vocabulary is parsed and the
+            // workers start; the prefault (or copy) then finds the pages read or in flight.
+            pages::read_ahead_in_background(Arc::clone(&fresh));
+        }
         let summary = summarize(&fresh)?;
         let plan = self.plan_for(&req, &placement, &summary, &fresh)?;
         let identity = fresh.files()[0].identity();
@@ -236,7 +241,7 @@ impl Registry {
             .map(|e| (e.name.clone(), Arc::clone(&e.mapping)));
         let (mapping, shares_mapping_with) = match shared {
             Some((other, mapping)) => (mapping, Some(other)),
-            None => (Arc::new(fresh), None),
+            None => (fresh, None),
         };
         let state = if needs_job {
             ModelState::Loading
