@@ -98,7 +98,21 @@ echo "serving ..." >&2
     python3 scripts/bench_serving.py "$work/serving-table.md" "$work/serving" "${LLAMA_PYTHON:-}" >/dev/null
     cat "$work/serving-table.md"
 } > "$work/serving.md"
-cat "$work/parse.md" "$work/system.md" "$work/engine.md" "$work/tokenizer.md" "$work/serving.md" > docs/benchmarks.md
+echo "time to first token ..." >&2
+{
+    echo
+    echo "## Time to first token"
+    echo
+    echo "\`python3 scripts/bench_ttft.py OUT WORK LLAMA_PYTHON\` (the part of \`scripts/bench.sh\` that"
+    echo "measures it): a 27-token prompt on gemma, one greedy token, one worker (or llama.cpp process)"
+    echo "with both cores, from each starting point; each run has a prompt no earlier request had."
+    echo "The file is evicted with \`posix_fadvise(DONTNEED)\` for the cold rows. Same run, same machine."
+    echo
+    python3 scripts/bench_ttft.py "$work/ttft-table.md" "$work/ttft" "${LLAMA_PYTHON:-}" 2>/dev/null >/dev/null
+    cat "$work/ttft-table.md"
+} > "$work/ttft.md"
+cat "$work/parse.md" "$work/system.md" "$work/engine.md" "$work/tokenizer.md" "$work/serving.md" \
+    "$work/ttft.md" > docs/benchmarks.md
 cat >> docs/benchmarks.md <<'MD'
 
 ## What the figures led to
