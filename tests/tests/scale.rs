@@ -196,3 +196,71 @@ fn a_model_scales_up_and_down_and_removed_workers_drain_first() {
         .map(|(_, v)| v.clone());
     assert_eq!(worker.as_deref(), Some("gemma-2"));
 }
+
+/// The worker's resident set: its private memory and the model pages it has mapped in.
+fn worker_rss(socket: &Path) -> u64 {
+    let model = get(socket, "/v1/models/gemma").json();
+    model["workers"][0]["memory"]["rss_bytes"].as_u64().unwrap()
+}
+
+#[test]
+fn workers_started_during_a_load_leave_the_pages_to_the_host_and_serve() {
+    let dir = modelhost_tests::Scratch::new("serve-while-loading");
+    let daemon = modelhost_tests::daemon::Daemon::start(
+        &dir.path("c.sock"),
+        modelhost_tests::daemon::DaemonOptions::default(),
+    );
+    let socket = &daemon.socket;
+    let file_bytes = std::fs::metadata(modelhost_tests::gemma_model())
+        .unwrap()
+        .len();
+    // Started during the load (the default): Ready without faulting the model in, so its
+    // resident set is its own memory, far below the file; the first request faults in what
+    // it reads.
+    modelhost_tests::models::load(
+        socket,
+        &json!({ "path": modelhost_tests::gemma_model(), "name": "gemma", "spawn_workers": true,
+                 "devices": ["cpu"], "placement": { "ctx": 256 }, "worker_options": { "threads": 1 } }),
+    );
+    let model = wait_for(socket, "gemma", "the worker computing", |m| {
+        m["serving"]["workers_computing"].as_array().map(Vec::len) == Some(1)
+    });
+    let lazy = worker_rss(socket);
+    assert!(
+        lazy < file_bytes / 2,
+        "{lazy} bytes resident in a lazy worker: {model:#}"
+    );
+    let r = request(
+        socket,
+        "POST",
+        "/v1/completions",
+        Some(&json!({ "model": "gemma", "prompt": "Hi", "max_tokens": 1 })),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let after = worker_rss(socket);
+    assert!(
+        after > file_bytes / 2,
+        "a forward pass reads nearly every weight: {after}"
+    );
+    let model = wait_for(socket, "gemma", "the load complete", |m| {
+        m["state"] == "ready"
+    });
+    assert_eq!(model["serving_while_loading"], false);
+
+    // Started after the load: the worker faults every page in before Ready, as before.
+    request(socket, "DELETE", "/v1/models/gemma?force=true", None);
+    modelhost_tests::models::load(
+        socket,
+        &json!({ "path": modelhost_tests::gemma_model(), "name": "gemma", "spawn_workers": true,
+                 "devices": ["cpu"], "placement": { "ctx": 256 }, "worker_options": { "threads": 1 },
+                 "serve_while_loading": false }),
+    );
+    wait_for(socket, "gemma", "the worker computing", |m| {
+        m["serving"]["workers_computing"].as_array().map(Vec::len) == Some(1)
+    });
+    let eager = worker_rss(socket);
+    assert!(
+        eager > file_bytes * 9 / 10,
+        "{eager} bytes resident in an eager worker"
+    );
+}
