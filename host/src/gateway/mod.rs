@@ -218,14 +218,36 @@ impl Gateway {
             .collect()
     }
 
-    /// Notices workers that became ready for queued requests; runs until the runtime ends.
+    /// Hands queued requests to workers that became ready: at once on a worker's Ready event
+    /// (a request waiting on a restarting or new worker must not wait for a tick as well), and
+    /// on a 50 ms tick as a backstop. Runs until the runtime ends.
     pub fn spawn_ticker(self: &Arc<Self>) {
         let gateway = Arc::clone(self);
+        let mut events = self.registry.events().subscribe();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(50));
             loop {
-                tick.tick().await;
-                gateway.router.dispatch_all();
+                tokio::select! {
+                    _ = tick.tick() => gateway.router.dispatch_all(),
+                    event = events.recv() => match event {
+                        Ok(envelope) => {
+                            if let crate::api::Event::WorkerState {
+                                model,
+                                state: crate::api::WorkerState::Ready,
+                                ..
+                            } = envelope.event
+                            {
+                                gateway.router.dispatch(&model);
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            gateway.router.dispatch_all();
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            events = gateway.registry.events().subscribe();
+                        }
+                    },
+                }
             }
         });
     }
