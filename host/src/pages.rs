@@ -5,6 +5,8 @@
 use std::io;
 
 use memmap2::{Advice, Mmap};
+
+use crate::model_file::MappedModel;
 pub use modelhost_node::memory::{process_memory, ProcessMemory};
 pub use modelhost_node::pages::page_size;
 use modelhost_node::pages::{populate_read, PopulateError};
@@ -12,31 +14,63 @@ use modelhost_node::pages::{populate_read, PopulateError};
 /// Bytes prefaulted per step between progress reports and cancellation checks.
 const PREFAULT_STEP: usize = 16 << 20;
 
-/// Reads every page of `map` once, so later accesses by any process sharing the pages find them
-/// resident. `progress` gets the bytes done so far and returns false to stop early; then this
-/// returns `Ok(false)`.
-pub fn prefault(map: &Mmap, progress: &mut dyn FnMut(u64) -> bool) -> io::Result<bool> {
-    let len = map.len();
-    // Tell the kernel to read ahead aggressively while we stream through the file.
-    let _ = map.advise(Advice::Sequential);
-    let mut done = 0usize;
-    while done < len {
-        let step = PREFAULT_STEP.min(len - done);
-        // A file that shrank on disk is reported (EFAULT), never touched: that would be SIGBUS.
-        if let Err(e) = populate_read(&map[done..done + step]) {
+/// Byte ranges of a model's files, by file index, in the order they are to be read.
+pub type ReadPlan = Vec<(usize, std::ops::Range<usize>)>;
+
+/// Every file of `model` whole, in file order: the plan when no better order is known.
+pub fn file_order(model: &MappedModel) -> ReadPlan {
+    model
+        .files()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| f.mapping().map(|m| (i, 0..m.len())))
+        .collect()
+}
+
+/// Reads the pages of `plan`, in its order, so later accesses by any process sharing the pages
+/// find them resident. `progress` gets the bytes done so far and returns false to stop early;
+/// then this returns `Ok(false)`. Ranges outside a file are clipped to it.
+pub fn prefault(
+    model: &MappedModel,
+    plan: &[(usize, std::ops::Range<usize>)],
+    progress: &mut dyn FnMut(u64) -> bool,
+) -> io::Result<bool> {
+    let maps: Vec<Option<&Mmap>> = model.files().iter().map(|f| f.mapping()).collect();
+    // Tell the kernel to read ahead aggressively while we stream through the files.
+    for map in maps.iter().flatten() {
+        let _ = map.advise(Advice::Sequential);
+    }
+    let normal = || {
+        for map in maps.iter().flatten() {
             let _ = map.advise(Advice::Normal);
-            return Err(match e {
-                PopulateError::Truncated => io::Error::other(e.to_string()),
-                PopulateError::Io(e) => e,
-            });
         }
-        done += step;
-        if !progress(done as u64) {
-            let _ = map.advise(Advice::Normal);
-            return Ok(false);
+    };
+    let mut done = 0u64;
+    for (file, range) in plan {
+        let Some(Some(map)) = maps.get(*file) else {
+            continue;
+        };
+        let (mut at, end) = (range.start.min(map.len()), range.end.min(map.len()));
+        while at < end {
+            let step = PREFAULT_STEP.min(end - at);
+            // A file that shrank on disk is reported (EFAULT), never touched: that would be
+            // SIGBUS.
+            if let Err(e) = populate_read(&map[at..at + step]) {
+                normal();
+                return Err(match e {
+                    PopulateError::Truncated => io::Error::other(e.to_string()),
+                    PopulateError::Io(e) => e,
+                });
+            }
+            at += step;
+            done += step as u64;
+            if !progress(done) {
+                normal();
+                return Ok(false);
+            }
         }
     }
-    let _ = map.advise(Advice::Normal);
+    normal();
     Ok(true)
 }
 
@@ -51,18 +85,29 @@ pub struct MlockError {
 }
 
 /// Locks the mapping's pages in RAM.
-/// Asks the kernel, on a thread of its own, to start reading every file of `model` into the
-/// page cache (MADV_WILLNEED), so that the disk works while the host parses the vocabulary and
-/// starts the workers. Advice only: a failure is logged and changes nothing.
-pub fn read_ahead_in_background(model: std::sync::Arc<crate::model_file::MappedModel>) {
+/// Asks the kernel, on a thread of its own, to start reading `plan`'s ranges of `model` into
+/// the page cache, in the plan's order (MADV_WILLNEED), so that the disk works while the host
+/// parses the vocabulary and starts the workers. Advice only: a failure is logged and changes
+/// nothing.
+pub fn read_ahead_in_background(model: std::sync::Arc<MappedModel>, plan: ReadPlan) {
     let advise = move || {
-        for map in model.files().iter().filter_map(|f| f.mapping()) {
-            // SAFETY: the range is exactly a live mapping held by `model`; MADV_WILLNEED
-            // schedules reads and changes no memory.
+        let page = page_size();
+        for (file, range) in &plan {
+            let Some(map) = model.files().get(*file).and_then(|f| f.mapping()) else {
+                continue;
+            };
+            // madvise wants a page-aligned start; the plan's ranges are, but be exact anyway.
+            let start = range.start.min(map.len()) / page * page;
+            let end = range.end.min(map.len());
+            if start >= end {
+                continue;
+            }
+            // SAFETY: start..end lies inside a live mapping held by `model`, starting on a page
+            // boundary; MADV_WILLNEED schedules reads and changes no memory.
             let rc = unsafe {
                 libc::madvise(
-                    map.as_ptr() as *mut libc::c_void,
-                    map.len(),
+                    map.as_ptr().add(start) as *mut libc::c_void,
+                    end - start,
                     libc::MADV_WILLNEED,
                 )
             };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use modelhost_protocol::gguf::HyperParams;
-use modelhost_protocol::layers::{layer_regions, PageSize};
+use modelhost_protocol::layers::{layer_regions, read_order, PageSize};
 use modelhost_protocol::manifest::ModelManifest;
 use modelhost_protocol::placement::{plan, Plan, PlanError, PlanOptions};
 use modelhost_protocol::progress::ProgressThrottle;
@@ -114,6 +114,39 @@ fn model_text(mapped: &MappedModel, name: &str) -> Result<Arc<ModelText>, String
     text.map(Arc::new)
 }
 
+/// The order to read a model's pages in: as a first forward pass needs them (the manifest's
+/// regions, `read_order`), then every file not named by a shard; file order when there is no
+/// manifest.
+fn read_plan(summary: &Summary, mapped: &MappedModel) -> pages::ReadPlan {
+    let Some(manifest) = summary.manifest.as_ref() else {
+        return pages::file_order(mapped);
+    };
+    let lens: Vec<usize> = mapped
+        .files()
+        .iter()
+        .map(|f| f.mapping().map_or(0, |m| m.len()))
+        .collect();
+    let shard_lens: Vec<u64> = summary
+        .shards
+        .iter()
+        .map(|(file, _)| lens.get(*file).copied().unwrap_or(0) as u64)
+        .collect();
+    let page = PageSize::new(pages::page_size() as u64).unwrap_or(PageSize::FOUR_KIB);
+    let mut plan: pages::ReadPlan = read_order(&manifest.regions, &shard_lens, page)
+        .into_iter()
+        .filter_map(|e| {
+            let (file, _) = summary.shards.get(e.shard as usize)?;
+            Some((*file, e.start as usize..e.end as usize))
+        })
+        .collect();
+    for (file, len) in lens.iter().enumerate() {
+        if !summary.shards.iter().any(|(f, _)| *f == file) {
+            plan.push((file, 0..*len));
+        }
+    }
+    plan
+}
+
 fn summarize(mapped: &MappedModel) -> Result<Summary, OpenError> {
     let model = mapped.model()?;
     // Workers get the files in shard order, the order the manifest's extents number them.
@@ -161,6 +194,8 @@ fn summarize(mapped: &MappedModel) -> Result<Summary, OpenError> {
 struct Job {
     name: String,
     mapping: Arc<MappedModel>,
+    /// The order the prefault reads the pages in.
+    read_plan: pages::ReadPlan,
     copy: bool,
     prefault: bool,
     mlock: MlockMode,
@@ -212,12 +247,14 @@ impl Registry {
         self.check_allowed(&canonical)?;
 
         let fresh = Arc::new(MappedModel::open(&canonical)?);
-        if req.prefault || req.copy {
-            // The disk starts on the weights now, while the vocabulary is parsed and the
-            // workers start; the prefault (or copy) then finds the pages read or in flight.
-            pages::read_ahead_in_background(Arc::clone(&fresh));
-        }
         let summary = summarize(&fresh)?;
+        let read_plan = read_plan(&summary, &fresh);
+        if req.prefault && !req.copy {
+            // The disk starts on the weights now, in the order a first forward pass reads them,
+            // while the vocabulary is parsed and the workers start; the prefault then finds the
+            // pages read or in flight.
+            pages::read_ahead_in_background(Arc::clone(&fresh), read_plan.clone());
+        }
         let plan = self.plan_for(&req, &placement, &summary, &fresh)?;
         let identity = fresh.files()[0].identity();
         // One tokenizer per file: a second name for the same file shares the first's.
@@ -295,6 +332,7 @@ impl Registry {
             let job = Job {
                 name: name.clone(),
                 mapping,
+                read_plan,
                 copy: req.copy,
                 prefault: req.prefault,
                 mlock: req.mlock,
@@ -393,24 +431,27 @@ impl Registry {
 
         if job.prefault {
             let mut throttle = ProgressThrottle::new();
-            let mut base = 0u64;
-            for map in mapping.files().iter().filter_map(|f| f.mapping()) {
-                let result = pages::prefault(map, &mut |done| {
-                    self.progress(name, Phase::Prefault, base + done, total, &mut throttle);
-                    !cancelled()
-                });
-                match result {
-                    Ok(true) => base += map.len() as u64,
-                    Ok(false) => return, // unloaded while prefaulting
-                    Err(e) => {
-                        return self.finish(
-                            name,
-                            Some(mapping),
-                            Err(format!("prefault: {e}")),
-                            false,
-                            warnings,
-                        )
-                    }
+            // A sealed copy is read already; its pages come in file order.
+            let plan = if job.copy {
+                pages::file_order(&mapping)
+            } else {
+                job.read_plan.clone()
+            };
+            let result = pages::prefault(&mapping, &plan, &mut |done| {
+                self.progress(name, Phase::Prefault, done, total, &mut throttle);
+                !cancelled()
+            });
+            match result {
+                Ok(true) => {}
+                Ok(false) => return, // unloaded while prefaulting
+                Err(e) => {
+                    return self.finish(
+                        name,
+                        Some(mapping),
+                        Err(format!("prefault: {e}")),
+                        false,
+                        warnings,
+                    )
                 }
             }
             if total == 0 {
