@@ -120,6 +120,16 @@ def wait_for(predicate, what, limit=60):
     raise RuntimeError(f"timed out waiting for {what}")
 
 
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
 def model(sock):
     status, body = api(sock, "GET", "/v1/models/gemma")
     return body if status == 200 else None
@@ -148,9 +158,9 @@ class Host:
         """Stops whichever host answers on the socket (one `up` started, or ours)."""
         if self.answers():
             _, status = api(self.sock, "GET", "/v1/status")
-            os.kill(status["pid"], signal.SIGTERM)
-            wait_for(lambda: not self.answers(), "the host to stop")
-            time.sleep(0.2)
+            pid = status["pid"]
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: not alive(pid), "the host to exit")
         if self.proc:
             self.proc.wait()
             self.proc = None
@@ -180,8 +190,10 @@ def modelhost_up(host, n, cold):
     if cold:
         evict(GEMMA)
     t0 = time.monotonic()
-    subprocess.run([MODELHOST, "up", GEMMA, "--name", "gemma", "--socket", host.sock,
-                    "--ctx", str(CTX)], check=True, capture_output=True)
+    up = subprocess.run([MODELHOST, "up", GEMMA, "--name", "gemma", "--socket", host.sock,
+                         "--ctx", str(CTX)], capture_output=True, text=True)
+    if up.returncode != 0:
+        raise RuntimeError(f"modelhost up failed: {up.stderr.strip()}")
     done, tokens = first_token(host.sock, n)
     return done - t0, tokens
 
