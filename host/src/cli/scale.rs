@@ -88,18 +88,25 @@ pub fn run(args: ScaleArgs) -> Result<(), CliError> {
             }
         }
         pending_added.retain(|id| {
-            let ready = info.workers.iter().any(|w| {
-                &w.id == id
-                    && w.state == WorkerState::Ready
-                    && matches!(
-                        w.inference,
-                        Some(modelhost_protocol::wire::Inference::Ready { .. })
-                    )
-            });
-            if ready && !args.json {
-                println!("  {id} computing after {elapsed} ms");
+            let Some(w) = info
+                .workers
+                .iter()
+                .find(|w| &w.id == id && w.state == WorkerState::Ready)
+            else {
+                return true;
+            };
+            if !args.json {
+                match &w.inference {
+                    Some(modelhost_protocol::wire::Inference::Ready { .. }) => {
+                        println!("  {id} computing after {elapsed} ms")
+                    }
+                    Some(modelhost_protocol::wire::Inference::Unavailable { reason }) => {
+                        println!("  {id} ready after {elapsed} ms, not computing: {reason}")
+                    }
+                    None => println!("  {id} ready after {elapsed} ms"),
+                }
             }
-            !ready
+            false
         });
         pending_drained.retain(|id| {
             let gone = !info.workers.iter().any(|w| &w.id == id);
