@@ -297,4 +297,18 @@ impl SseStream {
     pub fn rest(&mut self) -> Vec<String> {
         std::iter::from_fn(|| self.next_data()).collect()
     }
+
+    /// Every remaining payload as JSON, checking that the stream ends with OpenAI's `[DONE]`.
+    pub fn json_chunks(&mut self) -> Vec<Value> {
+        let payloads = self.rest();
+        assert_eq!(
+            payloads.last().map(String::as_str),
+            Some("[DONE]"),
+            "{payloads:?}"
+        );
+        payloads[..payloads.len() - 1]
+            .iter()
+            .map(|p| serde_json::from_str(p).expect("a JSON event"))
+            .collect()
+    }
 }

@@ -31,16 +31,7 @@ fn open_stream(socket: &Path, prompt: &str, tokens: u32) -> SseStream {
 /// Reads a stream to its end: (finish reason, completion tokens).
 fn finish(stream: &mut SseStream) -> (String, u64) {
     assert_eq!(stream.status, 200);
-    let payloads = stream.rest();
-    assert_eq!(
-        payloads.last().map(String::as_str),
-        Some("[DONE]"),
-        "{payloads:?}"
-    );
-    let chunks: Vec<Value> = payloads[..payloads.len() - 1]
-        .iter()
-        .map(|p| serde_json::from_str(p).unwrap())
-        .collect();
+    let chunks = stream.json_chunks();
     let reason = chunks
         .iter()
         .rev()

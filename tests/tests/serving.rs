@@ -45,16 +45,7 @@ fn bearer() -> (&'static str, String) {
 fn read_chat_stream(stream: &mut SseStream) -> (String, String, Value) {
     assert_eq!(stream.status, 200);
     assert_eq!(stream.header("content-type"), Some("text/event-stream"));
-    let payloads = stream.rest();
-    assert_eq!(
-        payloads.last().map(String::as_str),
-        Some("[DONE]"),
-        "{payloads:?}"
-    );
-    let chunks: Vec<Value> = payloads[..payloads.len() - 1]
-        .iter()
-        .map(|p| serde_json::from_str(p).unwrap())
-        .collect();
+    let chunks = stream.json_chunks();
     let (usage, choices) = chunks.split_last().unwrap();
     assert_eq!(usage["choices"], json!([]), "{usage}");
     let (last, deltas) = choices.split_last().unwrap();
