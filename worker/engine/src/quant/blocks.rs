@@ -27,6 +27,10 @@ pub struct Unpacked {
     pub d: Vec<f32>,
     pub dmin: Vec<f32>,
     pub offset32: i16,
+    /// For a prompt's kernel: each 32-weight chunk's two group scales, each repeated eight
+    /// times (the multiplier vector of its products), so that it is one load per chunk rather
+    /// than built again for every group of activation rows. Filled by `spread_scales`.
+    pub scale_vectors: Vec<i16>,
 }
 
 impl Unpacked {
@@ -38,6 +42,16 @@ impl Unpacked {
         self.offset.resize(groups, 0);
         self.d.resize(n / block, 0.0);
         self.dmin.resize(n / block, 0.0);
+    }
+
+    /// Fills `scale_vectors` from `scale`: for chunk `c`, eight copies of `scale[2c]` then
+    /// eight of `scale[2c + 1]`.
+    pub fn spread_scales(&mut self) {
+        self.scale_vectors.clear();
+        for pair in self.scale.chunks_exact(2) {
+            self.scale_vectors.extend_from_slice(&[pair[0]; 8]);
+            self.scale_vectors.extend_from_slice(&[pair[1]; 8]);
+        }
     }
 
     /// The scale and offset of group `g` (of 16 weights).

@@ -141,6 +141,7 @@ fn rows_k_unpacked(
             if !unsafe { unpack(format, row, &mut u) } {
                 return;
             }
+            u.spread_scales();
             let mut j = j0;
             while j < j1 {
                 match (j1 - j).min(4) {
@@ -168,7 +169,9 @@ fn unpacked_k<const N: usize>(
     let supers = u.d.len();
     let a = act_rows::<N>(acts, j);
     assert!(
-        u.q.len() >= 256 * supers && u.scale.len() >= 16 * supers && u.offset.len() >= 16 * supers
+        u.q.len() >= 256 * supers
+            && u.scale_vectors.len() >= 128 * supers
+            && u.offset.len() >= 16 * supers
     );
     for x in &a {
         assert!(x.qs.len() >= 256 * supers && x.d.len() >= supers && x.bsums.len() >= 16 * supers);
@@ -179,12 +182,18 @@ fn unpacked_k<const N: usize>(
         let mut isum = [_mm256_setzero_si256(); N];
         for c in 0..8 {
             let at = 256 * sb + 32 * c;
-            let q = load32(&u.q[at..]);
-            let g = at / 16;
-            let scales =
-                _mm256_set_m128i(_mm_set1_epi16(u.scale[g + 1]), _mm_set1_epi16(u.scale[g]));
+            // SAFETY: at + 32 <= 256·supers, within the quants, every activation row's quants
+            // and (at / 2 + 16 <= 128·supers) the scale vectors, all checked above. Unchecked
+            // loads: this is the innermost loop of every prompt on a K-quant model.
+            let (q, scales) = unsafe {
+                (
+                    _mm256_loadu_si256(u.q.as_ptr().add(at) as *const __m256i),
+                    _mm256_loadu_si256(u.scale_vectors.as_ptr().add(at / 2) as *const __m256i),
+                )
+            };
             for n in 0..N {
-                let x = load32(as_bytes(&a[n].qs[at..]));
+                // SAFETY: as above.
+                let x = unsafe { _mm256_loadu_si256(a[n].qs.as_ptr().add(at) as *const __m256i) };
                 let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), scales);
                 isum[n] = _mm256_add_epi32(isum[n], p);
             }
