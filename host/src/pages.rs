@@ -84,7 +84,6 @@ pub struct MlockError {
     pub source: io::Error,
 }
 
-/// Locks the mapping's pages in RAM.
 /// Asks the kernel, on a thread of its own, to start reading `plan`'s ranges of `model` into
 /// the page cache, in the plan's order (MADV_WILLNEED), so that the disk works while the host
 /// parses the vocabulary and starts the workers. Advice only: a failure is logged and changes
@@ -124,6 +123,7 @@ pub fn read_ahead_in_background(model: std::sync::Arc<MappedModel>, plan: ReadPl
     }
 }
 
+/// Locks the mapping's pages in RAM.
 pub fn lock(map: &Mmap) -> Result<(), MlockError> {
     map.lock().map_err(|source| MlockError {
         bytes: map.len() as u64,

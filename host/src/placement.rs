@@ -91,7 +91,7 @@ pub fn device_specs(
 }
 
 /// `cuda:0=24GiB` → (cuda:0, Some(24 GiB)); `cuda:0` → (cuda:0, None).
-fn parse_device(text: &str) -> Result<(DeviceId, Option<u64>), PlacementError> {
+pub(crate) fn parse_device(text: &str) -> Result<(DeviceId, Option<u64>), PlacementError> {
     let bad = |message: String| PlacementError::BadDevice {
         text: text.to_owned(),
         message,

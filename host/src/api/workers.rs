@@ -23,6 +23,17 @@ pub enum WorkerState {
     Failed,
 }
 
+impl WorkerInfo {
+    /// Ready, with an engine: it can take generation requests.
+    pub fn computes(&self) -> bool {
+        self.state == WorkerState::Ready
+            && matches!(
+                self.inference,
+                Some(modelhost_protocol::wire::Inference::Ready { .. })
+            )
+    }
+}
+
 /// A worker as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerInfo {

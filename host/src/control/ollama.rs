@@ -268,16 +268,7 @@ pub async fn models(state: Arc<AppState>, running_only: bool) -> Result<Response
     let models = blocking(move || registry.list()).await?;
     let list: Vec<Value> = models
         .iter()
-        .filter(|m| {
-            !running_only
-                || m.workers.iter().any(|w| {
-                    w.state == crate::api::WorkerState::Ready
-                        && matches!(
-                            w.inference,
-                            Some(modelhost_protocol::wire::Inference::Ready { .. })
-                        )
-                })
-        })
+        .filter(|m| !running_only || m.workers.iter().any(crate::api::WorkerInfo::computes))
         .map(|m| {
             let loaded = UNIX_EPOCH + std::time::Duration::from_secs(m.loaded_at);
             let mut v = json!({

@@ -236,14 +236,10 @@ fn openai_model(state: &AppState, info: &crate::api::ModelInfo) -> serde_json::V
 /// The serving figures of a model: the context budget per sequence (never divided among the
 /// slots behind the client's back), slots, the workers that compute, and the queue.
 fn serving_json(state: &AppState, info: &crate::api::ModelInfo) -> serde_json::Value {
-    use modelhost_protocol::wire::Inference;
     let computing: Vec<&str> = info
         .workers
         .iter()
-        .filter(|w| {
-            w.state == crate::api::WorkerState::Ready
-                && matches!(w.inference, Some(Inference::Ready { .. }))
-        })
+        .filter(|w| w.computes())
         .map(|w| w.id.as_str())
         .collect();
     let queue = state.gateway.router.stats(&info.name);

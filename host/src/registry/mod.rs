@@ -331,13 +331,7 @@ impl Snapshot {
         self.info.residency = residency(&self.mapping, self.locked);
         self.info.workers = self.workers.iter().map(|w| w.info()).collect();
         self.info.serving_while_loading = self.info.state == ModelState::Loading
-            && self.info.workers.iter().any(|w| {
-                w.state == crate::api::WorkerState::Ready
-                    && matches!(
-                        w.inference,
-                        Some(modelhost_protocol::wire::Inference::Ready { .. })
-                    )
-            });
+            && self.info.workers.iter().any(|w| w.computes());
         self.info
     }
 }

@@ -13,7 +13,7 @@ use modelhost_protocol::placement::{plan, DeviceId, Mode, PlanError, PlanOptions
 use super::workers::{engine_spec, worker_spec, JoinError};
 use super::Registry;
 use crate::api::{Event, ModelState, ScaleReport, ScaleRequest};
-use crate::placement::{device_specs, host_available, PlacementError};
+use crate::placement::{device_specs, host_available, parse_device, PlacementError};
 use crate::supervisor::{self, WorkerHandle};
 
 /// The most workers one model may be scaled to.
@@ -261,12 +261,11 @@ impl Registry {
             if let Some(entry) = models.get_mut(name) {
                 entry.workers.retain(|w| !Arc::ptr_eq(w, worker));
                 let device = worker.device;
-                if let Some(at) = entry.devices.iter().rposition(|d| {
-                    d.split('=')
-                        .next()
-                        .and_then(|id| id.trim().parse::<DeviceId>().ok())
-                        == Some(device)
-                }) {
+                if let Some(at) = entry
+                    .devices
+                    .iter()
+                    .rposition(|d| parse_device(d).is_ok_and(|(id, _)| id == device))
+                {
                     entry.devices.remove(at);
                 }
                 if let Some(plan) = entry.plan.as_mut() {
