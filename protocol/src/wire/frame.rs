@@ -89,7 +89,7 @@ pub fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
     }
 }
 
-/// The index of `Message`'s last variant (`Detach`). `tests/wire.rs` holds it to the enum: every
+/// The index of `Message`'s last variant (`Cancel`). `tests/wire.rs` holds it to the enum: every
 /// message kind must decode, and the next index must be unknown.
 const LAST_VARIANT: u32 = 12;
 
