@@ -18,6 +18,9 @@ pub struct BenchOptions {
     pub prompt: u32,
     pub decode: u32,
     pub sequences: u32,
+    /// Times each phase is run; the median is reported (more rounds, steadier figures on a
+    /// noisy machine, and a long steady run to profile).
+    pub rounds: u32,
 }
 
 /// The figures.
@@ -68,6 +71,12 @@ fn read_bandwidth(bytes: &[u8], threads: usize) -> f64 {
         best = best.min(started.elapsed().as_secs_f64());
     }
     bytes.len() as f64 / best / 1e9
+}
+
+/// The median of some timings (the upper one of an even count).
+fn median(mut seconds: Vec<f64>) -> f64 {
+    seconds.sort_by(f64::total_cmp);
+    seconds[seconds.len() / 2]
 }
 
 fn argmax(row: &[f32]) -> u32 {
@@ -133,38 +142,46 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, OpenError> {
     engine.clear(0).ok();
 
     let prompt = tokens(o.prompt, vocab, 1);
-    let started = Instant::now();
-    for piece in prompt.chunks(engine.chunk_limit() as usize) {
-        engine.step(&[Chunk {
-            slot: 0,
-            tokens: piece,
-            logits: Logits::Last,
-        }]);
-    }
-    let prompt_s = started.elapsed().as_secs_f64();
+    let rounds = o.rounds.max(1);
+    let (mut prompt_s, mut decode_s, mut batched_s) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        engine.clear(0).ok();
+        let started = Instant::now();
+        for piece in prompt.chunks(engine.chunk_limit() as usize) {
+            engine.step(&[Chunk {
+                slot: 0,
+                tokens: piece,
+                logits: Logits::Last,
+            }]);
+        }
+        prompt_s.push(started.elapsed().as_secs_f64());
 
-    let started = Instant::now();
-    decode(&mut engine, &[0], o.decode);
-    let decode_s = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        decode(&mut engine, &[0], o.decode);
+        decode_s.push(started.elapsed().as_secs_f64());
+    }
 
     let slots: Vec<u32> = (0..sequences).collect();
-    for &slot in &slots {
-        engine.clear(slot).ok();
+    for _ in 0..rounds {
+        for &slot in &slots {
+            engine.clear(slot).ok();
+        }
+        let starts: Vec<Vec<u32>> = slots.iter().map(|&s| tokens(16, vocab, 10 + s)).collect();
+        let chunks: Vec<Chunk<'_>> = slots
+            .iter()
+            .zip(&starts)
+            .map(|(&slot, t)| Chunk {
+                slot,
+                tokens: t,
+                logits: Logits::Last,
+            })
+            .collect();
+        engine.step(&chunks);
+        let started = Instant::now();
+        decode(&mut engine, &slots, o.decode);
+        batched_s.push(started.elapsed().as_secs_f64());
     }
-    let starts: Vec<Vec<u32>> = slots.iter().map(|&s| tokens(16, vocab, 10 + s)).collect();
-    let chunks: Vec<Chunk<'_>> = slots
-        .iter()
-        .zip(&starts)
-        .map(|(&slot, t)| Chunk {
-            slot,
-            tokens: t,
-            logits: Logits::Last,
-        })
-        .collect();
-    engine.step(&chunks);
-    let started = Instant::now();
-    decode(&mut engine, &slots, o.decode);
-    let batched_s = started.elapsed().as_secs_f64();
+    let (prompt_s, decode_s, batched_s) = (median(prompt_s), median(decode_s), median(batched_s));
     // Read before the bandwidth floors below allocate their buffer.
     let anonymous_bytes = std::fs::read_to_string("/proc/self/smaps_rollup")
         .map(|t| modelhost_node::memory::kb_field(&t, "Anonymous") * 1024)

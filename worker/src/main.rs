@@ -67,6 +67,9 @@ struct Args {
     /// Sequences decoded together for --bench.
     #[arg(long, default_value_t = 4)]
     sequences: u32,
+    /// Times --bench runs each phase; it reports the medians.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
     /// Print --bench's figures as JSON.
     #[arg(long)]
     json: bool,
@@ -106,6 +109,7 @@ fn bench(args: &Args) -> Result<(), String> {
             prompt: args.prompt,
             decode: args.decode,
             sequences: args.sequences,
+            rounds: args.rounds,
         },
     )
     .map_err(|e| e.to_string())?;

@@ -3,7 +3,8 @@
 //! equals its scalar reference within a stated tolerance.
 
 use modelhost_engine::quant::{
-    dot, dot_scalar, prepare, prepare_scalar, ActFormat, PreparedRow, QuantizedActs, WeightFormat,
+    dot, dot_rows_using, dot_scalar, prepare, prepare_scalar, ActFormat, Kernels, PreparedRow,
+    QuantizedActs, WeightFormat,
 };
 use modelhost_protocol::random_blocks::random_weights;
 use proptest::prelude::*;
@@ -180,6 +181,72 @@ proptest! {
                 prop_assert!((v - want).abs() <= 1e-5 * scale + 1e-6, "{:?} row {} act {}: {} vs {}", format, r, j, v, want);
             }
         }
+    }
+}
+
+/// Every dot product of `rows` weight rows with `acts_rows` activation rows, by `kernels`.
+fn all_dots(
+    kernels: Kernels,
+    format: WeightFormat,
+    w: &[u8],
+    n: usize,
+    rows: usize,
+    q: &QuantizedActs,
+) -> Vec<u32> {
+    let mut got = vec![f32::NAN.to_bits(); rows * q.rows];
+    let mut prepared = PreparedRow::default();
+    dot_rows_using(
+        kernels,
+        format,
+        w,
+        n,
+        0..rows,
+        q,
+        &mut prepared,
+        |j, r, v| {
+            got[j * rows + r] = v.to_bits();
+        },
+    );
+    got
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The AVX-512 VNNI kernels give the AVX2 kernels' bits, for every format, for decoding
+    /// (up to four activation rows, streamed) and prompts (more, tiled), and for rows with an
+    /// odd number of 32-weight blocks.
+    #[test]
+    fn avx512_kernels_give_the_avx2_bits(
+        seed in any::<u64>(),
+        blocks in 1usize..10,
+        rows in 1usize..6,
+        acts_rows in 1usize..12,
+        which in 0usize..13,
+        raw_q8 in any::<bool>(),
+    ) {
+        if !Kernels::Avx512Vnni.available() {
+            eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
+            return Ok(());
+        }
+        let format = WeightFormat::ALL[which];
+        let n = format.activation().block().max(32) * blocks;
+        let mut rng = Rng(seed);
+        let mut w: Vec<u8> = (0..rows).flat_map(|_| weights(format, n, &mut rng)).collect();
+        if raw_q8 && format == WeightFormat::Q8_0 {
+            // Any byte at all for the quants, -128 included, which no quantizer writes but a
+            // file may hold.
+            for block in w.chunks_exact_mut(34) {
+                block[2..].iter_mut().for_each(|b| *b = rng.next() as u8);
+            }
+        }
+        let x: Vec<f32> = (0..acts_rows * n).map(|_| rng.normal() * 3.0).collect();
+        let mut q = QuantizedActs::new(format.activation());
+        q.quantize(&x, acts_rows, n);
+        let avx2 = all_dots(Kernels::Avx2, format, &w, n, rows, &q);
+        let avx512 = all_dots(Kernels::Avx512Vnni, format, &w, n, rows, &q);
+        prop_assert!(avx512.iter().all(|&v| v != f32::NAN.to_bits()), "a dot product was never written");
+        prop_assert_eq!(avx2, avx512, "{:?}, {} blocks, {} rows, {} activation rows", format, blocks, rows, acts_rows);
     }
 }
 

@@ -13,7 +13,12 @@
 //!
 //! Each kernel has a scalar version and, on x86_64 with AVX2, FMA and F16C, a SIMD version with
 //! the same result up to float summation order (`tests/kernels.rs` holds them to each other).
+//! Where the CPU also has AVX-512 VNNI, the row kernels of the 32-weight formats and the
+//! K-quants' prompt kernel take 64 bytes at a time (`avx512.rs`); they compute the AVX2 kernels'
+//! integers and float operations, so the results are the same bits.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod blocks;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -21,6 +26,7 @@ mod x86;
 use modelhost_protocol::GgmlType;
 
 use crate::f16::{bf16_to_f32, f16_to_f32, read_f16, round_f16};
+pub use crate::simd::Kernels;
 use blocks::Unpacked;
 
 /// The weight formats the engine computes with.
@@ -432,22 +438,51 @@ pub fn dot_rows<F: FnMut(usize, usize, f32)>(
     rows: std::ops::Range<usize>,
     acts: &QuantizedActs,
     prepared: &mut PreparedRow,
+    out: F,
+) {
+    let kernels = crate::simd::kernels_in_use();
+    dot_rows_using(kernels, format, bytes, cols, rows, acts, prepared, out);
+}
+
+/// [`dot_rows`] with the given kernels, or the widest this CPU has below them (tests compare
+/// the sets with each other).
+#[allow(clippy::too_many_arguments)]
+pub fn dot_rows_using<F: FnMut(usize, usize, f32)>(
+    kernels: Kernels,
+    format: WeightFormat,
+    bytes: &[u8],
+    cols: usize,
+    rows: std::ops::Range<usize>,
+    acts: &QuantizedActs,
+    prepared: &mut PreparedRow,
     mut out: F,
 ) {
     let rb = format.row_bytes(cols);
     #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() {
+    if kernels >= Kernels::Avx2 && Kernels::Avx2.available() {
         let span = &bytes[rows.start * rb..rows.end * rb];
-        // SAFETY: AVX2, FMA and F16C were detected at run time.
-        if unsafe { x86::rows(format, span, rows.start, acts, &mut out) } {
+        let wide = kernels >= Kernels::Avx512Vnni && Kernels::Avx512Vnni.available();
+        // SAFETY: AVX2, FMA and F16C were detected at run time, and AVX-512 F, BW, VL and
+        // VNNI where `wide` is true.
+        if unsafe { x86::rows(format, span, rows.start, acts, &mut out, wide) } {
             return;
         }
     }
     for r in rows {
         let row = &bytes[r * rb..(r + 1) * rb];
-        prepare(format, row, cols, prepared);
+        if kernels >= Kernels::Avx2 {
+            prepare(format, row, cols, prepared);
+        } else {
+            prepare_scalar(format, row, cols, prepared);
+        }
         for j in 0..acts.rows {
-            out(j, r, dot(format, row, prepared, acts.row(j)));
+            let a = acts.row(j);
+            let value = if kernels >= Kernels::Avx2 {
+                dot(format, row, prepared, a)
+            } else {
+                dot_scalar(format, row, prepared, a)
+            };
+            out(j, r, value);
         }
     }
 }

@@ -3,13 +3,14 @@
 
 use std::arch::x86_64::*;
 
+use super::avx512;
 use super::blocks::Unpacked;
 use super::{ActRow, PreparedRow, WeightFormat};
 
 /// The sum of a vector's eight lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn hsum(v: __m256) -> f32 {
+pub(super) fn hsum(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps::<1>(v);
     let s = _mm_add_ps(lo, hi);
@@ -21,7 +22,7 @@ fn hsum(v: __m256) -> f32 {
 /// An f16 at `bytes[at..at + 2]` as f32, by F16C.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn read_f16(bytes: &[u8], at: usize) -> f32 {
+pub(super) fn read_f16(bytes: &[u8], at: usize) -> f32 {
     let h = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
 }
@@ -53,10 +54,11 @@ fn load32(b: &[u8]) -> __m256i {
 /// `first`. The activation rows go in groups of up to four: a weight block is loaded and
 /// unpacked in registers once per group, then multiplied with each of its rows, so that a
 /// decode step of several sequences reads and unpacks each weight once. Returns `false` for a
-/// format without a register kernel.
+/// format without a register kernel. `wide` takes the AVX-512 VNNI kernels where they exist
+/// (`avx512.rs`): the same results, 64 bytes at a time.
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C.
+/// The CPU must have AVX2, FMA and F16C, and AVX-512 F, BW, VL and VNNI where `wide` is true.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn rows(
     format: WeightFormat,
@@ -64,6 +66,7 @@ pub unsafe fn rows(
     first: usize,
     acts: &super::QuantizedActs,
     out: &mut dyn FnMut(usize, usize, f32),
+    wide: bool,
 ) -> bool {
     let rb = format.row_bytes(acts.k);
     if rb == 0 {
@@ -75,8 +78,14 @@ pub unsafe fn rows(
             WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K
         )
     {
-        rows_k_unpacked(format, bytes, first, acts, out);
+        rows_k_unpacked(format, bytes, first, acts, out, wide);
         return true;
+    }
+    if wide && acts.rows > 4 {
+        // SAFETY: `wide` is true only where AVX-512 F, BW, VL and VNNI were detected.
+        if unsafe { rows_32_tiled_wide(format, bytes, first, acts, out) } {
+            return true;
+        }
     }
     // With many activation rows (a prompt), the weight rows go in tiles small enough to stay
     // in the L1 cache while every group of activation rows passes over them.
@@ -93,11 +102,14 @@ pub unsafe fn rows(
         let mut j = 0;
         while j < acts.rows {
             let n = (acts.rows - j).min(4);
-            let done = match n {
-                1 => rows_n::<1>(format, span, first + r, acts, j, out),
-                2 => rows_n::<2>(format, span, first + r, acts, j, out),
-                3 => rows_n::<3>(format, span, first + r, acts, j, out),
-                _ => rows_n::<4>(format, span, first + r, acts, j, out),
+            // SAFETY: as for this function.
+            let done = unsafe {
+                match n {
+                    1 => rows_n::<1>(format, span, first + r, acts, j, out, wide),
+                    2 => rows_n::<2>(format, span, first + r, acts, j, out, wide),
+                    3 => rows_n::<3>(format, span, first + r, acts, j, out, wide),
+                    _ => rows_n::<4>(format, span, first + r, acts, j, out, wide),
+                }
             };
             if !done {
                 return false;
@@ -110,7 +122,7 @@ pub unsafe fn rows(
 }
 
 /// Bytes of weight rows in a prompt's tile.
-const TILE_BYTES: usize = 16 << 10;
+pub(super) const TILE_BYTES: usize = 16 << 10;
 
 /// Activation rows per tile when a K-quant row is unpacked once for many (a prompt): they stay
 /// in the L2 cache while the tile's weight rows pass over them.
@@ -127,6 +139,7 @@ fn rows_k_unpacked(
     first: usize,
     acts: &super::QuantizedActs,
     out: &mut dyn FnMut(usize, usize, f32),
+    wide: bool,
 ) {
     let k = acts.k;
     let rb = format.row_bytes(k);
@@ -144,11 +157,25 @@ fn rows_k_unpacked(
             u.spread_scales();
             let mut j = j0;
             while j < j1 {
-                match (j1 - j).min(4) {
-                    1 => unpacked_k::<1>(&u, first + i, acts, j, out),
-                    2 => unpacked_k::<2>(&u, first + i, acts, j, out),
-                    3 => unpacked_k::<3>(&u, first + i, acts, j, out),
-                    _ => unpacked_k::<4>(&u, first + i, acts, j, out),
+                let row = first + i;
+                if wide {
+                    // SAFETY: `wide` is true only where AVX-512 F, BW, VL and VNNI were
+                    // detected.
+                    unsafe {
+                        match (j1 - j).min(4) {
+                            1 => avx512::unpacked_k::<1>(&u, row, acts, j, out),
+                            2 => avx512::unpacked_k::<2>(&u, row, acts, j, out),
+                            3 => avx512::unpacked_k::<3>(&u, row, acts, j, out),
+                            _ => avx512::unpacked_k::<4>(&u, row, acts, j, out),
+                        }
+                    }
+                } else {
+                    match (j1 - j).min(4) {
+                        1 => unpacked_k::<1>(&u, row, acts, j, out),
+                        2 => unpacked_k::<2>(&u, row, acts, j, out),
+                        3 => unpacked_k::<3>(&u, row, acts, j, out),
+                        _ => unpacked_k::<4>(&u, row, acts, j, out),
+                    }
                 }
                 j += (j1 - j).min(4);
             }
@@ -219,24 +246,41 @@ fn unpacked_k<const N: usize>(
     }
 }
 
+/// # Safety
+/// As for [`rows`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn rows_n<const N: usize>(
+unsafe fn rows_n<const N: usize>(
     format: WeightFormat,
     bytes: &[u8],
     first: usize,
     acts: &super::QuantizedActs,
     j: usize,
     out: &mut dyn FnMut(usize, usize, f32),
+    wide: bool,
 ) -> bool {
     // Block size, where the nibbles start, where the fifth bits are (0: none), where the min
     // is (0: none), and the offset subtracted from the quants of formats without a min.
+    macro_rules! rows_32_either {
+        ($size:literal, $qs:literal, $qh:literal, $min:literal, $off:literal, $q8:literal) => {
+            if wide {
+                // SAFETY: the caller's promise for `wide`.
+                unsafe {
+                    avx512::rows_32::<$size, $qs, $qh, $min, $off, $q8, N>(
+                        bytes, first, acts, j, out,
+                    )
+                }
+            } else {
+                rows_32::<$size, $qs, $qh, $min, $off, $q8, N>(bytes, first, acts, j, out)
+            }
+        };
+    }
     match format {
-        WeightFormat::Q8_0 => rows_32::<34, 2, 0, 0, 0, true, N>(bytes, first, acts, j, out),
-        WeightFormat::Q4_0 => rows_32::<18, 2, 0, 0, 8, false, N>(bytes, first, acts, j, out),
-        WeightFormat::Q4_1 => rows_32::<20, 4, 0, 2, 0, false, N>(bytes, first, acts, j, out),
-        WeightFormat::Q5_0 => rows_32::<22, 6, 2, 0, 16, false, N>(bytes, first, acts, j, out),
-        WeightFormat::Q5_1 => rows_32::<24, 8, 4, 2, 0, false, N>(bytes, first, acts, j, out),
+        WeightFormat::Q8_0 => rows_32_either!(34, 2, 0, 0, 0, true),
+        WeightFormat::Q4_0 => rows_32_either!(18, 2, 0, 0, 8, false),
+        WeightFormat::Q4_1 => rows_32_either!(20, 4, 0, 2, 0, false),
+        WeightFormat::Q5_0 => rows_32_either!(22, 6, 2, 0, 16, false),
+        WeightFormat::Q5_1 => rows_32_either!(24, 8, 4, 2, 0, false),
         WeightFormat::Q4K => rows_k::<N, 4>(bytes, first, acts, j, out),
         WeightFormat::Q5K => rows_k::<N, 5>(bytes, first, acts, j, out),
         WeightFormat::Q6K => rows_k::<N, 6>(bytes, first, acts, j, out),
@@ -245,8 +289,45 @@ fn rows_n<const N: usize>(
     true
 }
 
+/// The 32-weight formats against many activation rows with the AVX-512 VNNI tile kernel;
+/// `false` for another format.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_32_tiled_wide(
+    format: WeightFormat,
+    bytes: &[u8],
+    first: usize,
+    acts: &super::QuantizedActs,
+    out: &mut dyn FnMut(usize, usize, f32),
+) -> bool {
+    // SAFETY: the caller's promise.
+    unsafe {
+        match format {
+            WeightFormat::Q8_0 => {
+                avx512::rows_32_tiled::<34, 2, 0, 0, 0, true>(bytes, first, acts, out)
+            }
+            WeightFormat::Q4_0 => {
+                avx512::rows_32_tiled::<18, 2, 0, 0, 8, false>(bytes, first, acts, out)
+            }
+            WeightFormat::Q4_1 => {
+                avx512::rows_32_tiled::<20, 4, 0, 2, 0, false>(bytes, first, acts, out)
+            }
+            WeightFormat::Q5_0 => {
+                avx512::rows_32_tiled::<22, 6, 2, 0, 16, false>(bytes, first, acts, out)
+            }
+            WeightFormat::Q5_1 => {
+                avx512::rows_32_tiled::<24, 8, 4, 2, 0, false>(bytes, first, acts, out)
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// The activation rows `j..j + N`.
-fn act_rows<const N: usize>(acts: &super::QuantizedActs, j: usize) -> [ActRow<'_>; N] {
+pub(super) fn act_rows<const N: usize>(acts: &super::QuantizedActs, j: usize) -> [ActRow<'_>; N] {
     std::array::from_fn(|n| acts.row(j + n))
 }
 
@@ -309,7 +390,7 @@ fn rows_32<
 /// Block `b` of a 32-weight row against the activation rows `a`, into `acc` and `mins`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn block_32<
+pub(super) fn block_32<
     const SIZE: usize,
     const QS: usize,
     const QH: usize,
@@ -629,12 +710,12 @@ fn as_bytes(x: &[i8]) -> &[u8] {
 
 /// How many rows ahead the row kernels ask for weights: a decode step streams hundreds of
 /// megabytes once, and the hardware prefetcher alone leaves the loads waiting.
-const PREFETCH_ROWS: usize = 4;
+pub(super) const PREFETCH_ROWS: usize = 4;
 
 /// Asks for the cache lines of `bytes[at..at + len]` (clamped to `bytes`).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn prefetch_ahead(bytes: &[u8], at: usize, len: usize) {
+pub(super) fn prefetch_ahead(bytes: &[u8], at: usize, len: usize) {
     let end = (at + len).min(bytes.len());
     let mut p = at;
     while p < end {
@@ -843,7 +924,7 @@ fn load(b: &[u8]) -> __m256i {
     unsafe { _mm256_loadu_si256(b.as_ptr() as *const __m256i) }
 }
 
-fn qh32(b: &[u8], at: usize) -> u32 {
+pub(super) fn qh32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 

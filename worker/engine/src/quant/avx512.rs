@@ -1,0 +1,437 @@
+//! The AVX-512 VNNI row kernels (AVX-512 F, BW, VL and VNNI on top of the AVX2 set).
+//!
+//! Each one computes exactly what its AVX2 counterpart in `x86.rs` computes, 64 bytes at a time:
+//! - The 32-weight formats take two blocks per register. `vpdpbusd` gives the integer sums that
+//!   AVX2 builds with `vpmaddubsw` then `vpmaddwd` (no pair can saturate: |w| ≤ 128 and
+//!   |x| ≤ 127), and the low and high halves of one float accumulator are the AVX2 kernel's
+//!   accumulators for even and odd blocks. The factor products and the FMAs are the same
+//!   operations, lane for lane.
+//! - The K-quants' prompt kernel takes two 32-value chunks per register: `vpmaddubsw` then
+//!   `vpdpwssd` adds the same products into each lane that AVX2's `vpmaddubsw`, `vpmaddwd`
+//!   and `vpaddd` add, and the two halves are added before the float part, which is AVX2's.
+//!
+//! So the results are the same bits as the AVX2 kernels' (`tests/kernels.rs` checks it), and a
+//! token's logits do not depend on which kernel set or batch size computed them.
+
+use std::arch::x86_64::*;
+
+use super::blocks::Unpacked;
+use super::x86::{
+    act_rows, block_32, hsum, prefetch_ahead, qh32, read_f16, PREFETCH_ROWS, TILE_BYTES,
+};
+use super::{ActRow, QuantizedActs};
+
+/// The lanes of a register's high half, for blends.
+const HIGH_HALF: u16 = 0xff00;
+
+/// Blocks `b` and `b + 1` of a 32-weight row as one register of 64 quants: Q8_0's as they are;
+/// the others' nibbles (and fifth bits) unpacked, less their offset where they have one.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load_pair<const SIZE: usize, const QS: usize, const QH: usize, const OFF: i8, const Q8: bool>(
+    row: &[u8],
+    b: usize,
+) -> __m512i {
+    let blk = &row[SIZE * b..SIZE * (b + 2)];
+    let q = if Q8 {
+        assert!(SIZE == 34);
+        // SAFETY: bytes 2..34 of each of the two 34-byte blocks in `blk`.
+        unsafe {
+            let lo = _mm256_loadu_si256(blk.as_ptr().add(2) as *const __m256i);
+            let hi = _mm256_loadu_si256(blk.as_ptr().add(SIZE + 2) as *const __m256i);
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+        }
+    } else {
+        assert!(QS + 16 <= SIZE);
+        // SAFETY: 16 bytes at QS of each block, inside it (checked above).
+        let (v0, v1) = unsafe {
+            (
+                _mm_loadu_si128(blk.as_ptr().add(QS) as *const __m128i),
+                _mm_loadu_si128(blk.as_ptr().add(SIZE + QS) as *const __m128i),
+            )
+        };
+        // [v0, v1, v0 >> 4, v1 >> 4] by 128-bit lanes, reordered to [v0, v0 >> 4, v1, v1 >> 4]:
+        // each block's low nibbles then its high nibbles, as `x86::nibbles_32` lays them out.
+        let both = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(v0), v1);
+        let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(both), _mm256_srli_epi16::<4>(both));
+        let z = _mm512_shuffle_i64x2::<0b11_01_10_00>(z, z);
+        let q = _mm512_and_si512(z, _mm512_set1_epi8(0x0f));
+        if QH != 0 {
+            // Bit i of the two blocks' fifth bits adds 16 to quant i.
+            let bits = u64::from(qh32(blk, QH)) | (u64::from(qh32(blk, SIZE + QH)) << 32);
+            _mm512_mask_add_epi8(q, bits, q, _mm512_set1_epi8(0x10))
+        } else {
+            q
+        }
+    };
+    if OFF != 0 {
+        _mm512_sub_epi8(q, _mm512_set1_epi8(OFF))
+    } else {
+        q
+    }
+}
+
+/// One pair of 32-weight blocks (`q`, its factors `dw` and mins `m`) against the activation
+/// rows `a` at block `b`: the low half of `acc` takes block `b`, the high half `b + 1`, and
+/// `mins` the two blocks' min terms in order. `signed` quants take the sign trick; unsigned
+/// ones (the formats with a min) are multiplied as they are.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+fn pair_products<const N: usize>(
+    q: __m512i,
+    dw: (f32, f32),
+    m: (f32, f32),
+    signed: bool,
+    with_min: bool,
+    a: &[ActRow<'_>; N],
+    b: usize,
+    acc: &mut [__m512; N],
+    mins: &mut [f32; N],
+) {
+    let dwv = _mm512_mask_blend_ps(HIGH_HALF, _mm512_set1_ps(dw.0), _mm512_set1_ps(dw.1));
+    // |w| as unsigned bytes, and w's signs to move onto the activations.
+    let (w, negative) = if signed {
+        (_mm512_abs_epi8(q), _mm512_movepi8_mask(q))
+    } else {
+        (q, 0)
+    };
+    let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    for n in 0..N {
+        assert!(a[n].qs.len() >= 32 * (b + 2) && a[n].d.len() >= b + 2);
+        // SAFETY: 64 quants at 32b and two factors at b (checked above).
+        let (x, da) = unsafe {
+            (
+                _mm512_loadu_si512(a[n].qs.as_ptr().add(32 * b) as *const _),
+                _mm_loadl_epi64(a[n].d.as_ptr().add(b) as *const __m128i),
+            )
+        };
+        let x = if signed {
+            _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x)
+        } else {
+            x
+        };
+        let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x));
+        let dav = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_castsi128_ps(da)));
+        acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dwv, dav), p, acc[n]);
+        if with_min {
+            for (k, mk) in [(0, m.0), (1, m.1)] {
+                let block = b + k;
+                let sum = f32::from(a[n].bsums[2 * block]) + f32::from(a[n].bsums[2 * block + 1]);
+                mins[n] += mk * a[n].d[block] * sum;
+            }
+        }
+    }
+}
+
+/// The end of a row: a last odd block into the even accumulators (AVX2's order), then AVX2's
+/// sum of even and odd.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn finish_row<
+    const SIZE: usize,
+    const QS: usize,
+    const QH: usize,
+    const MIN: usize,
+    const OFF: i8,
+    const Q8: bool,
+    const N: usize,
+>(
+    row: &[u8],
+    blocks: usize,
+    a: &[ActRow<'_>; N],
+    acc: &[__m512; N],
+    mins: &mut [f32; N],
+) -> [f32; N] {
+    let mut even: [__m256; N] = std::array::from_fn(|n| _mm512_castps512_ps256(acc[n]));
+    let odd: [__m256; N] = std::array::from_fn(|n| {
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[n])))
+    });
+    if blocks % 2 == 1 {
+        block_32::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, a, blocks - 1, &mut even, mins);
+    }
+    std::array::from_fn(|n| hsum(_mm256_add_ps(even[n], odd[n])) + mins[n])
+}
+
+/// `x86::rows_32` (decoding: up to four activation rows, the weights streamed from the
+/// mapping and unpacked in registers), two blocks at a time.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn rows_32<
+    const SIZE: usize,
+    const QS: usize,
+    const QH: usize,
+    const MIN: usize,
+    const OFF: i8,
+    const Q8: bool,
+    const N: usize,
+>(
+    bytes: &[u8],
+    first: usize,
+    acts: &QuantizedActs,
+    j: usize,
+    out: &mut dyn FnMut(usize, usize, f32),
+) {
+    let blocks = acts.k / 32;
+    let rb = blocks * SIZE;
+    if rb == 0 {
+        return;
+    }
+    let a = act_rows::<N>(acts, j);
+    for x in &a {
+        assert!(x.qs.len() >= 32 * blocks && x.d.len() >= blocks && x.bsums.len() >= 2 * blocks);
+    }
+    let signed = Q8 || OFF != 0;
+    for (i, row) in bytes.chunks_exact(rb).enumerate() {
+        prefetch_ahead(bytes, (i + PREFETCH_ROWS) * rb, rb);
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut mins = [0f32; N];
+        let mut b = 0;
+        while b + 2 <= blocks {
+            let q = load_pair::<SIZE, QS, QH, OFF, Q8>(row, b);
+            let dw = (read_f16(row, SIZE * b), read_f16(row, SIZE * (b + 1)));
+            let m = if MIN != 0 {
+                (
+                    read_f16(row, SIZE * b + MIN),
+                    read_f16(row, SIZE * (b + 1) + MIN),
+                )
+            } else {
+                (0.0, 0.0)
+            };
+            pair_products::<N>(q, dw, m, signed, MIN != 0, &a, b, &mut acc, &mut mins);
+            b += 2;
+        }
+        let sums = finish_row::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, blocks, &a, &acc, &mut mins);
+        for (n, sum) in sums.into_iter().enumerate() {
+            out(j + n, first + i, sum);
+        }
+    }
+}
+
+/// The 32-weight formats against many activation rows (a prompt): a tile of weight rows is
+/// unpacked once into registers' layout (64 quants per pair of blocks, and the factors), then
+/// every group of up to four activation rows passes over it. The operations per pair are
+/// those of [`rows_32`], so the results are the same bits.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn rows_32_tiled<
+    const SIZE: usize,
+    const QS: usize,
+    const QH: usize,
+    const MIN: usize,
+    const OFF: i8,
+    const Q8: bool,
+>(
+    bytes: &[u8],
+    first: usize,
+    acts: &QuantizedActs,
+    out: &mut dyn FnMut(usize, usize, f32),
+) {
+    let blocks = acts.k / 32;
+    let rb = blocks * SIZE;
+    if rb == 0 {
+        return;
+    }
+    let pairs = blocks / 2;
+    // Per row: 64 quants and two factors and two mins per pair.
+    let unpacked_row = 64 * pairs + 16 * pairs;
+    let tile = (TILE_BYTES / unpacked_row.max(1)).max(1);
+    let all = bytes.len() / rb;
+    let mut quants = vec![_mm512_setzero_si512(); tile * pairs];
+    let mut factors = vec![0f32; tile * 2 * pairs];
+    let mut min_factors = vec![0f32; tile * 2 * pairs];
+    let mut r = 0;
+    while r < all {
+        let end = all.min(r + tile);
+        for (t, row) in bytes[r * rb..end * rb].chunks_exact(rb).enumerate() {
+            for p in 0..pairs {
+                let b = 2 * p;
+                quants[t * pairs + p] = load_pair::<SIZE, QS, QH, OFF, Q8>(row, b);
+                factors[t * 2 * pairs + b] = read_f16(row, SIZE * b);
+                factors[t * 2 * pairs + b + 1] = read_f16(row, SIZE * (b + 1));
+                if MIN != 0 {
+                    min_factors[t * 2 * pairs + b] = read_f16(row, SIZE * b + MIN);
+                    min_factors[t * 2 * pairs + b + 1] = read_f16(row, SIZE * (b + 1) + MIN);
+                }
+            }
+        }
+        let span = &bytes[r * rb..end * rb];
+        let unpacked = UnpackedTile {
+            quants: &quants[..(end - r) * pairs],
+            factors: &factors,
+            min_factors: &min_factors,
+            pairs,
+        };
+        let mut j = 0;
+        while j < acts.rows {
+            let n = (acts.rows - j).min(4);
+            match n {
+                1 => tile_rows::<SIZE, QS, QH, MIN, OFF, Q8, 1>(
+                    span,
+                    &unpacked,
+                    first + r,
+                    acts,
+                    j,
+                    out,
+                ),
+                2 => tile_rows::<SIZE, QS, QH, MIN, OFF, Q8, 2>(
+                    span,
+                    &unpacked,
+                    first + r,
+                    acts,
+                    j,
+                    out,
+                ),
+                3 => tile_rows::<SIZE, QS, QH, MIN, OFF, Q8, 3>(
+                    span,
+                    &unpacked,
+                    first + r,
+                    acts,
+                    j,
+                    out,
+                ),
+                _ => tile_rows::<SIZE, QS, QH, MIN, OFF, Q8, 4>(
+                    span,
+                    &unpacked,
+                    first + r,
+                    acts,
+                    j,
+                    out,
+                ),
+            }
+            j += n;
+        }
+        r = end;
+    }
+}
+
+/// A tile of 32-weight rows unpacked for [`rows_32_tiled`].
+struct UnpackedTile<'a> {
+    quants: &'a [__m512i],
+    factors: &'a [f32],
+    min_factors: &'a [f32],
+    pairs: usize,
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn tile_rows<
+    const SIZE: usize,
+    const QS: usize,
+    const QH: usize,
+    const MIN: usize,
+    const OFF: i8,
+    const Q8: bool,
+    const N: usize,
+>(
+    span: &[u8],
+    tile: &UnpackedTile<'_>,
+    first: usize,
+    acts: &QuantizedActs,
+    j: usize,
+    out: &mut dyn FnMut(usize, usize, f32),
+) {
+    let blocks = acts.k / 32;
+    let rb = blocks * SIZE;
+    let a = act_rows::<N>(acts, j);
+    for x in &a {
+        assert!(x.qs.len() >= 32 * blocks && x.d.len() >= blocks && x.bsums.len() >= 2 * blocks);
+    }
+    let signed = Q8 || OFF != 0;
+    let pairs = tile.pairs;
+    for (t, row) in span.chunks_exact(rb).enumerate() {
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut mins = [0f32; N];
+        let f = &tile.factors[t * 2 * pairs..(t + 1) * 2 * pairs];
+        let mf = &tile.min_factors[t * 2 * pairs..(t + 1) * 2 * pairs];
+        for (p, &q) in tile.quants[t * pairs..(t + 1) * pairs].iter().enumerate() {
+            let b = 2 * p;
+            let m = if MIN != 0 {
+                (mf[b], mf[b + 1])
+            } else {
+                (0.0, 0.0)
+            };
+            pair_products::<N>(
+                q,
+                (f[b], f[b + 1]),
+                m,
+                signed,
+                MIN != 0,
+                &a,
+                b,
+                &mut acc,
+                &mut mins,
+            );
+        }
+        let sums = finish_row::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, blocks, &a, &acc, &mut mins);
+        for (n, sum) in sums.into_iter().enumerate() {
+            out(j + n, first + t, sum);
+        }
+    }
+}
+
+/// `x86::unpacked_k` (a K-quant row unpacked once, against up to four activation rows), two
+/// 32-value chunks at a time.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn unpacked_k<const N: usize>(
+    u: &Unpacked,
+    row: usize,
+    acts: &QuantizedActs,
+    j: usize,
+    out: &mut dyn FnMut(usize, usize, f32),
+) {
+    let supers = u.d.len();
+    let a = act_rows::<N>(acts, j);
+    assert!(
+        u.q.len() >= 256 * supers
+            && u.scale_vectors.len() >= 128 * supers
+            && u.offset.len() >= 16 * supers
+    );
+    for x in &a {
+        assert!(x.qs.len() >= 256 * supers && x.d.len() >= supers && x.bsums.len() >= 16 * supers);
+    }
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut offsets = [_mm256_setzero_ps(); N];
+    for sb in 0..supers {
+        let mut wide = [_mm512_setzero_si512(); N];
+        for c in (0..8).step_by(2) {
+            let at = 256 * sb + 32 * c;
+            // SAFETY: at + 64 <= 256·supers, within the quants and every activation row's
+            // quants, and at / 2 + 32 <= 128·supers within the scale vectors (checked above).
+            let (q, scales) = unsafe {
+                (
+                    _mm512_loadu_si512(u.q.as_ptr().add(at) as *const _),
+                    _mm512_loadu_si512(u.scale_vectors.as_ptr().add(at / 2) as *const _),
+                )
+            };
+            for n in 0..N {
+                // SAFETY: as above.
+                let x = unsafe { _mm512_loadu_si512(a[n].qs.as_ptr().add(at) as *const _) };
+                wide[n] = _mm512_dpwssd_epi32(wide[n], _mm512_maddubs_epi16(q, x), scales);
+            }
+        }
+        // SAFETY: 16 i16 at 16·sb of `u.offset` (checked above).
+        let corr = unsafe { _mm256_loadu_si256(u.offset.as_ptr().add(16 * sb) as *const __m256i) };
+        for n in 0..N {
+            // The AVX2 kernel's eight lanes: each takes the same products from the two halves.
+            let isum = _mm256_add_epi32(
+                _mm512_castsi512_si256(wide[n]),
+                _mm512_extracti64x4_epi64::<1>(wide[n]),
+            );
+            // SAFETY: 16 i16 at 16·sb of the sums (checked above).
+            let bs =
+                unsafe { _mm256_loadu_si256(a[n].bsums.as_ptr().add(16 * sb) as *const __m256i) };
+            let c = _mm256_cvtepi32_ps(_mm256_madd_epi16(corr, bs));
+            let da = a[n].d[sb];
+            acc[n] = _mm256_fmadd_ps(
+                _mm256_set1_ps(u.d[sb] * da),
+                _mm256_cvtepi32_ps(isum),
+                acc[n],
+            );
+            offsets[n] = _mm256_fmadd_ps(_mm256_set1_ps(u.dmin[sb] * da), c, offsets[n]);
+        }
+    }
+    for n in 0..N {
+        out(j + n, row, hsum(acc[n]) - hsum(offsets[n]));
+    }
+}
