@@ -71,20 +71,47 @@ fn load_pair<const SIZE: usize, const QS: usize, const QH: usize, const OFF: i8,
     }
 }
 
+/// The activation rows of a group as raw pointers, their lengths checked once: the innermost
+/// loop then loads without bounds checks, and keeps its accumulators in registers.
+struct ActPointers<const N: usize> {
+    qs: [*const i8; N],
+    d: [*const f32; N],
+    bsums: [*const i16; N],
+}
+
+impl<const N: usize> ActPointers<N> {
+    /// The rows `a`, which must hold `blocks` blocks of 32.
+    fn new(a: &[ActRow<'_>; N], blocks: usize) -> ActPointers<N> {
+        for x in a {
+            assert!(
+                x.qs.len() >= 32 * blocks && x.d.len() >= blocks && x.bsums.len() >= 2 * blocks
+            );
+        }
+        ActPointers {
+            qs: std::array::from_fn(|n| a[n].qs.as_ptr()),
+            d: std::array::from_fn(|n| a[n].d.as_ptr()),
+            bsums: std::array::from_fn(|n| a[n].bsums.as_ptr()),
+        }
+    }
+}
+
 /// One pair of 32-weight blocks (`q`, its factors `dw` and mins `m`) against the activation
-/// rows `a` at block `b`: the low half of `acc` takes block `b`, the high half `b + 1`, and
-/// `mins` the two blocks' min terms in order. `signed` quants take the sign trick; unsigned
-/// ones (the formats with a min) are multiplied as they are.
+/// rows at block `b`: the low half of `acc` takes block `b`, the high half `b + 1`, and `mins`
+/// the two blocks' min terms in order. `signed` quants take the sign trick; unsigned ones (the
+/// formats with a min) are multiplied as they are.
+///
+/// # Safety
+/// `b + 2` must not pass the blocks `a` was made for.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-fn pair_products<const N: usize>(
+unsafe fn pair_products<const N: usize>(
     q: __m512i,
     dw: (f32, f32),
     m: (f32, f32),
     signed: bool,
     with_min: bool,
-    a: &[ActRow<'_>; N],
+    a: &ActPointers<N>,
     b: usize,
     acc: &mut [__m512; N],
     mins: &mut [f32; N],
@@ -98,12 +125,12 @@ fn pair_products<const N: usize>(
     };
     let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     for n in 0..N {
-        assert!(a[n].qs.len() >= 32 * (b + 2) && a[n].d.len() >= b + 2);
-        // SAFETY: 64 quants at 32b and two factors at b (checked above).
+        // SAFETY: 64 quants at 32b and two factors at b, within the rows (the caller's
+        // promise).
         let (x, da) = unsafe {
             (
-                _mm512_loadu_si512(a[n].qs.as_ptr().add(32 * b) as *const _),
-                _mm_loadl_epi64(a[n].d.as_ptr().add(b) as *const __m128i),
+                _mm512_loadu_si512(a.qs[n].add(32 * b) as *const _),
+                _mm_loadl_epi64(a.d[n].add(b) as *const __m128i),
             )
         };
         let x = if signed {
@@ -117,8 +144,16 @@ fn pair_products<const N: usize>(
         if with_min {
             for (k, mk) in [(0, m.0), (1, m.1)] {
                 let block = b + k;
-                let sum = f32::from(a[n].bsums[2 * block]) + f32::from(a[n].bsums[2 * block + 1]);
-                mins[n] += mk * a[n].d[block] * sum;
+                // SAFETY: as above, for the factor and the two sums of `block`.
+                let (da, s0, s1) = unsafe {
+                    (
+                        *a.d[n].add(block),
+                        *a.bsums[n].add(2 * block),
+                        *a.bsums[n].add(2 * block + 1),
+                    )
+                };
+                let sum = f32::from(s0) + f32::from(s1);
+                mins[n] += mk * da * sum;
             }
         }
     }
@@ -143,14 +178,22 @@ fn finish_row<
     acc: &[__m512; N],
     mins: &mut [f32; N],
 ) -> [f32; N] {
-    let mut even: [__m256; N] = std::array::from_fn(|n| _mm512_castps512_ps256(acc[n]));
-    let odd: [__m256; N] = std::array::from_fn(|n| {
-        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[n])))
-    });
+    // Plain loops, not closures: a closure does not inherit this function's target features,
+    // so the intrinsics in it would not inline, and the accumulators would live in memory.
+    let mut even = [_mm256_setzero_ps(); N];
+    let mut odd = [_mm256_setzero_ps(); N];
+    for n in 0..N {
+        even[n] = _mm512_castps512_ps256(acc[n]);
+        odd[n] = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[n])));
+    }
     if blocks % 2 == 1 {
         block_32::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, a, blocks - 1, &mut even, mins);
     }
-    std::array::from_fn(|n| hsum(_mm256_add_ps(even[n], odd[n])) + mins[n])
+    let mut sums = [0f32; N];
+    for n in 0..N {
+        sums[n] = hsum(_mm256_add_ps(even[n], odd[n])) + mins[n];
+    }
+    sums
 }
 
 /// `x86::rows_32` (decoding: up to four activation rows, the weights streamed from the
@@ -178,9 +221,7 @@ pub(super) fn rows_32<
         return;
     }
     let a = act_rows::<N>(acts, j);
-    for x in &a {
-        assert!(x.qs.len() >= 32 * blocks && x.d.len() >= blocks && x.bsums.len() >= 2 * blocks);
-    }
+    let pointers = ActPointers::new(&a, blocks);
     let signed = Q8 || OFF != 0;
     for (i, row) in bytes.chunks_exact(rb).enumerate() {
         prefetch_ahead(bytes, (i + PREFETCH_ROWS) * rb, rb);
@@ -198,7 +239,20 @@ pub(super) fn rows_32<
             } else {
                 (0.0, 0.0)
             };
-            pair_products::<N>(q, dw, m, signed, MIN != 0, &a, b, &mut acc, &mut mins);
+            // SAFETY: b + 2 <= blocks.
+            unsafe {
+                pair_products::<N>(
+                    q,
+                    dw,
+                    m,
+                    signed,
+                    MIN != 0,
+                    &pointers,
+                    b,
+                    &mut acc,
+                    &mut mins,
+                )
+            };
             b += 2;
         }
         let sums = finish_row::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, blocks, &a, &acc, &mut mins);
@@ -232,13 +286,29 @@ pub(super) fn rows_32_tiled<
         return;
     }
     let pairs = blocks / 2;
-    // Per row: 64 quants and two factors and two mins per pair.
-    let unpacked_row = 64 * pairs + 16 * pairs;
-    let tile = (TILE_BYTES / unpacked_row.max(1)).max(1);
+    // The tile's registers of quants fill TILE_BYTES, on the stack: a heap buffer per call
+    // was measured to cost a tenth of a prompt in the kernel zeroing fresh pages. A row too
+    // long for the tile goes to the streaming kernel.
+    const TILE_PAIRS: usize = TILE_BYTES / 64;
+    if pairs > TILE_PAIRS {
+        let mut j = 0;
+        while j < acts.rows {
+            let n = (acts.rows - j).min(4);
+            match n {
+                1 => rows_32::<SIZE, QS, QH, MIN, OFF, Q8, 1>(bytes, first, acts, j, out),
+                2 => rows_32::<SIZE, QS, QH, MIN, OFF, Q8, 2>(bytes, first, acts, j, out),
+                3 => rows_32::<SIZE, QS, QH, MIN, OFF, Q8, 3>(bytes, first, acts, j, out),
+                _ => rows_32::<SIZE, QS, QH, MIN, OFF, Q8, 4>(bytes, first, acts, j, out),
+            }
+            j += n;
+        }
+        return;
+    }
+    let tile = (TILE_PAIRS / pairs.max(1)).max(1);
     let all = bytes.len() / rb;
-    let mut quants = vec![_mm512_setzero_si512(); tile * pairs];
-    let mut factors = vec![0f32; tile * 2 * pairs];
-    let mut min_factors = vec![0f32; tile * 2 * pairs];
+    let mut quants = [_mm512_setzero_si512(); TILE_PAIRS];
+    let mut factors = [0f32; 2 * TILE_PAIRS];
+    let mut min_factors = [0f32; 2 * TILE_PAIRS];
     let mut r = 0;
     while r < all {
         let end = all.min(r + tile);
@@ -333,11 +403,10 @@ fn tile_rows<
     let blocks = acts.k / 32;
     let rb = blocks * SIZE;
     let a = act_rows::<N>(acts, j);
-    for x in &a {
-        assert!(x.qs.len() >= 32 * blocks && x.d.len() >= blocks && x.bsums.len() >= 2 * blocks);
-    }
+    let pointers = ActPointers::new(&a, blocks);
     let signed = Q8 || OFF != 0;
     let pairs = tile.pairs;
+    assert!(2 * pairs <= blocks);
     for (t, row) in span.chunks_exact(rb).enumerate() {
         let mut acc = [_mm512_setzero_ps(); N];
         let mut mins = [0f32; N];
@@ -350,17 +419,20 @@ fn tile_rows<
             } else {
                 (0.0, 0.0)
             };
-            pair_products::<N>(
-                q,
-                (f[b], f[b + 1]),
-                m,
-                signed,
-                MIN != 0,
-                &a,
-                b,
-                &mut acc,
-                &mut mins,
-            );
+            // SAFETY: b + 2 <= 2·pairs <= blocks (checked above).
+            unsafe {
+                pair_products::<N>(
+                    q,
+                    (f[b], f[b + 1]),
+                    m,
+                    signed,
+                    MIN != 0,
+                    &pointers,
+                    b,
+                    &mut acc,
+                    &mut mins,
+                )
+            };
         }
         let sums = finish_row::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, blocks, &a, &acc, &mut mins);
         for (n, sum) in sums.into_iter().enumerate() {
