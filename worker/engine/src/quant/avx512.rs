@@ -306,79 +306,97 @@ pub(super) fn rows_32_tiled<
     }
     let tile = (TILE_PAIRS / pairs.max(1)).max(1);
     let all = bytes.len() / rb;
-    let mut quants = [_mm512_setzero_si512(); TILE_PAIRS];
+    let signed = Q8 || OFF != 0;
+    let mut weights = [_mm512_setzero_si512(); TILE_PAIRS];
+    let mut signs = [0u64; TILE_PAIRS];
     let mut factors = [0f32; 2 * TILE_PAIRS];
     let mut min_factors = [0f32; 2 * TILE_PAIRS];
-    let mut r = 0;
-    while r < all {
-        let end = all.min(r + tile);
-        for (t, row) in bytes[r * rb..end * rb].chunks_exact(rb).enumerate() {
+    SPREAD_FACTORS.with_borrow_mut(|spread| {
+        // Every activation row's factors, each pair of blocks spread over a register's two
+        // halves as `pair_products` spreads them: built once here for all the tiles.
+        spread.clear();
+        let index = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        for j in 0..acts.rows {
+            let d = acts.row(j).d;
             for p in 0..pairs {
-                let b = 2 * p;
-                quants[t * pairs + p] = load_pair::<SIZE, QS, QH, OFF, Q8>(row, b);
-                factors[t * 2 * pairs + b] = read_f16(row, SIZE * b);
-                factors[t * 2 * pairs + b + 1] = read_f16(row, SIZE * (b + 1));
-                if MIN != 0 {
-                    min_factors[t * 2 * pairs + b] = read_f16(row, SIZE * b + MIN);
-                    min_factors[t * 2 * pairs + b + 1] = read_f16(row, SIZE * (b + 1) + MIN);
+                let two = &d[2 * p..2 * p + 2];
+                // SAFETY: two f32 in `two`.
+                let da = unsafe { _mm_loadl_epi64(two.as_ptr() as *const __m128i) };
+                spread.push(_mm512_permutexvar_ps(
+                    index,
+                    _mm512_castps128_ps512(_mm_castsi128_ps(da)),
+                ));
+            }
+        }
+        let mut r = 0;
+        while r < all {
+            let end = all.min(r + tile);
+            for (t, row) in bytes[r * rb..end * rb].chunks_exact(rb).enumerate() {
+                for p in 0..pairs {
+                    let b = 2 * p;
+                    let q = load_pair::<SIZE, QS, QH, OFF, Q8>(row, b);
+                    // |w| as unsigned bytes, and w's signs to move onto the activations.
+                    (weights[t * pairs + p], signs[t * pairs + p]) = if signed {
+                        (_mm512_abs_epi8(q), _mm512_movepi8_mask(q))
+                    } else {
+                        (q, 0)
+                    };
+                    factors[t * 2 * pairs + b] = read_f16(row, SIZE * b);
+                    factors[t * 2 * pairs + b + 1] = read_f16(row, SIZE * (b + 1));
+                    if MIN != 0 {
+                        min_factors[t * 2 * pairs + b] = read_f16(row, SIZE * b + MIN);
+                        min_factors[t * 2 * pairs + b + 1] = read_f16(row, SIZE * (b + 1) + MIN);
+                    }
                 }
             }
-        }
-        let span = &bytes[r * rb..end * rb];
-        let unpacked = UnpackedTile {
-            quants: &quants[..(end - r) * pairs],
-            factors: &factors,
-            min_factors: &min_factors,
-            pairs,
-        };
-        let mut j = 0;
-        while j < acts.rows {
-            let n = (acts.rows - j).min(4);
-            match n {
-                1 => tile_rows::<SIZE, QS, QH, MIN, OFF, Q8, 1>(
-                    span,
-                    &unpacked,
-                    first + r,
-                    acts,
-                    j,
-                    out,
-                ),
-                2 => tile_rows::<SIZE, QS, QH, MIN, OFF, Q8, 2>(
-                    span,
-                    &unpacked,
-                    first + r,
-                    acts,
-                    j,
-                    out,
-                ),
-                3 => tile_rows::<SIZE, QS, QH, MIN, OFF, Q8, 3>(
-                    span,
-                    &unpacked,
-                    first + r,
-                    acts,
-                    j,
-                    out,
-                ),
-                _ => tile_rows::<SIZE, QS, QH, MIN, OFF, Q8, 4>(
-                    span,
-                    &unpacked,
-                    first + r,
-                    acts,
-                    j,
-                    out,
-                ),
+            let unpacked = UnpackedTile {
+                span: &bytes[r * rb..end * rb],
+                first: first + r,
+                weights: &weights[..(end - r) * pairs],
+                signs: &signs,
+                factors: &factors,
+                min_factors: &min_factors,
+                spread: spread.as_slice(),
+                pairs,
+            };
+            let mut j = 0;
+            while j < acts.rows {
+                let n = (acts.rows - j).min(4);
+                match n {
+                    1 => tile_rows::<SIZE, QS, QH, MIN, OFF, Q8, 1>(&unpacked, acts, j, out),
+                    2 => tile_rows::<SIZE, QS, QH, MIN, OFF, Q8, 2>(&unpacked, acts, j, out),
+                    3 => tile_rows::<SIZE, QS, QH, MIN, OFF, Q8, 3>(&unpacked, acts, j, out),
+                    _ => tile_rows::<SIZE, QS, QH, MIN, OFF, Q8, 4>(&unpacked, acts, j, out),
+                }
+                j += n;
             }
-            j += n;
+            r = end;
         }
-        r = end;
-    }
+    });
 }
 
-/// A tile of 32-weight rows unpacked for [`rows_32_tiled`].
+thread_local! {
+    /// [`rows_32_tiled`]'s spread activation factors, kept per thread: a prompt's can pass the
+    /// allocator's mapping threshold, and fresh pages on every matrix product cost more than
+    /// the product's arithmetic on them.
+    static SPREAD_FACTORS: std::cell::RefCell<Vec<__m512>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A tile of 32-weight rows unpacked for [`rows_32_tiled`], with the activations' spread
+/// factors.
 struct UnpackedTile<'a> {
-    quants: &'a [__m512i],
+    /// The tile's rows as they are in the file (for an odd last block), the first being row
+    /// `first` of the matrix.
+    span: &'a [u8],
+    first: usize,
+    /// Per pair of blocks: the quants (their magnitudes, for signed formats) and their signs.
+    weights: &'a [__m512i],
+    signs: &'a [u64],
+    /// Per block: the factor and the min's factor.
     factors: &'a [f32],
     min_factors: &'a [f32],
+    /// Per activation row and pair of blocks: the two factors spread over the two halves.
+    spread: &'a [__m512],
     pairs: usize,
 }
 
@@ -393,9 +411,7 @@ fn tile_rows<
     const Q8: bool,
     const N: usize,
 >(
-    span: &[u8],
     tile: &UnpackedTile<'_>,
-    first: usize,
     acts: &QuantizedActs,
     j: usize,
     out: &mut dyn FnMut(usize, usize, f32),
@@ -406,37 +422,58 @@ fn tile_rows<
     let pointers = ActPointers::new(&a, blocks);
     let signed = Q8 || OFF != 0;
     let pairs = tile.pairs;
-    assert!(2 * pairs <= blocks);
-    for (t, row) in span.chunks_exact(rb).enumerate() {
+    assert!(2 * pairs <= blocks && tile.spread.len() >= (j + N) * pairs);
+    let spread: [*const __m512; N] = {
+        let mut rows = [tile.spread.as_ptr(); N];
+        for (n, r) in rows.iter_mut().enumerate() {
+            *r = tile.spread[(j + n) * pairs..].as_ptr();
+        }
+        rows
+    };
+    let index = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    for (t, row) in tile.span.chunks_exact(rb).enumerate() {
         let mut acc = [_mm512_setzero_ps(); N];
         let mut mins = [0f32; N];
         let f = &tile.factors[t * 2 * pairs..(t + 1) * 2 * pairs];
         let mf = &tile.min_factors[t * 2 * pairs..(t + 1) * 2 * pairs];
-        for (p, &q) in tile.quants[t * pairs..(t + 1) * pairs].iter().enumerate() {
+        let weights = &tile.weights[t * pairs..(t + 1) * pairs];
+        let signs = &tile.signs[t * pairs..(t + 1) * pairs];
+        for p in 0..pairs {
             let b = 2 * p;
-            let m = if MIN != 0 {
-                (mf[b], mf[b + 1])
-            } else {
-                (0.0, 0.0)
-            };
-            // SAFETY: b + 2 <= 2·pairs <= blocks (checked above).
-            unsafe {
-                pair_products::<N>(
-                    q,
-                    (f[b], f[b + 1]),
-                    m,
-                    signed,
-                    MIN != 0,
-                    &pointers,
-                    b,
-                    &mut acc,
-                    &mut mins,
-                )
-            };
+            let two = &f[b..b + 2];
+            // SAFETY: two f32 in `two`.
+            let dw = unsafe { _mm_loadl_epi64(two.as_ptr() as *const __m128i) };
+            let dwv = _mm512_permutexvar_ps(index, _mm512_castps128_ps512(_mm_castsi128_ps(dw)));
+            let (w, negative) = (weights[p], signs[p]);
+            for n in 0..N {
+                // SAFETY: 64 quants at 32b (b + 2 <= blocks, checked by `ActPointers::new`
+                // and above) and pair p of row j + n's spread factors (checked above).
+                let (x, dav) = unsafe {
+                    (
+                        _mm512_loadu_si512(pointers.qs[n].add(32 * b) as *const _),
+                        *spread[n].add(p),
+                    )
+                };
+                let x = if signed {
+                    _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x)
+                } else {
+                    x
+                };
+                let prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x));
+                acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dwv, dav), prod, acc[n]);
+                if MIN != 0 {
+                    for k in 0..2 {
+                        let block = b + k;
+                        let sum =
+                            f32::from(a[n].bsums[2 * block]) + f32::from(a[n].bsums[2 * block + 1]);
+                        mins[n] += mf[block] * a[n].d[block] * sum;
+                    }
+                }
+            }
         }
         let sums = finish_row::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, blocks, &a, &acc, &mut mins);
         for (n, sum) in sums.into_iter().enumerate() {
-            out(j + n, first + t, sum);
+            out(j + n, tile.first + t, sum);
         }
     }
 }
