@@ -241,14 +241,18 @@ impl Step<'_> {
         project(self, &acts, &lw.gate, &mut gate);
         project(self, &acts, &lw.up, &mut up);
         self.b.h = h;
-        for t in 0..n {
-            let (g, u) = (&mut gate[t * f..(t + 1) * f], &up[t * f..(t + 1) * f]);
-            if gelu {
-                geglu(g, u);
-            } else {
-                swiglu(g, u);
-            }
-        }
+        let up_ref = &up;
+        self.pool
+            .for_rows_mut(&mut gate[..n * f], f, &|tokens, gates| {
+                for (t, g) in tokens.zip(gates.chunks_exact_mut(f)) {
+                    let u = &up_ref[t * f..(t + 1) * f];
+                    if gelu {
+                        geglu(g, u);
+                    } else {
+                        swiglu(g, u);
+                    }
+                }
+            });
         let mut proj = std::mem::take(&mut self.b.proj);
         quantize_for(&mut acts, &gate, n, &[&lw.down]);
         project(self, &acts, &lw.down, &mut proj);

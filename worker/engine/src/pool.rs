@@ -174,6 +174,40 @@ impl Pool {
             }
         });
     }
+
+    /// Splits `data`, rows of `row` values, into one contiguous run of rows per thread, and
+    /// runs `f(rows, values)` on each: for element-wise work on a batch (the gated
+    /// activations), which would otherwise run on one thread while the others wait.
+    pub fn for_rows_mut(
+        &self,
+        data: &mut [f32],
+        row: usize,
+        f: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync),
+    ) {
+        let rows = data.len() / row.max(1);
+        let threads = self.threads.min(rows).max(1);
+        if threads == 1 {
+            f(0..rows, data);
+            return;
+        }
+        let mut parts = Vec::with_capacity(threads);
+        let mut rest = data;
+        let mut start = 0;
+        for t in 0..threads {
+            let end = rows * (t + 1) / threads;
+            let (part, tail) = rest.split_at_mut((end - start) * row);
+            parts.push(Mutex::new((start..end, part)));
+            rest = tail;
+            start = end;
+        }
+        self.run(&|t| {
+            if let Some(part) = parts.get(t) {
+                let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
+                let (range, values) = &mut *part;
+                f(range.clone(), values);
+            }
+        });
+    }
 }
 
 fn worker(shared: &Shared, index: usize) {
