@@ -4,8 +4,8 @@
 
 use std::sync::Mutex;
 
-use crate::pool::{Pool, SharedOut};
-use crate::quant::{dot_rows, PreparedRow, QuantizedActs};
+use crate::pool::Pool;
+use crate::quant::{dot_rows_into, PreparedRow, QuantizedActs, Sink};
 use crate::weights::{Matrix, ModelFile};
 
 /// Per-thread prepared weight rows.
@@ -35,7 +35,10 @@ pub fn matmul(
     assert!(out.len() >= acts.rows * w.rows);
     let bytes = w.bytes(files);
     let (m, n) = (w.rows, acts.rows);
-    let ptr = SharedOut::new(out);
+    // SAFETY: `out` holds n rows of m (asserted above), and each thread writes only the
+    // elements of the weight rows of its own chunks.
+    let sink = unsafe { Sink::new(out.as_mut_ptr(), n * m, m, 0) };
+    let kernels = crate::simd::kernels_in_use();
     // Chunks small enough that the threads finish together, large enough that a chunk's
     // weights stream for a while (the row kernels prefetch within a chunk).
     let row_bytes = w.format.row_bytes(w.cols).max(1);
@@ -44,19 +47,15 @@ pub fn matmul(
         .max(1);
     pool.for_chunks(m, chunk, &|t, range| {
         let mut prepared = rows.0[t].lock().unwrap_or_else(|e| e.into_inner());
-        dot_rows(
+        dot_rows_into(
+            kernels,
             w.format,
             bytes,
             w.cols,
             range,
             acts,
             &mut prepared,
-            |j, r, value| {
-                debug_assert!(j < n && r < m);
-                // SAFETY: j · m + r < n · m <= out.len(), and row r belongs to this chunk alone,
-                // so no other thread writes this element.
-                unsafe { *ptr.at(j * m + r) = value };
-            },
+            &sink,
         );
     });
 }

@@ -19,7 +19,7 @@ use super::blocks::Unpacked;
 use super::x86::{
     act_rows, block_32, hsum, prefetch_ahead, qh32, read_f16, PREFETCH_ROWS, TILE_BYTES,
 };
-use super::{ActRow, QuantizedActs};
+use super::{ActRow, QuantizedActs, Sink};
 
 /// The lanes of a register's high half, for blends.
 const HIGH_HALF: u16 = 0xff00;
@@ -213,7 +213,7 @@ pub(super) fn rows_32<
     first: usize,
     acts: &QuantizedActs,
     j: usize,
-    out: &mut dyn FnMut(usize, usize, f32),
+    out: &Sink,
 ) {
     let blocks = acts.k / 32;
     let rb = blocks * SIZE;
@@ -257,7 +257,7 @@ pub(super) fn rows_32<
         }
         let sums = finish_row::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, blocks, &a, &acc, &mut mins);
         for (n, sum) in sums.into_iter().enumerate() {
-            out(j + n, first + i, sum);
+            out.put(j + n, first + i, sum);
         }
     }
 }
@@ -278,7 +278,7 @@ pub(super) fn rows_32_tiled<
     bytes: &[u8],
     first: usize,
     acts: &QuantizedActs,
-    out: &mut dyn FnMut(usize, usize, f32),
+    out: &Sink,
 ) {
     let blocks = acts.k / 32;
     let rb = blocks * SIZE;
@@ -414,7 +414,7 @@ fn tile_rows<
     tile: &UnpackedTile<'_>,
     acts: &QuantizedActs,
     j: usize,
-    out: &mut dyn FnMut(usize, usize, f32),
+    out: &Sink,
 ) {
     let blocks = acts.k / 32;
     let rb = blocks * SIZE;
@@ -473,7 +473,7 @@ fn tile_rows<
         }
         let sums = finish_row::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, blocks, &a, &acc, &mut mins);
         for (n, sum) in sums.into_iter().enumerate() {
-            out(j + n, tile.first + t, sum);
+            out.put(j + n, tile.first + t, sum);
         }
     }
 }
@@ -487,7 +487,7 @@ pub(super) fn unpacked_k<const N: usize>(
     row: usize,
     acts: &QuantizedActs,
     j: usize,
-    out: &mut dyn FnMut(usize, usize, f32),
+    out: &Sink,
 ) {
     let supers = u.d.len();
     let a = act_rows::<N>(acts, j);
@@ -541,6 +541,6 @@ pub(super) fn unpacked_k<const N: usize>(
         }
     }
     for n in 0..N {
-        out(j + n, row, hsum(acc[n]) - hsum(offsets[n]));
+        out.put(j + n, row, hsum(acc[n]) - hsum(offsets[n]));
     }
 }

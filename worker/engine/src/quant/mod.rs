@@ -428,6 +428,50 @@ fn prepare_with(format: WeightFormat, bytes: &[u8], n: usize, row: &mut Prepared
     }
 }
 
+/// Where the row kernels write their dot products: the one of activation row `j` and weight
+/// row `r` at `j · stride + (r - base)`. A plain pointer, not a callback: a decode step writes
+/// a quarter of a million logits, and an indirect call for each cost several percent of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Sink {
+    ptr: *mut f32,
+    len: usize,
+    stride: usize,
+    base: usize,
+}
+
+// SAFETY: a sink is only a place to write; `Sink::new`'s caller promises that the threads
+// sharing one write disjoint elements.
+unsafe impl Send for Sink {}
+// SAFETY: as above.
+unsafe impl Sync for Sink {}
+
+impl Sink {
+    /// A sink over `len` floats at `ptr`, rows of `stride`, whose first column is weight row
+    /// `base`.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for writes of `len` floats while the sink is used, and threads that
+    /// share the memory must write disjoint elements.
+    pub unsafe fn new(ptr: *mut f32, len: usize, stride: usize, base: usize) -> Sink {
+        Sink {
+            ptr,
+            len,
+            stride,
+            base,
+        }
+    }
+
+    /// Writes the dot product of activation row `j` and weight row `r`.
+    #[inline]
+    pub fn put(&self, j: usize, r: usize, value: f32) {
+        let at = j * self.stride + (r - self.base);
+        assert!(at < self.len, "dot product ({j}, {r}) outside its sink");
+        // SAFETY: within the `len` floats `new`'s caller vouched for; no other thread writes
+        // this element.
+        unsafe { *self.ptr.add(at) = value };
+    }
+}
+
 /// The dot products of weight rows `rows` of a matrix (`bytes` its whole data, rows of `cols`
 /// weights in `format`) with every row of `acts`; `out(j, r, value)` receives each. Each weight
 /// row is prepared once for all the activation rows.
@@ -457,6 +501,39 @@ pub fn dot_rows_using<F: FnMut(usize, usize, f32)>(
     prepared: &mut PreparedRow,
     mut out: F,
 ) {
+    let width = rows.len();
+    let mut values = vec![f32::NAN; width * acts.rows];
+    // SAFETY: `values` holds acts.rows rows of `width`, and only this thread writes it.
+    let sink = unsafe { Sink::new(values.as_mut_ptr(), values.len(), width, rows.start) };
+    dot_rows_into(
+        kernels,
+        format,
+        bytes,
+        cols,
+        rows.clone(),
+        acts,
+        prepared,
+        &sink,
+    );
+    for j in 0..acts.rows {
+        for (i, &value) in values[j * width..(j + 1) * width].iter().enumerate() {
+            out(j, rows.start + i, value);
+        }
+    }
+}
+
+/// [`dot_rows_using`] into a [`Sink`]: what the matrix product calls.
+#[allow(clippy::too_many_arguments)]
+pub fn dot_rows_into(
+    kernels: Kernels,
+    format: WeightFormat,
+    bytes: &[u8],
+    cols: usize,
+    rows: std::ops::Range<usize>,
+    acts: &QuantizedActs,
+    prepared: &mut PreparedRow,
+    out: &Sink,
+) {
     let rb = format.row_bytes(cols);
     #[cfg(target_arch = "x86_64")]
     if kernels >= Kernels::Avx2 && Kernels::Avx2.available() {
@@ -464,7 +541,7 @@ pub fn dot_rows_using<F: FnMut(usize, usize, f32)>(
         let wide = kernels >= Kernels::Avx512Vnni && Kernels::Avx512Vnni.available();
         // SAFETY: AVX2, FMA and F16C were detected at run time, and AVX-512 F, BW, VL and
         // VNNI where `wide` is true.
-        if unsafe { x86::rows(format, span, rows.start, acts, &mut out, wide) } {
+        if unsafe { x86::rows(format, span, rows.start, acts, out, wide) } {
             return;
         }
     }
@@ -482,7 +559,7 @@ pub fn dot_rows_using<F: FnMut(usize, usize, f32)>(
             } else {
                 dot_scalar(format, row, prepared, a)
             };
-            out(j, r, value);
+            out.put(j, r, value);
         }
     }
 }

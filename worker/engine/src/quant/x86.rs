@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 use super::avx512;
 use super::blocks::Unpacked;
-use super::{ActRow, PreparedRow, WeightFormat};
+use super::{ActRow, PreparedRow, Sink, WeightFormat};
 
 /// The sum of a vector's eight lanes.
 #[inline]
@@ -65,7 +65,7 @@ pub unsafe fn rows(
     bytes: &[u8],
     first: usize,
     acts: &super::QuantizedActs,
-    out: &mut dyn FnMut(usize, usize, f32),
+    out: &Sink,
     wide: bool,
 ) -> bool {
     let rb = format.row_bytes(acts.k);
@@ -138,7 +138,7 @@ fn rows_k_unpacked(
     bytes: &[u8],
     first: usize,
     acts: &super::QuantizedActs,
-    out: &mut dyn FnMut(usize, usize, f32),
+    out: &Sink,
     wide: bool,
 ) {
     let k = acts.k;
@@ -191,7 +191,7 @@ fn unpacked_k<const N: usize>(
     row: usize,
     acts: &super::QuantizedActs,
     j: usize,
-    out: &mut dyn FnMut(usize, usize, f32),
+    out: &Sink,
 ) {
     let supers = u.d.len();
     let a = act_rows::<N>(acts, j);
@@ -242,7 +242,7 @@ fn unpacked_k<const N: usize>(
         }
     }
     for n in 0..N {
-        out(j + n, row, hsum(acc[n]) - hsum(offsets[n]));
+        out.put(j + n, row, hsum(acc[n]) - hsum(offsets[n]));
     }
 }
 
@@ -256,7 +256,7 @@ unsafe fn rows_n<const N: usize>(
     first: usize,
     acts: &super::QuantizedActs,
     j: usize,
-    out: &mut dyn FnMut(usize, usize, f32),
+    out: &Sink,
     wide: bool,
 ) -> bool {
     // Block size, where the nibbles start, where the fifth bits are (0: none), where the min
@@ -300,7 +300,7 @@ unsafe fn rows_32_tiled_wide(
     bytes: &[u8],
     first: usize,
     acts: &super::QuantizedActs,
-    out: &mut dyn FnMut(usize, usize, f32),
+    out: &Sink,
 ) -> bool {
     // SAFETY: the caller's promise.
     unsafe {
@@ -349,7 +349,7 @@ fn rows_32<
     first: usize,
     acts: &super::QuantizedActs,
     j: usize,
-    out: &mut dyn FnMut(usize, usize, f32),
+    out: &Sink,
 ) {
     let blocks = acts.k / 32;
     let rb = blocks * SIZE;
@@ -378,7 +378,7 @@ fn rows_32<
             block_32::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, &a, b, &mut even, &mut mins);
         }
         for n in 0..N {
-            out(
+            out.put(
                 j + n,
                 first + i,
                 hsum(_mm256_add_ps(even[n], odd[n])) + mins[n],
@@ -459,7 +459,7 @@ fn rows_k<const N: usize, const BITS: u8>(
     first: usize,
     acts: &super::QuantizedActs,
     j: usize,
-    out: &mut dyn FnMut(usize, usize, f32),
+    out: &Sink,
 ) {
     let size = match BITS {
         4 => 144,
@@ -580,7 +580,7 @@ fn rows_k<const N: usize, const BITS: u8>(
             }
         }
         for n in 0..N {
-            out(j + n, first + i, hsum(acc[n]) - hsum(offsets[n]));
+            out.put(j + n, first + i, hsum(acc[n]) - hsum(offsets[n]));
         }
     }
 }
