@@ -21,9 +21,6 @@ use super::x86::{
 };
 use super::{ActRow, QuantizedActs, Sink};
 
-/// The lanes of a register's high half, for blends.
-const HIGH_HALF: u16 = 0xff00;
-
 /// Blocks `b` and `b + 1` of a 32-weight row as one register of 64 quants: Q8_0's as they are;
 /// the others' nibbles (and fifth bits) unpacked, less their offset where they have one.
 #[inline]
@@ -95,7 +92,19 @@ impl<const N: usize> ActPointers<N> {
     }
 }
 
-/// One pair of 32-weight blocks (`q`, its factors `dw` and mins `m`) against the activation
+/// The f16 factors at `at0` and `at1` of `row` as f32, spread over a register's low and high
+/// halves: one conversion for both (the same values as two scalar ones).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn factor_pair(row: &[u8], at0: usize, at1: usize) -> __m512 {
+    let bits = u32::from(u16::from_le_bytes([row[at0], row[at0 + 1]]))
+        | (u32::from(u16::from_le_bytes([row[at1], row[at1 + 1]])) << 16);
+    let both = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+    let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(both))
+}
+
+/// One pair of 32-weight blocks (`q`, its factors spread in `dwv`, and mins `m`) against the activation
 /// rows at block `b`: the low half of `acc` takes block `b`, the high half `b + 1`, and `mins`
 /// the two blocks' min terms in order. `signed` quants take the sign trick; unsigned ones (the
 /// formats with a min) are multiplied as they are.
@@ -107,7 +116,7 @@ impl<const N: usize> ActPointers<N> {
 #[allow(clippy::too_many_arguments)]
 unsafe fn pair_products<const N: usize>(
     q: __m512i,
-    dw: (f32, f32),
+    dwv: __m512,
     m: (f32, f32),
     signed: bool,
     with_min: bool,
@@ -116,7 +125,6 @@ unsafe fn pair_products<const N: usize>(
     acc: &mut [__m512; N],
     mins: &mut [f32; N],
 ) {
-    let dwv = _mm512_mask_blend_ps(HIGH_HALF, _mm512_set1_ps(dw.0), _mm512_set1_ps(dw.1));
     // |w| as unsigned bytes, and w's signs to move onto the activations.
     let (w, negative) = if signed {
         (_mm512_abs_epi8(q), _mm512_movepi8_mask(q))
@@ -230,7 +238,7 @@ pub(super) fn rows_32<
         let mut b = 0;
         while b + 2 <= blocks {
             let q = load_pair::<SIZE, QS, QH, OFF, Q8>(row, b);
-            let dw = (read_f16(row, SIZE * b), read_f16(row, SIZE * (b + 1)));
+            let dwv = factor_pair(row, SIZE * b, SIZE * (b + 1));
             let m = if MIN != 0 {
                 (
                     read_f16(row, SIZE * b + MIN),
@@ -243,7 +251,7 @@ pub(super) fn rows_32<
             unsafe {
                 pair_products::<N>(
                     q,
-                    dw,
+                    dwv,
                     m,
                     signed,
                     MIN != 0,
