@@ -3,7 +3,9 @@
 //! Each one computes exactly what its AVX2 counterpart in `x86.rs` computes, 64 bytes at a time:
 //! - The 32-weight formats take two blocks per register. `vpdpbusd` gives the integer sums that
 //!   AVX2 builds with `vpmaddubsw` then `vpmaddwd` (no pair can saturate: |w| ≤ 128 and
-//!   |x| ≤ 127), and the low and high halves of one float accumulator are the AVX2 kernel's
+//!   |x| ≤ 127). Signed weights multiply the activations plus 128 (kept beside the quants)
+//!   from a start of -128·Σw per lane, which gives the same sums without moving the weights'
+//!   signs onto every activation row. The low and high halves of one float accumulator are the AVX2 kernel's
 //!   accumulators for even and odd blocks. The factor products and the FMAs are the same
 //!   operations, lane for lane.
 //! - The K-quants' prompt kernel takes two 32-value chunks per register: `vpmaddubsw` then
@@ -72,24 +74,38 @@ fn load_pair<const SIZE: usize, const QS: usize, const QH: usize, const OFF: i8,
 /// loop then loads without bounds checks, and keeps its accumulators in registers.
 struct ActPointers<const N: usize> {
     qs: [*const i8; N],
+    /// The quants plus 128, for signed weights (null where the rows have none).
+    biased: [*const u8; N],
     d: [*const f32; N],
     bsums: [*const i16; N],
 }
 
 impl<const N: usize> ActPointers<N> {
-    /// The rows `a`, which must hold `blocks` blocks of 32.
-    fn new(a: &[ActRow<'_>; N], blocks: usize) -> ActPointers<N> {
+    /// The rows `a`, which must hold `blocks` blocks of 32, and their biased quants where
+    /// `signed` weights will use them.
+    fn new(a: &[ActRow<'_>; N], blocks: usize, signed: bool) -> ActPointers<N> {
         for x in a {
             assert!(
                 x.qs.len() >= 32 * blocks && x.d.len() >= blocks && x.bsums.len() >= 2 * blocks
             );
+            assert!(!signed || x.biased.len() >= 32 * blocks);
         }
         ActPointers {
             qs: std::array::from_fn(|n| a[n].qs.as_ptr()),
+            biased: std::array::from_fn(|n| a[n].biased.as_ptr()),
             d: std::array::from_fn(|n| a[n].d.as_ptr()),
             bsums: std::array::from_fn(|n| a[n].bsums.as_ptr()),
         }
     }
+}
+
+/// -128·(the sum of each lane's four signed weights): where a dot product of the activations
+/// plus 128 with the weights starts, so that it ends at the dot product of the activations.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn minus_128_sums(w: __m512i) -> __m512i {
+    let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), w);
+    _mm512_sub_epi32(_mm512_setzero_si512(), sums)
 }
 
 /// The f16 factors at `at0` and `at1` of `row` as f32, spread over a register's low and high
@@ -106,8 +122,9 @@ fn factor_pair(row: &[u8], at0: usize, at1: usize) -> __m512 {
 
 /// One pair of 32-weight blocks (`q`, its factors spread in `dwv`, and mins `m`) against the activation
 /// rows at block `b`: the low half of `acc` takes block `b`, the high half `b + 1`, and `mins`
-/// the two blocks' min terms in order. `signed` quants take the sign trick; unsigned ones (the
-/// formats with a min) are multiplied as they are.
+/// the two blocks' min terms in order. `signed` quants multiply the activations plus 128, less
+/// 128·Σw per lane (the same integers as AVX2's sign trick); unsigned ones (the formats with a
+/// min) multiply the activations as they are.
 ///
 /// # Safety
 /// `b + 2` must not pass the blocks `a` was made for.
@@ -125,28 +142,26 @@ unsafe fn pair_products<const N: usize>(
     acc: &mut [__m512; N],
     mins: &mut [f32; N],
 ) {
-    // |w| as unsigned bytes, and w's signs to move onto the activations.
-    let (w, negative) = if signed {
-        (_mm512_abs_epi8(q), _mm512_movepi8_mask(q))
+    let start = if signed {
+        minus_128_sums(q)
     } else {
-        (q, 0)
+        _mm512_setzero_si512()
     };
     let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     for n in 0..N {
-        // SAFETY: 64 quants at 32b and two factors at b, within the rows (the caller's
-        // promise).
-        let (x, da) = unsafe {
-            (
-                _mm512_loadu_si512(a.qs[n].add(32 * b) as *const _),
-                _mm_loadl_epi64(a.d[n].add(b) as *const __m128i),
-            )
+        // SAFETY: 64 quants (biased or not) at 32b and two factors at b, within the rows (the
+        // caller's promise).
+        let (p, da) = unsafe {
+            let p = if signed {
+                let xb = _mm512_loadu_si512(a.biased[n].add(32 * b) as *const _);
+                _mm512_dpbusd_epi32(start, xb, q)
+            } else {
+                let x = _mm512_loadu_si512(a.qs[n].add(32 * b) as *const _);
+                _mm512_dpbusd_epi32(start, q, x)
+            };
+            (p, _mm_loadl_epi64(a.d[n].add(b) as *const __m128i))
         };
-        let x = if signed {
-            _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x)
-        } else {
-            x
-        };
-        let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x));
+        let p = _mm512_cvtepi32_ps(p);
         let dav = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_castsi128_ps(da)));
         acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dwv, dav), p, acc[n]);
         if with_min {
@@ -229,7 +244,7 @@ pub(super) fn rows_32<
         return;
     }
     let a = act_rows::<N>(acts, j);
-    let pointers = ActPointers::new(&a, blocks);
+    let pointers = ActPointers::new(&a, blocks, Q8 || OFF != 0);
     let signed = Q8 || OFF != 0;
     for (i, row) in bytes.chunks_exact(rb).enumerate() {
         prefetch_ahead(bytes, (i + PREFETCH_ROWS) * rb, rb);
@@ -314,9 +329,7 @@ pub(super) fn rows_32_tiled<
     }
     let tile = (TILE_PAIRS / pairs.max(1)).max(1);
     let all = bytes.len() / rb;
-    let signed = Q8 || OFF != 0;
     let mut weights = [_mm512_setzero_si512(); TILE_PAIRS];
-    let mut signs = [0u64; TILE_PAIRS];
     let mut factors = [0f32; 2 * TILE_PAIRS];
     let mut min_factors = [0f32; 2 * TILE_PAIRS];
     SPREAD_FACTORS.with_borrow_mut(|spread| {
@@ -343,12 +356,7 @@ pub(super) fn rows_32_tiled<
                 for p in 0..pairs {
                     let b = 2 * p;
                     let q = load_pair::<SIZE, QS, QH, OFF, Q8>(row, b);
-                    // |w| as unsigned bytes, and w's signs to move onto the activations.
-                    (weights[t * pairs + p], signs[t * pairs + p]) = if signed {
-                        (_mm512_abs_epi8(q), _mm512_movepi8_mask(q))
-                    } else {
-                        (q, 0)
-                    };
+                    weights[t * pairs + p] = q;
                     factors[t * 2 * pairs + b] = read_f16(row, SIZE * b);
                     factors[t * 2 * pairs + b + 1] = read_f16(row, SIZE * (b + 1));
                     if MIN != 0 {
@@ -361,7 +369,6 @@ pub(super) fn rows_32_tiled<
                 span: &bytes[r * rb..end * rb],
                 first: first + r,
                 weights: &weights[..(end - r) * pairs],
-                signs: &signs,
                 factors: &factors,
                 min_factors: &min_factors,
                 spread: spread.as_slice(),
@@ -397,9 +404,9 @@ struct UnpackedTile<'a> {
     /// `first` of the matrix.
     span: &'a [u8],
     first: usize,
-    /// Per pair of blocks: the quants (their magnitudes, for signed formats) and their signs.
+    /// Per pair of blocks: the quants (signed, less their offset, for the formats without a
+    /// min).
     weights: &'a [__m512i],
-    signs: &'a [u64],
     /// Per block: the factor and the min's factor.
     factors: &'a [f32],
     min_factors: &'a [f32],
@@ -427,7 +434,7 @@ fn tile_rows<
     let blocks = acts.k / 32;
     let rb = blocks * SIZE;
     let a = act_rows::<N>(acts, j);
-    let pointers = ActPointers::new(&a, blocks);
+    let pointers = ActPointers::new(&a, blocks, Q8 || OFF != 0);
     let signed = Q8 || OFF != 0;
     let pairs = tile.pairs;
     assert!(2 * pairs <= blocks && tile.spread.len() >= (j + N) * pairs);
@@ -445,29 +452,32 @@ fn tile_rows<
         let f = &tile.factors[t * 2 * pairs..(t + 1) * 2 * pairs];
         let mf = &tile.min_factors[t * 2 * pairs..(t + 1) * 2 * pairs];
         let weights = &tile.weights[t * pairs..(t + 1) * pairs];
-        let signs = &tile.signs[t * pairs..(t + 1) * pairs];
-        for p in 0..pairs {
+        for (p, &w) in weights.iter().enumerate() {
             let b = 2 * p;
             let two = &f[b..b + 2];
             // SAFETY: two f32 in `two`.
             let dw = unsafe { _mm_loadl_epi64(two.as_ptr() as *const __m128i) };
             let dwv = _mm512_permutexvar_ps(index, _mm512_castps128_ps512(_mm_castsi128_ps(dw)));
-            let (w, negative) = (weights[p], signs[p]);
+            let start = if signed {
+                minus_128_sums(w)
+            } else {
+                _mm512_setzero_si512()
+            };
             for n in 0..N {
-                // SAFETY: 64 quants at 32b (b + 2 <= blocks, checked by `ActPointers::new`
-                // and above) and pair p of row j + n's spread factors (checked above).
-                let (x, dav) = unsafe {
-                    (
-                        _mm512_loadu_si512(pointers.qs[n].add(32 * b) as *const _),
-                        *spread[n].add(p),
-                    )
+                // SAFETY: 64 quants (biased or not) at 32b (b + 2 <= blocks, checked by
+                // `ActPointers::new` and above) and pair p of row j + n's spread factors
+                // (checked above).
+                let (prod, dav) = unsafe {
+                    let prod = if signed {
+                        let xb = _mm512_loadu_si512(pointers.biased[n].add(32 * b) as *const _);
+                        _mm512_dpbusd_epi32(start, xb, w)
+                    } else {
+                        let x = _mm512_loadu_si512(pointers.qs[n].add(32 * b) as *const _);
+                        _mm512_dpbusd_epi32(start, w, x)
+                    };
+                    (prod, *spread[n].add(p))
                 };
-                let x = if signed {
-                    _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x)
-                } else {
-                    x
-                };
-                let prod = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x));
+                let prod = _mm512_cvtepi32_ps(prod);
                 acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dwv, dav), prod, acc[n]);
                 if MIN != 0 {
                     for k in 0..2 {

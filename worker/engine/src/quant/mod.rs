@@ -213,6 +213,10 @@ pub struct QuantizedActs {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub bsums: Vec<i16>,
+    /// For `Q8x32`: the quants plus 128, as unsigned bytes. The AVX-512 kernels multiply them
+    /// with signed weights and take 128·Σw off once per weight block, where the quants
+    /// themselves would need the weights' signs moved onto them for every activation row.
+    pub biased: Vec<u8>,
 }
 
 /// One quantized activation row.
@@ -222,6 +226,8 @@ pub struct ActRow<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub bsums: &'a [i16],
+    /// The quants plus 128 (`Q8x32` only; empty otherwise).
+    pub biased: &'a [u8],
 }
 
 impl QuantizedActs {
@@ -234,6 +240,7 @@ impl QuantizedActs {
             qs: Vec::new(),
             d: Vec::new(),
             bsums: Vec::new(),
+            biased: Vec::new(),
         }
     }
 
@@ -245,6 +252,9 @@ impl QuantizedActs {
                 self.qs.reserve_exact(rows * k);
                 self.d.reserve_exact(rows * k / f.block());
                 self.bsums.reserve_exact(rows * k / 16);
+                if f == ActFormat::Q8x32 {
+                    self.biased.reserve_exact(rows * k);
+                }
             }
         }
         Self::bytes_for(self.format, rows, k)
@@ -254,7 +264,8 @@ impl QuantizedActs {
     pub fn bytes_for(format: ActFormat, rows: usize, k: usize) -> usize {
         match format {
             ActFormat::F32 => rows * k * 4,
-            _ => rows * (k + k / format.block() * 4 + k / 16 * 2),
+            ActFormat::Q8x32 => rows * (2 * k + k / format.block() * 4 + k / 16 * 2),
+            ActFormat::Q8x256 => rows * (k + k / format.block() * 4 + k / 16 * 2),
         }
     }
 
@@ -288,6 +299,13 @@ impl QuantizedActs {
                 *s = q16.iter().map(|&q| i16::from(q)).sum();
             }
         }
+        if self.format == ActFormat::Q8x32 {
+            // A plain loop over two slices of one length, which compiles to vector XORs.
+            self.biased.resize(self.qs.len(), 0);
+            for (b, &q) in self.biased.iter_mut().zip(&self.qs) {
+                *b = (q as u8) ^ 0x80;
+            }
+        }
     }
 
     /// Row `j`.
@@ -299,6 +317,7 @@ impl QuantizedActs {
                 qs: &[],
                 d: &[],
                 bsums: &[],
+                biased: &[],
             };
         }
         let block = self.format.block();
@@ -307,6 +326,11 @@ impl QuantizedActs {
             qs: &self.qs[j * k..(j + 1) * k],
             d: &self.d[j * k / block..(j + 1) * k / block],
             bsums: &self.bsums[j * k / 16..(j + 1) * k / 16],
+            biased: if self.biased.is_empty() {
+                &[]
+            } else {
+                &self.biased[j * k..(j + 1) * k]
+            },
         }
     }
 }
