@@ -309,6 +309,7 @@ impl QuantizedActs {
     }
 
     /// Row `j`.
+    #[inline]
     pub fn row(&self, j: usize) -> ActRow<'_> {
         let k = self.k;
         if self.format == ActFormat::F32 {
