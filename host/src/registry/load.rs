@@ -13,7 +13,7 @@ use modelhost_protocol::progress::ProgressThrottle;
 use modelhost_protocol::wire::{checksum64, FileCheck};
 use modelhost_text::ModelText;
 
-use super::{info, unix_now, Entry, Registry, Summary};
+use super::{info, unix_now, Entry, Registry, Summary, TextCell};
 use crate::api::{Event, LayerSummary, LoadRequest, MlockMode, ModelInfo, ModelState, Phase};
 use crate::config::normalize;
 use crate::model_file::{MappedModel, OpenError};
@@ -263,7 +263,12 @@ impl Registry {
             .values()
             .find(|e| e.identity == identity)
             .map(|e| e.text.clone());
-        let text = known.unwrap_or_else(|| model_text(&fresh, &name));
+        // Built on a thread of its own, so the workers below start while the vocabulary is
+        // parsed; the response to this request waits for it at the end.
+        let text = known.unwrap_or_else(|| {
+            let (mapped, model) = (Arc::clone(&fresh), name.clone());
+            TextCell::building(name.clone(), move || model_text(&mapped, &model))
+        });
         let cancel = Arc::new(AtomicBool::new(false));
         let needs_job = req.copy || req.prefault || req.mlock != MlockMode::Off;
 
@@ -314,7 +319,8 @@ impl Registry {
             loaded_at: unix_now(),
             load_ms: (!needs_job).then(|| started.elapsed().as_millis() as u64),
         };
-        let registered = info(&entry);
+        let mut registered = info(&entry);
+        let text_cell = Arc::clone(&entry.text);
         models.insert(name.clone(), entry);
         drop(models);
         self.changed();
@@ -351,6 +357,10 @@ impl Registry {
                     Vec::new(),
                 );
             }
+        }
+        match text_cell.wait() {
+            Ok(t) => registered.text = Some(t.summary()),
+            Err(e) => registered.text_error = Some(e),
         }
         Ok(registered)
     }

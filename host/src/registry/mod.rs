@@ -52,8 +52,9 @@ struct Entry {
     mapping: Arc<MappedModel>,
     identity: FileIdentity,
     summary: Summary,
-    /// The tokenizer and chat template, or why the vocabulary cannot be used.
-    text: Result<Arc<ModelText>, String>,
+    /// The tokenizer and chat template, or why the vocabulary cannot be used: built on a
+    /// thread beside the load.
+    text: Arc<TextCell>,
     state: ModelState,
     error: Option<String>,
     warnings: Vec<String>,
@@ -208,7 +209,9 @@ impl Registry {
         let e = models
             .get(name)
             .ok_or_else(|| TextError::NotFound(name.to_owned()))?;
-        e.text.clone().map_err(|reason| TextError::Unavailable {
+        let cell = Arc::clone(&e.text);
+        drop(models);
+        cell.wait().map_err(|reason| TextError::Unavailable {
             name: name.to_owned(),
             reason,
         })
@@ -221,15 +224,22 @@ impl Registry {
         let e = models
             .get(name)
             .ok_or_else(|| TextError::NotFound(name.to_owned()))?;
-        let text = e.text.clone().map_err(|reason| TextError::Unavailable {
+        let cell = Arc::clone(&e.text);
+        let (context, slots, workers) = (
+            e.plan.as_ref().map(|p| p.context_length),
+            e.plan.as_ref().map(|p| p.parallel),
+            e.workers.clone(),
+        );
+        drop(models);
+        let text = cell.wait().map_err(|reason| TextError::Unavailable {
             name: name.to_owned(),
             reason,
         })?;
         Ok(Serving {
             text,
-            context: e.plan.as_ref().map(|p| p.context_length),
-            slots: e.plan.as_ref().map(|p| p.parallel),
-            workers: e.workers.clone(),
+            context,
+            slots,
+            workers,
         })
     }
 
@@ -321,6 +331,7 @@ impl Registry {
 /// after it is released.
 struct Snapshot {
     info: ModelInfo,
+    text: Arc<TextCell>,
     mapping: Arc<MappedModel>,
     locked: bool,
     workers: Vec<Arc<WorkerHandle>>,
@@ -328,6 +339,12 @@ struct Snapshot {
 
 impl Snapshot {
     fn finish(mut self) -> ModelInfo {
+        // Outside the registry's lock: a model a moment into its load waits here for its
+        // tokenizer (tens of milliseconds) rather than reporting none.
+        match self.text.wait() {
+            Ok(t) => self.info.text = Some(t.summary()),
+            Err(e) => self.info.text_error = Some(e),
+        }
         self.info.residency = residency(&self.mapping, self.locked);
         self.info.workers = self.workers.iter().map(|w| w.info()).collect();
         self.info.serving_while_loading = self.info.state == ModelState::Loading
@@ -353,6 +370,7 @@ fn residency(mapping: &MappedModel, locked: bool) -> Residency {
 fn snapshot(e: &Entry) -> Snapshot {
     Snapshot {
         info: info(e),
+        text: Arc::clone(&e.text),
         mapping: Arc::clone(&e.mapping),
         locked: e.locked,
         workers: e.workers.clone(),
@@ -384,8 +402,49 @@ fn info(e: &Entry) -> ModelInfo {
         load_ms: e.load_ms,
         layers: e.summary.layers.clone(),
         plan: e.plan.clone(),
-        text: e.text.as_ref().ok().map(|t| t.summary()),
-        text_error: e.text.as_ref().err().cloned(),
+        text: None,
+        text_error: None,
+    }
+}
+
+/// A model's tokenizer and chat template, built once on a thread of its own: the load spawns
+/// its workers while the vocabulary is parsed (65 ms for gemma's 262,144 tokens), and a request
+/// that needs the text before then waits for it.
+pub(crate) struct TextCell(std::sync::OnceLock<Result<Arc<ModelText>, String>>);
+
+impl TextCell {
+    /// A cell that `build` fills on a new thread (or at once, if no thread can start).
+    fn building(
+        name: String,
+        build: impl FnOnce() -> Result<Arc<ModelText>, String> + Send + 'static,
+    ) -> Arc<TextCell> {
+        let cell = Arc::new(TextCell(std::sync::OnceLock::new()));
+        let filled = Arc::clone(&cell);
+        let slot = Arc::new(Mutex::new(Some(build)));
+        let from_thread = Arc::clone(&slot);
+        let spawned = std::thread::Builder::new()
+            .name(format!("text-{name}"))
+            .spawn(move || {
+                let build = from_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(build) = build {
+                    // A panic here would leave every waiter blocked: it becomes the error.
+                    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(build))
+                        .unwrap_or_else(|_| Err("the tokenizer's build panicked".to_owned()));
+                    let _ = filled.0.set(built);
+                }
+            });
+        if spawned.is_err() {
+            let build = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(build) = build {
+                let _ = cell.0.set(build());
+            }
+        }
+        cell
+    }
+
+    /// The tokenizer, or why there is none, once built.
+    fn wait(&self) -> Result<Arc<ModelText>, String> {
+        self.0.wait().clone()
     }
 }
 
