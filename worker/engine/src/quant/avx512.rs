@@ -503,18 +503,17 @@ fn tile_rows<
 pub(super) fn unpacked_k<const N: usize>(
     u: &Unpacked,
     row: usize,
-    acts: &QuantizedActs,
+    a: &[ActRow; N],
     j: usize,
     out: &Sink,
 ) {
     let supers = u.d.len();
-    let a = act_rows::<N>(acts, j);
     assert!(
         u.q.len() >= 256 * supers
             && u.scale_vectors.len() >= 128 * supers
             && u.offset.len() >= 16 * supers
     );
-    for x in &a {
+    for x in a {
         assert!(x.qs.len() >= 256 * supers && x.d.len() >= supers && x.bsums.len() >= 16 * supers);
     }
     let mut acc = [_mm256_setzero_ps(); N];
