@@ -159,7 +159,8 @@ fn model_with_unknown_pre_tokenizer(path: &std::path::Path) {
 #[test]
 fn the_host_tokenizes_and_detokenizes_each_model_with_its_own_vocabulary() {
     use modelhost_tests::daemon::{Daemon, DaemonOptions};
-    use modelhost_tests::http::{get, request};
+    use modelhost_tests::http::request;
+    use modelhost_tests::models::wait_for;
     use modelhost_tests::Scratch;
     use serde_json::json;
 
@@ -169,17 +170,22 @@ fn the_host_tokenizes_and_detokenizes_each_model_with_its_own_vocabulary() {
     modelhost_tests::models::load(s, &json!({ "path": gemma_model(), "name": "gemma" }));
     let odd = dir.path("odd.gguf");
     model_with_unknown_pre_tokenizer(&odd);
-    let registered = modelhost_tests::models::load(s, &json!({ "path": odd, "name": "odd" }));
-    assert!(registered["text"].is_null());
+    modelhost_tests::models::load(s, &json!({ "path": odd, "name": "odd" }));
+    // The tokenizer is built beside the load: the status names it, or why there is none, once
+    // it is built.
+    let odd_info = wait_for(s, "odd", "the odd model's tokenizer", |m| {
+        !m["text"].is_null() || !m["text_error"].is_null()
+    });
+    assert!(odd_info["text"].is_null());
     assert!(
-        registered["text_error"]
+        odd_info["text_error"]
             .as_str()
             .unwrap()
             .contains("no-such-pre"),
-        "{registered}"
+        "{odd_info}"
     );
 
-    let info = get(s, "/v1/models/gemma").json();
+    let info = wait_for(s, "gemma", "gemma's tokenizer", |m| !m["text"].is_null());
     assert_eq!(info["text"]["vocabulary"], "llama");
     assert_eq!(info["text"]["tokens"], 262144);
     assert_eq!(info["text"]["end_of_generation"], json!([1, 106, 212]));

@@ -191,7 +191,8 @@ pub struct ModelInfo {
     /// The placement planned at load time, when devices were given.
     #[serde(default)]
     pub plan: Option<Plan>,
-    /// The model's tokenizer and chat template.
+    /// The model's tokenizer and chat template. It is built beside the load: for the first
+    /// tens of milliseconds neither this nor `text_error` is set.
     #[serde(default)]
     pub text: Option<TextSummary>,
     /// Why the model's vocabulary cannot be used (the model still loads and shares).

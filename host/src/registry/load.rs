@@ -358,9 +358,12 @@ impl Registry {
                 );
             }
         }
-        match text_cell.wait() {
-            Ok(t) => registered.text = Some(t.summary()),
-            Err(e) => registered.text_error = Some(e),
+        // The reply does not wait for the tokenizer, as it does not wait for the pages: a
+        // request that needs it waits instead (`Registry::text`).
+        match text_cell.get() {
+            Some(Ok(t)) => registered.text = Some(t.summary()),
+            Some(Err(e)) => registered.text_error = Some(e),
+            None => {}
         }
         Ok(registered)
     }

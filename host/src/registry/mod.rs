@@ -339,11 +339,12 @@ struct Snapshot {
 
 impl Snapshot {
     fn finish(mut self) -> ModelInfo {
-        // Outside the registry's lock: a model a moment into its load waits here for its
-        // tokenizer (tens of milliseconds) rather than reporting none.
-        match self.text.wait() {
-            Ok(t) => self.info.text = Some(t.summary()),
-            Err(e) => self.info.text_error = Some(e),
+        // A status never waits for the tokenizer: a model a moment into its load reports
+        // neither `text` nor `text_error` until it is built (tens of milliseconds).
+        match self.text.get() {
+            Some(Ok(t)) => self.info.text = Some(t.summary()),
+            Some(Err(e)) => self.info.text_error = Some(e),
+            None => {}
         }
         self.info.residency = residency(&self.mapping, self.locked);
         self.info.workers = self.workers.iter().map(|w| w.info()).collect();
@@ -445,6 +446,11 @@ impl TextCell {
     /// The tokenizer, or why there is none, once built.
     fn wait(&self) -> Result<Arc<ModelText>, String> {
         self.0.wait().clone()
+    }
+
+    /// The tokenizer, or why there is none; `None` while it is still being built.
+    fn get(&self) -> Option<Result<Arc<ModelText>, String>> {
+        self.0.get().cloned()
     }
 }
 
