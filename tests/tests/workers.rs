@@ -449,7 +449,8 @@ fn workers_report_whether_they_compute() {
         assert!(ready.is_object(), "{w:#}");
         assert_eq!(ready["threads"], threads, "four workers share the CPUs");
         assert_eq!(ready["slots"], 1);
-        assert!(["avx2", "scalar"].contains(&ready["kernels"].as_str().unwrap()));
+        // The best kernels this machine runs, as the engine chooses them in this process.
+        assert_eq!(ready["kernels"], modelhost_engine::simd::kernels());
         // The engine's buffers for a 512-token batch, not llama.cpp's 514 MiB.
         let scratch = w["scratch_bytes"].as_u64().unwrap();
         assert!((10 << 20..40 << 20).contains(&scratch), "scratch {scratch}");
