@@ -786,6 +786,39 @@ fn a_request_whose_worker_dies_before_its_first_token_is_placed_again() {
     );
 }
 
+/// A request sent the moment its model's only worker is killed is answered by the restarted
+/// worker. Whether it reaches the gateway before the supervisor has seen the death is a race
+/// (in a release build it sometimes does, and three placements then failed on the dead socket
+/// within microseconds); `supervisor::tests::a_failed_send_closes_the_link` holds that case.
+#[test]
+fn a_request_sent_as_its_only_worker_is_killed_waits_for_the_restart() {
+    let h = host("serving-kill-then-ask", 1, 1, 256, "");
+    let socket = h.daemon.socket.clone();
+    let body = json!({ "model": "gemma", "prompt": "Hello", "max_tokens": 1, "temperature": 0 });
+    for round in 0..8u64 {
+        let model = wait_for(&socket, "gemma", "a computing worker", |m| {
+            m["serving"]["workers_computing"]
+                .as_array()
+                .is_some_and(|w| w.len() == 1)
+                && m["workers"][0]["restarts"] == round
+        });
+        let pid = model["workers"][0]["pid"].as_u64().unwrap() as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let r = request(&socket, "POST", "/v1/completions", Some(&body));
+        assert_eq!(
+            r.status,
+            200,
+            "round {round}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.json()["usage"]["completion_tokens"], 1);
+    }
+}
+
 /// Ollama's API over the same gateway: the same greedy answer as OpenAI's, in Ollama's shapes.
 #[test]
 fn ollama_clients_get_the_same_answers_in_ollamas_shape() {

@@ -187,8 +187,18 @@ impl WorkerHandle {
             },
         );
         if let Err(e) = link.sender.send(&Message::Submit(Box::new(submit))) {
-            link.requests.remove(&request);
-            return Err(format!("sending to worker {}: {e}", self.id));
+            // A failed send leaves the stream unusable (the worker is dead, or a frame went out
+            // in part): the link closes now, so the router places nothing more on it and the
+            // request waits for the worker's restart, rather than failing on this link again
+            // before the supervisor has seen the death. Its other requests are lost with it.
+            let why = format!("sending to worker {}: {e}", self.id);
+            if let Some(mut link) = guard.take() {
+                link.requests.remove(&request);
+                for (_, waiting) in link.requests {
+                    let _ = waiting.events.send(WorkerEvent::Lost(why.clone()));
+                }
+            }
+            return Err(why);
         }
         Ok(())
     }
@@ -338,7 +348,8 @@ fn supervise(
     joined: Option<(Channel, Joined)>,
     events: Arc<EventBus>,
 ) -> std::io::Result<Arc<WorkerHandle>> {
-    let handle = start_handle(&spec, joined.is_none());
+    let a = &spec.attach.assignment;
+    let handle = new_handle(&spec.id, a.device, a.layers.len() as u32, joined.is_none());
     let (channel, external) = match joined {
         Some((channel, joined)) => (Some(channel), Some(joined)),
         None => (None, None),
@@ -359,17 +370,16 @@ fn supervise(
     Ok(handle)
 }
 
-fn start_handle(spec: &WorkerSpec, spawned: bool) -> Arc<WorkerHandle> {
-    let a = &spec.attach.assignment;
+fn new_handle(id: &str, device: DeviceId, layers: u32, spawned: bool) -> Arc<WorkerHandle> {
     Arc::new(WorkerHandle {
-        id: spec.id.clone(),
-        device: a.device,
+        id: id.to_owned(),
+        device,
         status: Mutex::new(WorkerInfo {
-            id: spec.id.clone(),
-            device: a.device,
+            id: id.to_owned(),
+            device,
             state: WorkerState::Starting,
             pid: None,
-            layers: a.layers.len() as u32,
+            layers,
             layers_ready: 0,
             weights_bytes: 0,
             kv_bytes: 0,
@@ -764,10 +774,13 @@ impl Shell {
             .map(|j| j.pid);
         let pid = self.child.as_ref().map(Child::id).or(connected);
         if machine.state != WorkerState::Ready || self.channel.is_none() {
-            let why = machine
-                .last_error
-                .clone()
-                .unwrap_or_else(|| format!("worker {} is {:?}", self.spec.id, machine.state));
+            let why = machine.last_error.clone().unwrap_or_else(|| {
+                if machine.state == WorkerState::Ready {
+                    format!("worker {} lost its connection", self.spec.id)
+                } else {
+                    format!("worker {} is {:?}", self.spec.id, machine.state)
+                }
+            });
             self.close_link(&why);
         }
         self.update(|s| {
@@ -798,4 +811,64 @@ fn set_stats(s: &mut WorkerInfo, stats: ReadyStats, ready_ms: u64) {
     s.scratch_bytes = stats.scratch_bytes;
     s.ready_ms = Some(ready_ms);
     s.inference = Some(stats.inference);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modelhost_protocol::wire::Sampling;
+
+    fn submit(request: u64) -> Submit {
+        Submit {
+            request,
+            prompt: vec![2, 3],
+            sampling: Sampling::default(),
+            max_tokens: 1,
+            stop_tokens: Vec::new(),
+            banned_tokens: Vec::new(),
+            min_tokens: 0,
+            logprobs: None,
+        }
+    }
+
+    /// A send that fails on a dead worker's socket closes the link at once: the router sees no
+    /// slot on it (so a request placed again waits for the restart instead of failing on the
+    /// same socket before the supervisor has seen the death), and the link's other requests
+    /// hear that they were lost.
+    #[test]
+    fn a_failed_send_closes_the_link() {
+        let handle = new_handle("w-0", DeviceId::cpu(), 1, true);
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (earlier, mut earlier_events) = tokio::sync::mpsc::unbounded_channel();
+        *handle.link_guard() = Some(Link {
+            sender: Sender::over(ours),
+            slots: 2,
+            requests: std::collections::HashMap::from([(
+                1,
+                InFlight {
+                    events: earlier,
+                    answered: false,
+                },
+            )]),
+        });
+        assert_eq!(handle.compute_slots(), Some(2));
+        drop(theirs);
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        let refused = handle.submit(submit(2), events).unwrap_err();
+        assert!(refused.contains("sending to worker w-0"), "{refused}");
+        assert_eq!(
+            handle.compute_slots(),
+            None,
+            "the dead link takes no more requests"
+        );
+        assert!(matches!(
+            earlier_events.try_recv(),
+            Ok(WorkerEvent::Lost(why)) if why == refused
+        ));
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        assert!(handle
+            .submit(submit(3), events)
+            .unwrap_err()
+            .contains("not ready"));
+    }
 }

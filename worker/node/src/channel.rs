@@ -149,6 +149,11 @@ fn send_with_fds(stream: &UnixStream, message: &Message, fds: &[BorrowedFd<'_>])
 pub struct Sender(UnixStream);
 
 impl Sender {
+    /// Frames onto a stream whose handshake is done (or, in a test, not needed).
+    pub fn over(stream: UnixStream) -> Sender {
+        Sender(stream)
+    }
+
     pub fn send(&mut self, message: &Message) -> io::Result<()> {
         self.0.write_all(&encode(message))
     }
