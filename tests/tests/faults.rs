@@ -44,6 +44,22 @@ fn census(pid: u32) -> (usize, usize, usize, Vec<String>) {
     (fds, model_maps, maps, children)
 }
 
+/// The census once the last unload has let go: no mapping of the model and no child left
+/// (within 10 s), then 300 ms more for the threads that ran it to end. A forced unload's reply
+/// comes when its workers are stopped, and the mapping goes with the last reference to it.
+fn settled_census(pid: u32) -> (usize, usize, usize, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let (_, model_maps, _, children) = census(pid);
+        if model_maps == 0 && children.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    census(pid)
+}
+
 /// The child processes of a process, each with its state letter (`Z` for a zombie).
 fn children(pid: u32) -> Vec<(i32, String)> {
     let mut children = Vec::new();
@@ -94,16 +110,14 @@ fn workers_killed_at_random_points_always_come_back_and_nothing_leaks() {
         request(socket, "DELETE", "/v1/models/warmup?force=true", None).status,
         200
     );
-    std::thread::sleep(Duration::from_millis(200));
-    let before = census(daemon.pid());
+    let before = settled_census(daemon.pid());
 
     let rounds = 50;
     let mut restarts = 0;
     let mut halfway = before.clone();
     for round in 0..rounds {
         if round == rounds / 2 {
-            std::thread::sleep(Duration::from_millis(300));
-            halfway = census(daemon.pid());
+            halfway = settled_census(daemon.pid());
         }
         let name = format!("f{round}");
         // Kill one of the two workers from /proc, 0 to 150 ms after the daemon forks it: before
@@ -157,8 +171,7 @@ fn workers_killed_at_random_points_always_come_back_and_nothing_leaks() {
             200
         );
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let after = census(daemon.pid());
+    let after = settled_census(daemon.pid());
     println!(
         "{rounds} rounds, {restarts} restarts; host fds {} -> {} -> {}, model mappings {} -> {}, all mappings {} -> {} -> {}, children {:?}",
         before.0, halfway.0, after.0, before.1, after.1, before.2, halfway.2, after.2, after.3

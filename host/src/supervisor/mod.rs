@@ -187,11 +187,15 @@ impl WorkerHandle {
             },
         );
         if let Err(e) = link.sender.send(&Message::Submit(Box::new(submit))) {
-            // A failed send leaves the stream unusable (the worker is dead, or a frame went out
-            // in part): the link closes now, so the router places nothing more on it and the
-            // request waits for the worker's restart, rather than failing on this link again
-            // before the supervisor has seen the death. Its other requests are lost with it.
+            // A failed send leaves the stream unusable (the worker is dead, or it stopped
+            // reading and a frame may have gone out in part): the link closes now, so the
+            // router places nothing more on it and the request waits for the worker's restart,
+            // rather than failing on this link again before the supervisor has seen the death.
+            // The socket is shut down too, so that the supervisor's reader sees the end and
+            // replaces a worker that is alive but no longer reads. The link's other requests
+            // are lost with it.
             let why = format!("sending to worker {}: {e}", self.id);
+            link.sender.shutdown();
             if let Some(mut link) = guard.take() {
                 link.requests.remove(&request);
                 for (_, waiting) in link.requests {
@@ -870,5 +874,50 @@ mod tests {
             .submit(submit(3), events)
             .unwrap_err()
             .contains("not ready"));
+    }
+
+    /// A worker that is alive but no longer reads: the send times out, the link closes, and
+    /// the socket is shut down, so the supervisor's reader (here, the peer) sees the end and
+    /// the worker is replaced rather than left Ready with no requests.
+    #[test]
+    fn a_send_that_times_out_ends_the_connection() {
+        use std::io::Read;
+        let handle = new_handle("w-1", DeviceId::cpu(), 1, true);
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        // The shell's channel keeps its own handle on the socket, as in a running host: closing
+        // the link's handle alone would not end the stream.
+        let _channel = ours.try_clone().unwrap();
+        let sender = Sender::over(ours);
+        sender
+            .set_write_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        *handle.link_guard() = Some(Link {
+            sender,
+            slots: 1,
+            requests: std::collections::HashMap::new(),
+        });
+        // Prompts large enough to fill the socket's buffers, which nobody reads.
+        let mut refused = None;
+        for request in 0..10_000 {
+            let (events, _) = tokio::sync::mpsc::unbounded_channel();
+            let mut big = submit(request);
+            big.prompt = vec![7; 50_000];
+            if let Err(e) = handle.submit(big, events) {
+                refused = Some(e);
+                break;
+            }
+        }
+        let refused = refused.expect("the unread socket fills and the send times out");
+        assert!(refused.contains("sending to worker w-1"), "{refused}");
+        assert_eq!(handle.compute_slots(), None);
+        // The peer reads what was sent, then the end of the stream.
+        theirs
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut all = Vec::new();
+        theirs
+            .read_to_end(&mut all)
+            .expect("the stream ends rather than blocking");
+        assert!(!all.is_empty());
     }
 }

@@ -158,6 +158,12 @@ impl Sender {
         self.0.write_all(&encode(message))
     }
 
+    /// Ends the connection both ways, for every handle on the socket: the peer and this side's
+    /// reader both see its end. For a stream that a failed send may have left mid-frame.
+    pub fn shutdown(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+
     /// Bounds how long a send may block on a peer that does not read. The option belongs to
     /// the socket, so it holds for every handle on it, the channel's own included.
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
