@@ -19,7 +19,7 @@ use std::arch::x86_64::*;
 
 use super::blocks::Unpacked;
 use super::x86::{
-    act_rows, block_32, hsum, prefetch_ahead, qh32, read_f16, PREFETCH_ROWS, TILE_BYTES,
+    act_rows, block_32, hsum, prefetch_ahead, prefetch_rows, qh32, read_f16, TILE_BYTES,
 };
 use super::{ActRow, QuantizedActs, Sink};
 
@@ -247,7 +247,7 @@ pub(super) fn rows_32<
     let pointers = ActPointers::new(&a, blocks, Q8 || OFF != 0);
     let signed = Q8 || OFF != 0;
     for (i, row) in bytes.chunks_exact(rb).enumerate() {
-        prefetch_ahead(bytes, (i + PREFETCH_ROWS) * rb, rb);
+        prefetch_ahead(bytes, (i + prefetch_rows(rb)) * rb, rb);
         let mut acc = [_mm512_setzero_ps(); N];
         let mut mins = [0f32; N];
         let mut b = 0;
