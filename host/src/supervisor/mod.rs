@@ -187,32 +187,23 @@ impl WorkerHandle {
             },
         );
         if let Err(e) = link.sender.send(&Message::Submit(Box::new(submit))) {
-            // A failed send leaves the stream unusable (the worker is dead, or it stopped
-            // reading and a frame may have gone out in part): the link closes now, so the
-            // router places nothing more on it and the request waits for the worker's restart,
-            // rather than failing on this link again before the supervisor has seen the death.
-            // The socket is shut down too, so that the supervisor's reader sees the end and
-            // replaces a worker that is alive but no longer reads. The link's other requests
-            // are lost with it.
+            link.requests.remove(&request);
             let why = format!("sending to worker {}: {e}", self.id);
-            link.sender.shutdown();
-            if let Some(mut link) = guard.take() {
-                link.requests.remove(&request);
-                for (_, waiting) in link.requests {
-                    let _ = waiting.events.send(WorkerEvent::Lost(why.clone()));
-                }
-            }
+            break_link(&mut guard, &why);
             return Err(why);
         }
         Ok(())
     }
 
     /// Asks the worker to stop a request. Its Finished still arrives (or Lost, if the worker
-    /// goes first).
+    /// goes first, or the Cancel cannot be sent).
     pub fn cancel(&self, request: u64) {
-        if let Some(link) = self.link_guard().as_mut() {
+        let mut guard = self.link_guard();
+        if let Some(link) = guard.as_mut() {
             if link.requests.contains_key(&request) {
-                let _ = link.sender.send(&Message::Cancel { request });
+                if let Err(e) = link.sender.send(&Message::Cancel { request }) {
+                    break_link(&mut guard, &format!("sending to worker {}: {e}", self.id));
+                }
             }
         }
     }
@@ -372,6 +363,21 @@ fn supervise(
         .spawn(move || shell.run())?;
     *handle.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
     Ok(handle)
+}
+
+/// Ends a link after a failed send, which leaves the stream unusable (the worker is dead, or it
+/// stopped reading and a frame may have gone out in part). The link closes at once, so the
+/// router places nothing more on it and a request waits for the worker's restart, rather than
+/// failing on this link again before the supervisor has seen the death. The socket is shut
+/// down too, so that the supervisor's reader sees the end and replaces a worker that is alive
+/// but no longer reads. The link's requests are lost with it.
+fn break_link(slot: &mut Option<Link>, why: &str) {
+    if let Some(link) = slot.take() {
+        link.sender.shutdown();
+        for (_, waiting) in link.requests {
+            let _ = waiting.events.send(WorkerEvent::Lost(why.to_owned()));
+        }
+    }
 }
 
 fn new_handle(id: &str, device: DeviceId, layers: u32, spawned: bool) -> Arc<WorkerHandle> {
@@ -874,6 +880,30 @@ mod tests {
             .submit(submit(3), events)
             .unwrap_err()
             .contains("not ready"));
+    }
+
+    /// A Cancel that cannot be sent ends the link the same way: the request it was for, and
+    /// every other on the link, hear that they were lost (their Finished will never come).
+    #[test]
+    fn a_failed_cancel_closes_the_link() {
+        let handle = new_handle("w-2", DeviceId::cpu(), 1, true);
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (events, mut heard) = tokio::sync::mpsc::unbounded_channel();
+        *handle.link_guard() = Some(Link {
+            sender: Sender::over(ours),
+            slots: 1,
+            requests: std::collections::HashMap::from([(
+                5,
+                InFlight {
+                    events,
+                    answered: true,
+                },
+            )]),
+        });
+        drop(theirs);
+        handle.cancel(5);
+        assert_eq!(handle.compute_slots(), None);
+        assert!(matches!(heard.try_recv(), Ok(WorkerEvent::Lost(why)) if why.contains("w-2")));
     }
 
     /// A worker that is alive but no longer reads: the send times out, the link closes, and
