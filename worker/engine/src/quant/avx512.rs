@@ -246,8 +246,9 @@ pub(super) fn rows_32<
     let a = act_rows::<N>(acts, j);
     let pointers = ActPointers::new(&a, blocks, Q8 || OFF != 0);
     let signed = Q8 || OFF != 0;
+    let ahead = prefetch_rows(rb);
     for (i, row) in bytes.chunks_exact(rb).enumerate() {
-        prefetch_ahead(bytes, (i + prefetch_rows(rb)) * rb, rb);
+        prefetch_ahead(bytes, (i + ahead) * rb, rb);
         let mut acc = [_mm512_setzero_ps(); N];
         let mut mins = [0f32; N];
         let mut b = 0;

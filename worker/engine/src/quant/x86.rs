@@ -368,8 +368,9 @@ fn rows_32<
     for x in &a {
         assert!(x.qs.len() >= 32 * blocks && x.d.len() >= blocks && x.bsums.len() >= 2 * blocks);
     }
+    let ahead = prefetch_rows(rb);
     for (i, row) in bytes.chunks_exact(rb).enumerate() {
-        prefetch_ahead(bytes, (i + prefetch_rows(rb)) * rb, rb);
+        prefetch_ahead(bytes, (i + ahead) * rb, rb);
         // Two sets of accumulators, for even and odd blocks: with one activation row, a single
         // chain of dependent FMAs would bound the loop.
         let (mut even, mut odd) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
@@ -486,8 +487,9 @@ fn rows_k<const N: usize, const BITS: u8>(
     let mask4 = _mm256_set1_epi8(0x0f);
     let mask2 = _mm256_set1_epi8(3);
     let one = _mm256_set1_epi8(1);
+    let ahead = prefetch_rows(rb);
     for (i, row) in bytes.chunks_exact(rb).enumerate() {
-        prefetch_ahead(bytes, (i + prefetch_rows(rb)) * rb, rb);
+        prefetch_ahead(bytes, (i + ahead) * rb, rb);
         let mut acc = [_mm256_setzero_ps(); N];
         // The corrections, accumulated in vectors and summed once per row.
         let mut offsets = [_mm256_setzero_ps(); N];
