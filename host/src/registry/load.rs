@@ -360,11 +360,7 @@ impl Registry {
         }
         // The reply does not wait for the tokenizer, as it does not wait for the pages: a
         // request that needs it waits instead (`Registry::text`).
-        match text_cell.get() {
-            Some(Ok(t)) => registered.text = Some(t.summary()),
-            Some(Err(e)) => registered.text_error = Some(e),
-            None => {}
-        }
+        text_cell.describe(&mut registered);
         Ok(registered)
     }
 

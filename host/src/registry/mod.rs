@@ -339,13 +339,8 @@ struct Snapshot {
 
 impl Snapshot {
     fn finish(mut self) -> ModelInfo {
-        // A status never waits for the tokenizer: a model a moment into its load reports
-        // neither `text` nor `text_error` until it is built (tens of milliseconds).
-        match self.text.get() {
-            Some(Ok(t)) => self.info.text = Some(t.summary()),
-            Some(Err(e)) => self.info.text_error = Some(e),
-            None => {}
-        }
+        // A status never waits for the tokenizer (tens of milliseconds into a load).
+        self.text.describe(&mut self.info);
         self.info.residency = residency(&self.mapping, self.locked);
         self.info.workers = self.workers.iter().map(|w| w.info()).collect();
         self.info.serving_while_loading = self.info.state == ModelState::Loading
@@ -448,9 +443,14 @@ impl TextCell {
         self.0.wait().clone()
     }
 
-    /// The tokenizer, or why there is none; `None` while it is still being built.
-    fn get(&self) -> Option<Result<Arc<ModelText>, String>> {
-        self.0.get().cloned()
+    /// Sets `info`'s tokenizer summary, or why there is none, once built; while it is being
+    /// built, neither (nothing waits for it).
+    fn describe(&self, info: &mut ModelInfo) {
+        match self.0.get() {
+            Some(Ok(t)) => info.text = Some(t.summary()),
+            Some(Err(e)) => info.text_error = Some(e.clone()),
+            None => {}
+        }
     }
 }
 
