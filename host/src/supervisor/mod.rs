@@ -841,6 +841,23 @@ mod tests {
         }
     }
 
+    /// Opens `handle`'s link over `sender`, with `requests` (id, events, answered) in flight.
+    fn open_link(
+        handle: &WorkerHandle,
+        sender: Sender,
+        slots: u32,
+        requests: Vec<(u64, UnboundedSender<WorkerEvent>, bool)>,
+    ) {
+        *handle.link_guard() = Some(Link {
+            sender,
+            slots,
+            requests: requests
+                .into_iter()
+                .map(|(id, events, answered)| (id, InFlight { events, answered }))
+                .collect(),
+        });
+    }
+
     /// A send that fails on a dead worker's socket closes the link at once: the router sees no
     /// slot on it (so a request placed again waits for the restart instead of failing on the
     /// same socket before the supervisor has seen the death), and the link's other requests
@@ -850,17 +867,7 @@ mod tests {
         let handle = new_handle("w-0", DeviceId::cpu(), 1, true);
         let (ours, theirs) = UnixStream::pair().unwrap();
         let (earlier, mut earlier_events) = tokio::sync::mpsc::unbounded_channel();
-        *handle.link_guard() = Some(Link {
-            sender: Sender::over(ours),
-            slots: 2,
-            requests: std::collections::HashMap::from([(
-                1,
-                InFlight {
-                    events: earlier,
-                    answered: false,
-                },
-            )]),
-        });
+        open_link(&handle, Sender::over(ours), 2, vec![(1, earlier, false)]);
         assert_eq!(handle.compute_slots(), Some(2));
         drop(theirs);
         let (events, _) = tokio::sync::mpsc::unbounded_channel();
@@ -889,17 +896,7 @@ mod tests {
         let handle = new_handle("w-2", DeviceId::cpu(), 1, true);
         let (ours, theirs) = UnixStream::pair().unwrap();
         let (events, mut heard) = tokio::sync::mpsc::unbounded_channel();
-        *handle.link_guard() = Some(Link {
-            sender: Sender::over(ours),
-            slots: 1,
-            requests: std::collections::HashMap::from([(
-                5,
-                InFlight {
-                    events,
-                    answered: true,
-                },
-            )]),
-        });
+        open_link(&handle, Sender::over(ours), 1, vec![(5, events, true)]);
         drop(theirs);
         handle.cancel(5);
         assert_eq!(handle.compute_slots(), None);
@@ -921,11 +918,7 @@ mod tests {
         sender
             .set_write_timeout(Some(Duration::from_millis(20)))
             .unwrap();
-        *handle.link_guard() = Some(Link {
-            sender,
-            slots: 1,
-            requests: std::collections::HashMap::new(),
-        });
+        open_link(&handle, sender, 1, Vec::new());
         // Prompts large enough to fill the socket's buffers, which nobody reads.
         let mut refused = None;
         for request in 0..10_000 {
