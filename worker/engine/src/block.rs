@@ -101,13 +101,20 @@ fn acts_index(w: &Matrix) -> usize {
     }
 }
 
-/// Quantizes `n` rows of `input` once for each activation format that `ws` take.
-fn quantize_for(acts: &mut [QuantizedActs; 3], input: &[f32], n: usize, ws: &[&Matrix]) {
+/// Quantizes `n` rows of `input` once for each activation format that `ws` take, the rows
+/// shared out over the pool's threads.
+fn quantize_for(
+    pool: &Pool,
+    acts: &mut [QuantizedActs; 3],
+    input: &[f32],
+    n: usize,
+    ws: &[&Matrix],
+) {
     let mut done = [false; 3];
     for w in ws {
         let i = acts_index(w);
         if !done[i] {
-            acts[i].quantize(input, n, w.cols);
+            acts[i].quantize_on(pool, input, n, w.cols);
             done[i] = true;
         }
     }
@@ -127,14 +134,14 @@ impl Step<'_> {
     pub fn norm_input(&mut self, w: &[f32]) {
         let e = self.e();
         let n = self.tokens.len();
-        for t in 0..n {
-            rms_norm(
-                &self.b.x[t * e..(t + 1) * e],
-                w,
-                self.p.rms_epsilon,
-                &mut self.b.h[t * e..(t + 1) * e],
-            );
-        }
+        let eps = self.p.rms_epsilon;
+        let x = &self.b.x;
+        self.pool
+            .for_rows_mut(&mut self.b.h[..n * e], e, &|tokens, rows| {
+                for (t, h) in tokens.zip(rows.chunks_exact_mut(e)) {
+                    rms_norm(&x[t * e..(t + 1) * e], w, eps, h);
+                }
+            });
     }
 
     /// The attention half of a block: Q, K and V from `h` (with biases, QK-norm and rope),
@@ -153,7 +160,7 @@ impl Step<'_> {
             std::mem::take(&mut self.b.k),
             std::mem::take(&mut self.b.v),
         );
-        quantize_for(&mut acts, &h, n, &[&lw.wq, &lw.wk, &lw.wv]);
+        quantize_for(self.pool, &mut acts, &h, n, &[&lw.wq, &lw.wk, &lw.wv]);
         project(self, &acts, &lw.wq, &mut q);
         project(self, &acts, &lw.wk, &mut k);
         project(self, &acts, &lw.wv, &mut v);
@@ -164,31 +171,49 @@ impl Step<'_> {
         } else {
             self.rope_global
         };
-        for t in 0..n {
-            let qt = &mut q[t * hq * dk..(t + 1) * hq * dk];
-            let kt = &mut k[t * hkv * dk..(t + 1) * hkv * dk];
-            let vt = &mut v[t * hkv * dv..(t + 1) * hkv * dv];
-            add_bias(qt, lw.bq.as_deref());
-            add_bias(kt, lw.bk.as_deref());
-            add_bias(vt, lw.bv.as_deref());
-            for head in qt.chunks_exact_mut(dk) {
-                if let Some(w) = &lw.q_norm {
-                    rms_norm_in_place(head, w, p.rms_epsilon);
-                }
-                self.rope.apply(head, &tables[t]);
-                if prescale {
-                    for x in head.iter_mut() {
-                        *x *= p.attention_scale;
+        // Biases, QK-norm and rope, token by token on the pool's threads (each token's rows
+        // are its own), then the keys and values into the cache.
+        let rope = self.rope;
+        let (qw, kw) = (hq * dk, hkv * dk);
+        assert!(k.len() >= n * kw && v.len() >= n * hkv * dv);
+        let shared_k = SharedOut::new(&mut k);
+        let shared_v = SharedOut::new(&mut v);
+        self.pool
+            .for_rows_mut(&mut q[..n * qw], qw, &|tokens, rows| {
+                for (t, qt) in tokens.zip(rows.chunks_exact_mut(qw)) {
+                    // SAFETY: token t's key and value rows are written by the range holding t
+                    // alone, and `k` and `v` hold n rows of kw and hkv·dv.
+                    let (kt, vt) = unsafe {
+                        (
+                            std::slice::from_raw_parts_mut(shared_k.at(t * kw), kw),
+                            std::slice::from_raw_parts_mut(shared_v.at(t * hkv * dv), hkv * dv),
+                        )
+                    };
+                    add_bias(qt, lw.bq.as_deref());
+                    add_bias(kt, lw.bk.as_deref());
+                    add_bias(vt, lw.bv.as_deref());
+                    for head in qt.chunks_exact_mut(dk) {
+                        if let Some(w) = &lw.q_norm {
+                            rms_norm_in_place(head, w, p.rms_epsilon);
+                        }
+                        rope.apply(head, &tables[t]);
+                        if prescale {
+                            for x in head.iter_mut() {
+                                *x *= p.attention_scale;
+                            }
+                        }
+                    }
+                    for head in kt.chunks_exact_mut(dk) {
+                        if let Some(w) = &lw.k_norm {
+                            rms_norm_in_place(head, w, p.rms_epsilon);
+                        }
+                        rope.apply(head, &tables[t]);
                     }
                 }
-            }
-            for head in kt.chunks_exact_mut(dk) {
-                if let Some(w) = &lw.k_norm {
-                    rms_norm_in_place(head, w, p.rms_epsilon);
-                }
-                self.rope.apply(head, &tables[t]);
-            }
-            let at = self.tokens[t];
+            });
+        for (t, at) in self.tokens.iter().enumerate() {
+            let kt = &k[t * kw..(t + 1) * kw];
+            let vt = &v[t * hkv * dv..(t + 1) * hkv * dv];
             self.kv.write(layer, at.slot, at.pos, kt, vt);
         }
         // Every key of the step is cached before any query reads the cache.
@@ -200,11 +225,21 @@ impl Step<'_> {
         let scratch = self.attn_scratch;
         let out = SharedOut::new(&mut self.b.attn);
         let q_ref = &q;
+        // A token's attention costs its visible keys, so a prompt's last tokens cost the most:
+        // equal ranges of tokens would leave one thread waiting for the other. The threads
+        // claim (token, KV head) items one at a time, the costliest first, so that the last
+        // items claimed are the cheapest and the threads finish together.
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_unstable_by_key(|&t| {
+            let at = tokens[t as usize];
+            std::cmp::Reverse(at.pos + 1 - view.first_visible(at.pos))
+        });
+        let order = &order;
         let items = n * hkv;
-        self.pool.for_ranges(items, &|thread, range| {
+        self.pool.for_chunks(items, 1, &|thread, range| {
             let mut s = scratch[thread].lock().unwrap_or_else(|e| e.into_inner());
             for item in range {
-                let (t, kv_head) = (item / hkv, item % hkv);
+                let (t, kv_head) = (order[item / hkv] as usize, item % hkv);
                 let at = tokens[t];
                 let heads = t * hq + kv_head * group..t * hq + (kv_head + 1) * group;
                 let qh = &q_ref[heads.start * dk..heads.end * dk];
@@ -220,7 +255,7 @@ impl Step<'_> {
         self.b.v = v;
         let attn = std::mem::take(&mut self.b.attn);
         let mut proj = std::mem::take(&mut self.b.proj);
-        quantize_for(&mut acts, &attn, n, &[&lw.wo]);
+        quantize_for(self.pool, &mut acts, &attn, n, &[&lw.wo]);
         project(self, &acts, &lw.wo, &mut proj);
         self.b.attn = attn;
         self.b.proj = proj;
@@ -237,7 +272,7 @@ impl Step<'_> {
             std::mem::take(&mut self.b.gate),
             std::mem::take(&mut self.b.up),
         );
-        quantize_for(&mut acts, &h, n, &[&lw.gate, &lw.up]);
+        quantize_for(self.pool, &mut acts, &h, n, &[&lw.gate, &lw.up]);
         project(self, &acts, &lw.gate, &mut gate);
         project(self, &acts, &lw.up, &mut up);
         self.b.h = h;
@@ -254,7 +289,7 @@ impl Step<'_> {
                 }
             });
         let mut proj = std::mem::take(&mut self.b.proj);
-        quantize_for(&mut acts, &gate, n, &[&lw.down]);
+        quantize_for(self.pool, &mut acts, &gate, n, &[&lw.down]);
         project(self, &acts, &lw.down, &mut proj);
         self.b.gate = gate;
         self.b.up = up;
@@ -265,17 +300,28 @@ impl Step<'_> {
     /// `proj = rms_norm(proj) · w` (Gemma's post-attention and post-feed-forward norms).
     pub fn norm_projection(&mut self, w: &[f32]) {
         let e = self.e();
-        for t in 0..self.tokens.len() {
-            rms_norm_in_place(&mut self.b.proj[t * e..(t + 1) * e], w, self.p.rms_epsilon);
-        }
+        let n = self.tokens.len();
+        let eps = self.p.rms_epsilon;
+        self.pool
+            .for_rows_mut(&mut self.b.proj[..n * e], e, &|_, rows| {
+                for row in rows.chunks_exact_mut(e) {
+                    rms_norm_in_place(row, w, eps);
+                }
+            });
     }
 
     /// `x += proj`.
     pub fn add_residual(&mut self) {
-        let n = self.tokens.len() * self.e();
-        for (x, p) in self.b.x[..n].iter_mut().zip(&self.b.proj[..n]) {
-            *x += p;
-        }
+        let e = self.e();
+        let n = self.tokens.len();
+        let proj = &self.b.proj;
+        self.pool
+            .for_rows_mut(&mut self.b.x[..n * e], e, &|tokens, rows| {
+                let proj = &proj[tokens.start * e..tokens.end * e];
+                for (x, p) in rows.iter_mut().zip(proj) {
+                    *x += p;
+                }
+            });
     }
 }
 

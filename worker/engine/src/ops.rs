@@ -6,11 +6,32 @@ use std::sync::OnceLock;
 
 use crate::f16::{f16_to_f32, f32_to_f16};
 
+/// `1 / sqrt(mean(x²) + eps)`, the squares (f32, as ggml rounds them) summed in f64.
+///
+/// ggml adds the squares one after another. Eight independent f64 sums, added at the end,
+/// differ from that order by a few f64 ulps, far below the f32 the mean is rounded to, and
+/// they do not wait on each other: a row's sum takes an eighth of the time. The norms run
+/// several times per layer and token, so the serial sum was a measurable part of a prompt.
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let mut lanes = [0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += f64::from(v * v);
+        }
+    }
+    for (lane, v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *lane += f64::from(v * v);
+    }
+    let sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    let mean = (sum / x.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
 /// `out = x / rms(x) · w` (ggml's rms_norm then mul: the sum of squares in f64).
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let sum: f64 = x.iter().map(|v| f64::from(v * v)).sum();
-    let mean = (sum / x.len() as f64) as f32;
-    let scale = 1.0 / (mean + eps).sqrt();
+    let scale = rms_scale(x, eps);
     for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
         *o = (v * scale) * w;
     }
@@ -18,9 +39,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 
 /// [`rms_norm`] in place.
 pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
-    let sum: f64 = x.iter().map(|v| f64::from(v * v)).sum();
-    let mean = (sum / x.len() as f64) as f32;
-    let scale = 1.0 / (mean + eps).sqrt();
+    let scale = rms_scale(x, eps);
     for (v, w) in x.iter_mut().zip(w) {
         *v = (*v * scale) * w;
     }
@@ -136,6 +155,27 @@ pub fn softmax(x: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sum_of_squares_in_lanes_gives_the_sequential_sums_scale() {
+        // ggml's order, one f64 sum: the lanes must round to the same f32 scale on rows of
+        // every length up to a layer's width, with values of very different sizes.
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32 - 0.5) * 2f32.powi((seed % 24) as i32 - 12)
+        };
+        let mut differ = 0;
+        for len in 1..=700 {
+            let x: Vec<f32> = (0..len).map(|_| next()).collect();
+            let sum: f64 = x.iter().map(|v| f64::from(v * v)).sum();
+            let sequential = 1.0 / ((sum / len as f64) as f32 + 1e-6).sqrt();
+            differ += usize::from(rms_scale(&x, 1e-6) != sequential);
+        }
+        assert_eq!(differ, 0);
+    }
 
     #[test]
     fn rms_norm_makes_unit_rms() {

@@ -28,6 +28,9 @@ use modelhost_protocol::GgmlType;
 use crate::f16::{bf16_to_f32, f16_to_f32, read_f16, round_f16};
 pub use crate::simd::Kernels;
 use blocks::Unpacked;
+use std::sync::Mutex;
+
+use crate::pool::Pool;
 
 /// The weight formats the engine computes with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -230,6 +233,66 @@ pub struct ActRow<'a> {
     pub biased: &'a [u8],
 }
 
+/// The buffers of some whole rows of quantized activations, to be filled.
+struct QuantizedParts<'a> {
+    qs: &'a mut [i8],
+    d: &'a mut [f32],
+    bsums: &'a mut [i16],
+    /// Empty where the format keeps no biased copy.
+    biased: &'a mut [u8],
+}
+
+impl<'a> QuantizedParts<'a> {
+    /// The first `values` values' buffers, and the rest.
+    fn split(self, values: usize, format: ActFormat) -> (QuantizedParts<'a>, QuantizedParts<'a>) {
+        let (qs, qs_rest) = self.qs.split_at_mut(values);
+        let (d, d_rest) = self.d.split_at_mut(values / format.block());
+        let (bsums, bsums_rest) = self.bsums.split_at_mut(values / 16);
+        let biased_len = if self.biased.is_empty() { 0 } else { values };
+        let (biased, biased_rest) = self.biased.split_at_mut(biased_len);
+        (
+            QuantizedParts {
+                qs,
+                d,
+                bsums,
+                biased,
+            },
+            QuantizedParts {
+                qs: qs_rest,
+                d: d_rest,
+                bsums: bsums_rest,
+                biased: biased_rest,
+            },
+        )
+    }
+
+    /// Quantizes `x`, the values these buffers were cut for.
+    fn quantize(&mut self, format: ActFormat, x: &[f32]) {
+        let block = format.block();
+        for (b, ((xs, qs), d)) in x
+            .chunks_exact(block)
+            .zip(self.qs.chunks_exact_mut(block))
+            .zip(self.d.iter_mut())
+            .enumerate()
+        {
+            *d = match format {
+                ActFormat::Q8x32 => quantize_q8x32(xs, qs),
+                _ => quantize_q8x256(xs, qs),
+            };
+            let sums = &mut self.bsums[b * block / 16..(b + 1) * block / 16];
+            for (s, q16) in sums.iter_mut().zip(qs.chunks_exact(16)) {
+                *s = q16.iter().map(|&q| i16::from(q)).sum();
+            }
+        }
+        if !self.biased.is_empty() {
+            // A plain loop over two slices of one length, which compiles to vector XORs.
+            for (b, &q) in self.biased.iter_mut().zip(self.qs.iter()) {
+                *b = (q as u8) ^ 0x80;
+            }
+        }
+    }
+}
+
 impl QuantizedActs {
     pub fn new(format: ActFormat) -> QuantizedActs {
         QuantizedActs {
@@ -271,41 +334,68 @@ impl QuantizedActs {
 
     /// Quantizes `rows` rows of `k` values from `x` (row-major).
     pub fn quantize(&mut self, x: &[f32], rows: usize, k: usize) {
+        let format = self.format;
+        if let Some(mut parts) = self.prepare(x, rows, k) {
+            parts.quantize(format, &x[..rows * k]);
+        }
+    }
+
+    /// [`QuantizedActs::quantize`] with the rows shared out over `pool`'s threads (each row
+    /// is quantized on its own, so the result is the same).
+    pub fn quantize_on(&mut self, pool: &Pool, x: &[f32], rows: usize, k: usize) {
+        let format = self.format;
+        let threads = pool.threads().min(rows);
+        let Some(mut rest) = self.prepare(x, rows, k) else {
+            return;
+        };
+        if threads <= 1 {
+            rest.quantize(format, &x[..rows * k]);
+            return;
+        }
+        let mut parts = Vec::with_capacity(threads);
+        let mut start = 0;
+        for t in 0..threads {
+            let end = rows * (t + 1) / threads;
+            let (part, tail) = rest.split((end - start) * k, format);
+            parts.push(Mutex::new((start..end, part)));
+            rest = tail;
+            start = end;
+        }
+        pool.run(&|t| {
+            if let Some(part) = parts.get(t) {
+                let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
+                let (range, out) = &mut *part;
+                out.quantize(format, &x[range.start * k..range.end * k]);
+            }
+        });
+    }
+
+    /// Sizes the buffers for `rows` rows of `k`, and returns them to be filled; F32 rows
+    /// are copied here, and need nothing more (`None`).
+    fn prepare(&mut self, x: &[f32], rows: usize, k: usize) -> Option<QuantizedParts<'_>> {
         self.k = k;
         self.rows = rows;
-        let x = &x[..rows * k];
         if self.format == ActFormat::F32 {
             self.f32s.clear();
-            self.f32s.extend_from_slice(x);
-            return;
+            self.f32s.extend_from_slice(&x[..rows * k]);
+            return None;
         }
         let block = self.format.block();
         self.qs.resize(rows * k, 0);
         self.d.resize(rows * k / block, 0.0);
         self.bsums.resize(rows * k / 16, 0);
-        for (b, ((xs, qs), d)) in x
-            .chunks_exact(block)
-            .zip(self.qs.chunks_exact_mut(block))
-            .zip(self.d.iter_mut())
-            .enumerate()
-        {
-            *d = match self.format {
-                ActFormat::Q8x32 => quantize_q8x32(xs, qs),
-                _ => quantize_q8x256(xs, qs),
-            };
-
-            let sums = &mut self.bsums[b * block / 16..(b + 1) * block / 16];
-            for (s, q16) in sums.iter_mut().zip(qs.chunks_exact(16)) {
-                *s = q16.iter().map(|&q| i16::from(q)).sum();
-            }
-        }
-        if self.format == ActFormat::Q8x32 {
-            // A plain loop over two slices of one length, which compiles to vector XORs.
-            self.biased.resize(self.qs.len(), 0);
-            for (b, &q) in self.biased.iter_mut().zip(&self.qs) {
-                *b = (q as u8) ^ 0x80;
-            }
-        }
+        let biased = if self.format == ActFormat::Q8x32 {
+            rows * k
+        } else {
+            0
+        };
+        self.biased.resize(biased, 0);
+        Some(QuantizedParts {
+            qs: &mut self.qs,
+            d: &mut self.d,
+            bsums: &mut self.bsums,
+            biased: &mut self.biased,
+        })
     }
 
     /// Row `j`.
