@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use crate::f16::{f16_to_f32, f32_to_f16};
+use crate::f16::{f16_to_f32, f32_to_f16, round_f16};
 
 /// `1 / sqrt(mean(x²) + eps)`, the squares (f32, as ggml rounds them) summed in f64.
 ///
@@ -98,9 +98,11 @@ impl Rope {
 }
 
 /// GELU (tanh form) as ggml's CPU backend evaluates it: from a table indexed by the input
-/// rounded to f16, holding f16 results; below -10 it is 0, above 10 the input.
-fn gelu_table() -> &'static [u16] {
-    static TABLE: OnceLock<Vec<u16>> = OnceLock::new();
+/// rounded to f16, holding f16 results; below -10 it is 0, above 10 the input. The table here
+/// holds those f16 results already widened to f32 (the same values), so that a lookup needs
+/// no conversion back.
+fn gelu_table() -> &'static [f32] {
+    static TABLE: OnceLock<Vec<f32>> = OnceLock::new();
     TABLE.get_or_init(|| {
         const SQRT_2_OVER_PI: f32 = 0.797_884_6;
         const COEF_A: f32 = 0.044_715;
@@ -108,25 +110,68 @@ fn gelu_table() -> &'static [u16] {
             .map(|h| {
                 let x = f16_to_f32(h);
                 let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh());
-                f32_to_f16(y)
+                round_f16(y)
             })
             .collect()
     })
 }
 
+/// ggml's GELU of one value, from `table`.
+#[inline]
+fn gelu_from(table: &[f32], x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        table[usize::from(f32_to_f16(x))]
+    }
+}
+
 /// `gate = gelu(gate) · up` (GeGLU).
 pub fn geglu(gate: &mut [f32], up: &[f32]) {
     let table = gelu_table();
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: AVX2 and F16C were detected at run time; the table has an entry for every
+        // f16.
+        unsafe { x86::geglu(gate, up, table) };
+        return;
+    }
     for (g, u) in gate.iter_mut().zip(up) {
-        let x = *g;
-        let gelu = if x <= -10.0 {
-            0.0
-        } else if x >= 10.0 {
-            x
-        } else {
-            f16_to_f32(table[usize::from(f32_to_f16(x))])
-        };
-        *g = gelu * u;
+        *g = gelu_from(table, *g) * u;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// [`super::geglu`] eight values at a time: F16C rounds them to f16 (to nearest even, as
+    /// the scalar conversion does), a gather reads the table, and the two ends are blended in.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn geglu(gate: &mut [f32], up: &[f32], table: &[f32]) {
+        assert_eq!(table.len(), 1 << 16);
+        let n = gate.len().min(up.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n keeps the loads and the store in bounds, and every index
+            // is an f16's bits, below the table's 65,536 entries.
+            unsafe {
+                let x = _mm256_loadu_ps(gate.as_ptr().add(i));
+                let u = _mm256_loadu_ps(up.as_ptr().add(i));
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+                let looked_up = _mm256_i32gather_ps::<4>(table.as_ptr(), _mm256_cvtepu16_epi32(h));
+                let high = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(10.0));
+                let low = _mm256_cmp_ps::<_CMP_LE_OQ>(x, _mm256_set1_ps(-10.0));
+                let gelu = _mm256_andnot_ps(low, _mm256_blendv_ps(looked_up, x, high));
+                _mm256_storeu_ps(gate.as_mut_ptr().add(i), _mm256_mul_ps(gelu, u));
+            }
+            i += 8;
+        }
+        for j in i..n {
+            gate[j] = super::gelu_from(table, gate[j]) * up[j];
+        }
     }
 }
 
@@ -230,6 +275,46 @@ mod tests {
                 "{x}: {got} vs {want}"
             );
         }
+    }
+
+    #[test]
+    fn geglu_in_eight_lanes_gives_the_scalar_bits() {
+        // Every f16 value (so every table entry), the ends and the values beside them, and
+        // values between f16s, which must round as the scalar conversion rounds them.
+        let mut gate: Vec<f32> = (0..=u16::MAX)
+            .map(f16_to_f32)
+            .filter(|x| !x.is_nan())
+            .collect();
+        gate.extend([
+            -10.0,
+            10.0,
+            -9.999_999,
+            9.999_999,
+            -10.000_001,
+            10.000_001,
+            -0.0,
+            1e-30,
+        ]);
+        gate.extend((0..4000).map(|i| (i as f32 - 2000.0) * 0.006_103_515_7));
+        let up: Vec<f32> = (0..gate.len())
+            .map(|i| 1.0 + (i % 7) as f32 * 0.25)
+            .collect();
+        let table = gelu_table();
+        let want: Vec<u32> = gate
+            .iter()
+            .zip(&up)
+            .map(|(&g, &u)| (gelu_from(table, g) * u).to_bits())
+            .collect();
+        let mut got = gate.clone();
+        geglu(&mut got, &up);
+        let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+        let first_difference = got.iter().zip(&want).position(|(a, b)| a != b);
+        assert_eq!(
+            first_difference,
+            None,
+            "at {:?}",
+            first_difference.map(|i| gate[i])
+        );
     }
 
     #[test]
