@@ -310,10 +310,12 @@ pub(super) fn rows_32_tiled<
         return;
     }
     let pairs = blocks / 2;
-    // The tile's registers of quants fill TILE_BYTES, on the stack: a heap buffer per call
-    // was measured to cost a tenth of a prompt in the kernel zeroing fresh pages. A row too
-    // long for the tile goes to the streaming kernel.
-    const TILE_PAIRS: usize = TILE_BYTES / 64;
+    // The tile's prepared pairs (192 bytes each: 64 of them are quants) sit on the stack: a
+    // heap buffer per call was measured to cost a tenth of a prompt in the kernel zeroing
+    // fresh pages. Twice TILE_BYTES of quants (96 KiB in all) measured 3% faster than one
+    // and 5% faster than half: a larger tile passes over the activations fewer times. A row
+    // too long for the tile goes to the streaming kernel.
+    const TILE_PAIRS: usize = TILE_BYTES / 32;
     if pairs > TILE_PAIRS {
         let mut j = 0;
         while j < acts.rows {
@@ -330,14 +332,18 @@ pub(super) fn rows_32_tiled<
     }
     let tile = (TILE_PAIRS / pairs.max(1)).max(1);
     let all = bytes.len() / rb;
-    let mut weights = [_mm512_setzero_si512(); TILE_PAIRS];
-    let mut factors = [0f32; 2 * TILE_PAIRS];
+    let signed = Q8 || OFF != 0;
+    let spread_index = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    let mut prepared = [PreparedPair {
+        q: _mm512_setzero_si512(),
+        start: _mm512_setzero_si512(),
+        dw: _mm512_setzero_ps(),
+    }; TILE_PAIRS];
     let mut min_factors = [0f32; 2 * TILE_PAIRS];
     SPREAD_FACTORS.with_borrow_mut(|spread| {
         // Every activation row's factors, each pair of blocks spread over a register's two
         // halves as `pair_products` spreads them: built once here for all the tiles.
         spread.clear();
-        let index = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
         for j in 0..acts.rows {
             let d = acts.row(j).d;
             for p in 0..pairs {
@@ -345,7 +351,7 @@ pub(super) fn rows_32_tiled<
                 // SAFETY: two f32 in `two`.
                 let da = unsafe { _mm_loadl_epi64(two.as_ptr() as *const __m128i) };
                 spread.push(_mm512_permutexvar_ps(
-                    index,
+                    spread_index,
                     _mm512_castps128_ps512(_mm_castsi128_ps(da)),
                 ));
             }
@@ -353,13 +359,21 @@ pub(super) fn rows_32_tiled<
         let mut r = 0;
         while r < all {
             let end = all.min(r + tile);
+            // Everything of a pair of blocks that does not depend on the activations, once
+            // per tile: the quants, where their products start, and the two factors spread.
             for (t, row) in bytes[r * rb..end * rb].chunks_exact(rb).enumerate() {
                 for p in 0..pairs {
                     let b = 2 * p;
                     let q = load_pair::<SIZE, QS, QH, OFF, Q8>(row, b);
-                    weights[t * pairs + p] = q;
-                    factors[t * 2 * pairs + b] = read_f16(row, SIZE * b);
-                    factors[t * 2 * pairs + b + 1] = read_f16(row, SIZE * (b + 1));
+                    prepared[t * pairs + p] = PreparedPair {
+                        q,
+                        start: if signed {
+                            minus_128_sums(q)
+                        } else {
+                            _mm512_setzero_si512()
+                        },
+                        dw: factor_pair(row, SIZE * b, SIZE * (b + 1)),
+                    };
                     if MIN != 0 {
                         min_factors[t * 2 * pairs + b] = read_f16(row, SIZE * b + MIN);
                         min_factors[t * 2 * pairs + b + 1] = read_f16(row, SIZE * (b + 1) + MIN);
@@ -369,11 +383,10 @@ pub(super) fn rows_32_tiled<
             let unpacked = UnpackedTile {
                 span: &bytes[r * rb..end * rb],
                 first: first + r,
-                weights: &weights[..(end - r) * pairs],
-                factors: &factors,
+                pairs: &prepared[..(end - r) * pairs],
                 min_factors: &min_factors,
                 spread: spread.as_slice(),
-                pairs,
+                pairs_per_row: pairs,
             };
             let mut j = 0;
             while j < acts.rows {
@@ -398,24 +411,35 @@ thread_local! {
     static SPREAD_FACTORS: std::cell::RefCell<Vec<__m512>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A tile of 32-weight rows unpacked for [`rows_32_tiled`], with the activations' spread
+/// A pair of 32-weight blocks made ready for [`tile_rows`]: the quants (signed, less their
+/// offset, for the formats without a min), -128·Σw per lane where they are signed
+/// ([`minus_128_sums`]), and the two blocks' factors spread over the halves.
+#[derive(Clone, Copy)]
+struct PreparedPair {
+    q: __m512i,
+    start: __m512i,
+    dw: __m512,
+}
+
+/// A tile of 32-weight rows made ready for [`rows_32_tiled`], with the activations' spread
 /// factors.
 struct UnpackedTile<'a> {
     /// The tile's rows as they are in the file (for an odd last block), the first being row
     /// `first` of the matrix.
     span: &'a [u8],
     first: usize,
-    /// Per pair of blocks: the quants (signed, less their offset, for the formats without a
-    /// min).
-    weights: &'a [__m512i],
-    /// Per block: the factor and the min's factor.
-    factors: &'a [f32],
+    /// Per row, its pairs of blocks.
+    pairs: &'a [PreparedPair],
+    /// Per block: the min's factor (the formats with a min).
     min_factors: &'a [f32],
     /// Per activation row and pair of blocks: the two factors spread over the two halves.
     spread: &'a [__m512],
-    pairs: usize,
+    pairs_per_row: usize,
 }
 
+/// The tile's rows against activation rows `j..j + N`, two weight rows at a time: each
+/// activation load and spread factor serves both. Every output's operations are
+/// [`pair_products`]'s, in its order, so the sums are the same bits.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn tile_rows<
@@ -436,9 +460,10 @@ fn tile_rows<
     let rb = blocks * SIZE;
     let a = act_rows::<N>(acts, j);
     let pointers = ActPointers::new(&a, blocks, Q8 || OFF != 0);
-    let signed = Q8 || OFF != 0;
-    let pairs = tile.pairs;
+    let pairs = tile.pairs_per_row;
+    let rows = tile.span.len() / rb;
     assert!(2 * pairs <= blocks && tile.spread.len() >= (j + N) * pairs);
+    assert!(tile.pairs.len() >= rows * pairs && tile.min_factors.len() >= rows * 2 * pairs);
     let spread: [*const __m512; N] = {
         let mut rows = [tile.spread.as_ptr(); N];
         for (n, r) in rows.iter_mut().enumerate() {
@@ -446,55 +471,160 @@ fn tile_rows<
         }
         rows
     };
-    let index = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    for (t, row) in tile.span.chunks_exact(rb).enumerate() {
-        let mut acc = [_mm512_setzero_ps(); N];
-        let mut mins = [0f32; N];
-        let f = &tile.factors[t * 2 * pairs..(t + 1) * 2 * pairs];
-        let mf = &tile.min_factors[t * 2 * pairs..(t + 1) * 2 * pairs];
-        let weights = &tile.weights[t * pairs..(t + 1) * pairs];
-        for (p, &w) in weights.iter().enumerate() {
-            let b = 2 * p;
-            let two = &f[b..b + 2];
-            // SAFETY: two f32 in `two`.
-            let dw = unsafe { _mm_loadl_epi64(two.as_ptr() as *const __m128i) };
-            let dwv = _mm512_permutexvar_ps(index, _mm512_castps128_ps512(_mm_castsi128_ps(dw)));
-            let start = if signed {
-                minus_128_sums(w)
-            } else {
-                _mm512_setzero_si512()
-            };
-            for n in 0..N {
-                // SAFETY: 64 quants (biased or not) at 32b (b + 2 <= blocks, checked by
-                // `ActPointers::new` and above) and pair p of row j + n's spread factors
-                // (checked above).
-                let (prod, dav) = unsafe {
-                    let prod = if signed {
-                        let xb = _mm512_loadu_si512(pointers.biased[n].add(32 * b) as *const _);
-                        _mm512_dpbusd_epi32(start, xb, w)
-                    } else {
-                        let x = _mm512_loadu_si512(pointers.qs[n].add(32 * b) as *const _);
-                        _mm512_dpbusd_epi32(start, w, x)
-                    };
-                    (prod, *spread[n].add(p))
-                };
-                let prod = _mm512_cvtepi32_ps(prod);
-                acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(dwv, dav), prod, acc[n]);
-                if MIN != 0 {
-                    for k in 0..2 {
-                        let block = b + k;
-                        let sum =
-                            f32::from(a[n].bsums[2 * block]) + f32::from(a[n].bsums[2 * block + 1]);
-                        mins[n] += mf[block] * a[n].d[block] * sum;
-                    }
-                }
+    let mut t = 0;
+    while t + 2 <= rows {
+        // SAFETY: rows t and t + 1 are in the tile (t + 2 <= rows, and the pairs and factors
+        // hold every row of it, asserted above).
+        let sums = unsafe { two_rows::<MIN, OFF, Q8, N>(tile, t, &pointers, &spread, &a, pairs) };
+        for (k, row_sums) in sums.iter().enumerate() {
+            let row = &tile.span[(t + k) * rb..(t + k + 1) * rb];
+            let mut mins = row_sums.1;
+            let s = finish_row::<SIZE, QS, QH, MIN, OFF, Q8, N>(
+                row,
+                blocks,
+                &a,
+                &row_sums.0,
+                &mut mins,
+            );
+            for (n, sum) in s.into_iter().enumerate() {
+                out.put(j + n, tile.first + t + k, sum);
             }
         }
-        let sums = finish_row::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, blocks, &a, &acc, &mut mins);
-        for (n, sum) in sums.into_iter().enumerate() {
+        t += 2;
+    }
+    if t < rows {
+        // SAFETY: as above, for the last row alone.
+        let (acc, mut mins) =
+            unsafe { one_row::<MIN, OFF, Q8, N>(tile, t, &pointers, &spread, &a, pairs) };
+        let row = &tile.span[t * rb..(t + 1) * rb];
+        let s = finish_row::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, blocks, &a, &acc, &mut mins);
+        for (n, sum) in s.into_iter().enumerate() {
             out.put(j + n, tile.first + t, sum);
         }
     }
+}
+
+/// The products of one prepared pair with activation row `n`'s pair `p`, added into `acc`
+/// ([`pair_products`]'s operations).
+///
+/// # Safety
+/// `pointers` and `spread` must hold pair `p` of row `n`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn add_pair<const SIGNED: bool, const N: usize>(
+    w: &PreparedPair,
+    x: __m512i,
+    dav: __m512,
+    acc: &mut __m512,
+) {
+    let prod = if SIGNED {
+        _mm512_dpbusd_epi32(w.start, x, w.q)
+    } else {
+        _mm512_dpbusd_epi32(w.start, w.q, x)
+    };
+    *acc = _mm512_fmadd_ps(_mm512_mul_ps(w.dw, dav), _mm512_cvtepi32_ps(prod), *acc);
+}
+
+/// Row `n`'s min terms of blocks `b` and `b + 1` against factors `mf` (the formats with a min).
+#[inline]
+fn add_mins(a: &ActRow<'_>, mf: &[f32], b: usize, mins: &mut f32) {
+    for block in [b, b + 1] {
+        let sum = f32::from(a.bsums[2 * block]) + f32::from(a.bsums[2 * block + 1]);
+        *mins += mf[block] * a.d[block] * sum;
+    }
+}
+
+/// Weight rows `t` and `t + 1` of the tile against the activation rows: their float
+/// accumulators and min terms.
+///
+/// # Safety
+/// Rows `t` and `t + 1` must be in the tile, and `pointers` and `spread` must hold `pairs`
+/// pairs of every row.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn two_rows<const MIN: usize, const OFF: i8, const Q8: bool, const N: usize>(
+    tile: &UnpackedTile<'_>,
+    t: usize,
+    pointers: &ActPointers<N>,
+    spread: &[*const __m512; N],
+    a: &[ActRow<'_>; N],
+    pairs: usize,
+) -> [([__m512; N], [f32; N]); 2] {
+    let mut acc0 = [_mm512_setzero_ps(); N];
+    let mut acc1 = [_mm512_setzero_ps(); N];
+    let mut mins0 = [0f32; N];
+    let mut mins1 = [0f32; N];
+    // SAFETY: the caller's promise: rows t and t + 1 hold `pairs` pairs each.
+    let (w0s, w1s) = unsafe {
+        (
+            std::slice::from_raw_parts(tile.pairs.as_ptr().add(t * pairs), pairs),
+            std::slice::from_raw_parts(tile.pairs.as_ptr().add((t + 1) * pairs), pairs),
+        )
+    };
+    let mf0 = &tile.min_factors[t * 2 * pairs..(t + 1) * 2 * pairs];
+    let mf1 = &tile.min_factors[(t + 1) * 2 * pairs..(t + 2) * 2 * pairs];
+    for p in 0..pairs {
+        let (w0, w1) = (&w0s[p], &w1s[p]);
+        for n in 0..N {
+            // SAFETY: pair p of row n, within what the caller promised.
+            unsafe {
+                let dav = *spread[n].add(p);
+                if Q8 || OFF != 0 {
+                    let x = _mm512_loadu_si512(pointers.biased[n].add(64 * p) as *const _);
+                    add_pair::<true, N>(w0, x, dav, &mut acc0[n]);
+                    add_pair::<true, N>(w1, x, dav, &mut acc1[n]);
+                } else {
+                    let x = _mm512_loadu_si512(pointers.qs[n].add(64 * p) as *const _);
+                    add_pair::<false, N>(w0, x, dav, &mut acc0[n]);
+                    add_pair::<false, N>(w1, x, dav, &mut acc1[n]);
+                }
+            }
+            if MIN != 0 {
+                add_mins(&a[n], mf0, 2 * p, &mut mins0[n]);
+                add_mins(&a[n], mf1, 2 * p, &mut mins1[n]);
+            }
+        }
+    }
+    [(acc0, mins0), (acc1, mins1)]
+}
+
+/// [`two_rows`] for one weight row (a tile's odd last one).
+///
+/// # Safety
+/// As [`two_rows`], for row `t`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn one_row<const MIN: usize, const OFF: i8, const Q8: bool, const N: usize>(
+    tile: &UnpackedTile<'_>,
+    t: usize,
+    pointers: &ActPointers<N>,
+    spread: &[*const __m512; N],
+    a: &[ActRow<'_>; N],
+    pairs: usize,
+) -> ([__m512; N], [f32; N]) {
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut mins = [0f32; N];
+    let ws = &tile.pairs[t * pairs..(t + 1) * pairs];
+    let mf = &tile.min_factors[t * 2 * pairs..(t + 1) * 2 * pairs];
+    for (p, w) in ws.iter().enumerate() {
+        for n in 0..N {
+            // SAFETY: pair p of row n, within what the caller promised.
+            unsafe {
+                let dav = *spread[n].add(p);
+                if Q8 || OFF != 0 {
+                    let x = _mm512_loadu_si512(pointers.biased[n].add(64 * p) as *const _);
+                    add_pair::<true, N>(w, x, dav, &mut acc[n]);
+                } else {
+                    let x = _mm512_loadu_si512(pointers.qs[n].add(64 * p) as *const _);
+                    add_pair::<false, N>(w, x, dav, &mut acc[n]);
+                }
+            }
+            if MIN != 0 {
+                add_mins(&a[n], mf, 2 * p, &mut mins[n]);
+            }
+        }
+    }
+    (acc, mins)
 }
 
 /// `x86::unpacked_k` (a K-quant row unpacked once, against up to four activation rows), two
