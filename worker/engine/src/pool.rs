@@ -161,20 +161,6 @@ impl Pool {
         });
     }
 
-    /// Splits `0..n` into one contiguous range per thread and runs `f(thread, range)` on each.
-    pub fn for_ranges(&self, n: usize, f: &(dyn Fn(usize, std::ops::Range<usize>) + Sync)) {
-        let threads = self.threads.min(n.max(1));
-        if threads == 1 {
-            f(0, 0..n);
-            return;
-        }
-        self.run(&|t| {
-            if t < threads {
-                f(t, n * t / threads..n * (t + 1) / threads);
-            }
-        });
-    }
-
     /// Splits `data`, rows of `row` values, into one contiguous run of rows per thread, and
     /// runs `f(rows, values)` on each: for element-wise work on a batch (the gated
     /// activations), which would otherwise run on one thread while the others wait.
@@ -303,23 +289,6 @@ mod tests {
             assert!(
                 covered.iter().all(|c| c.load(Ordering::Relaxed) == 1),
                 "n = {n}, chunk = {chunk}"
-            );
-        }
-    }
-
-    #[test]
-    fn ranges_cover_everything_once() {
-        let pool = Pool::new(4).unwrap();
-        for n in [0usize, 1, 3, 4, 10, 1001] {
-            let covered: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
-            pool.for_ranges(n, &|_, r| {
-                for i in r {
-                    covered[i].fetch_add(1, Ordering::Relaxed);
-                }
-            });
-            assert!(
-                covered.iter().all(|c| c.load(Ordering::Relaxed) == 1),
-                "n = {n}"
             );
         }
     }

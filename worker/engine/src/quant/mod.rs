@@ -755,3 +755,33 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
         *yi += alpha * xi;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activations_quantized_on_the_pool_are_those_quantized_on_one_thread() {
+        let pool = Pool::new(3).unwrap();
+        for format in [ActFormat::F32, ActFormat::Q8x32, ActFormat::Q8x256] {
+            for rows in [0usize, 1, 2, 3, 5, 17] {
+                let k = 512;
+                let x: Vec<f32> = (0..rows * k)
+                    .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.01)
+                    .collect();
+                let mut one = QuantizedActs::new(format);
+                one.quantize(&x, rows, k);
+                let mut shared = QuantizedActs::new(format);
+                // Stale contents from a larger batch must not survive.
+                shared.quantize(&vec![1.0; 20 * k], 20, k);
+                shared.quantize_on(&pool, &x, rows, k);
+                assert_eq!((shared.rows, shared.k), (rows, k));
+                assert_eq!(shared.f32s, one.f32s, "{format:?}, {rows} rows");
+                assert_eq!(shared.qs, one.qs, "{format:?}, {rows} rows");
+                assert_eq!(shared.d, one.d, "{format:?}, {rows} rows");
+                assert_eq!(shared.bsums, one.bsums, "{format:?}, {rows} rows");
+                assert_eq!(shared.biased, one.biased, "{format:?}, {rows} rows");
+            }
+        }
+    }
+}
