@@ -187,6 +187,23 @@ fn decoding_token_by_token_equals_one_batch() {
     }
 }
 
+/// Gemma has one KV head, so a token decoded alone is one attention item, and its four query
+/// heads are split over the threads (three threads: parts of two, two and none). The logits
+/// are still those of the whole batch, bit for bit.
+#[test]
+fn one_kv_head_split_over_threads_decodes_as_the_batch() {
+    let model = open_model(&gemma_model()).unwrap();
+    let mut e = model.engine(sized(256, 1, 16, 3)).unwrap();
+    let v = e.vocab_size();
+    let t = tokens(12, 3);
+    let whole = step_all(&mut e, 0, &t);
+    e.clear(0).unwrap();
+    for (i, &tok) in t.iter().enumerate() {
+        let row = step_last(&mut e, 0, &[tok]);
+        assert!(row == whole[i * v..(i + 1) * v], "token {i} alone");
+    }
+}
+
 /// Four sequences in one step give each one's logits as if it ran alone, and a step reads each
 /// weight once for all of them.
 #[test]

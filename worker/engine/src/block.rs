@@ -235,18 +235,37 @@ impl Step<'_> {
             std::cmp::Reverse(at.pos + 1 - view.first_visible(at.pos))
         });
         let order = &order;
-        let items = n * hkv;
+        // With fewer (token, KV head) items than threads (decoding one sequence on a model
+        // with one KV head, as gemma), each item's query heads are split into parts, so that
+        // every thread takes some: each head's result is computed alone either way.
+        let threads = self.pool.threads();
+        let parts = if n * hkv < threads {
+            group.min(threads.div_ceil(n * hkv))
+        } else {
+            1
+        };
+        let per_part = group.div_ceil(parts);
+        let items = n * hkv * parts;
         self.pool.for_chunks(items, 1, &|thread, range| {
             let mut s = scratch[thread].lock().unwrap_or_else(|e| e.into_inner());
             for item in range {
-                let (t, kv_head) = (order[item / hkv] as usize, item % hkv);
+                let (pair, part) = (item / parts, item % parts);
+                let (t, kv_head) = (order[pair / hkv] as usize, pair % hkv);
                 let at = tokens[t];
-                let heads = t * hq + kv_head * group..t * hq + (kv_head + 1) * group;
-                let qh = &q_ref[heads.start * dk..heads.end * dk];
-                // SAFETY: each (token, KV head) item is in exactly one range, and the output
-                // rows of its query heads are that item's alone.
-                let o =
-                    unsafe { std::slice::from_raw_parts_mut(out.at(heads.start * dv), group * dv) };
+                let first_head = t * hq + kv_head * group + part * per_part;
+                let last_head = (t * hq + (kv_head + 1) * group).min(first_head + per_part);
+                if first_head >= last_head {
+                    continue;
+                }
+                let qh = &q_ref[first_head * dk..last_head * dk];
+                // SAFETY: each item is in exactly one range, and the output rows of its query
+                // heads are that item's alone.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        out.at(first_head * dv),
+                        (last_head - first_head) * dv,
+                    )
+                };
                 attend(&view, ty, at.slot, at.pos, kv_head, qh, scale, o, &mut s);
             }
         });
