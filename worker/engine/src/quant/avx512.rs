@@ -471,12 +471,15 @@ fn tile_rows<
         }
         rows
     };
-    let mut t = 0;
-    while t + 2 <= rows {
-        // SAFETY: rows t and t + 1 are in the tile (t + 2 <= rows, and the pairs and factors
-        // hold every row of it, asserted above).
-        let sums = unsafe { two_rows::<MIN, OFF, Q8, N>(tile, t, &pointers, &spread, &a, pairs) };
-        for (k, row_sums) in sums.iter().enumerate() {
+    // Two rows per pass; a tile's odd last row passes with itself, its second result unused.
+    for t in (0..rows).step_by(2) {
+        let second = (t + 1).min(rows - 1);
+        // SAFETY: rows t and `second` are in the tile (both below `rows`), and the pairs and
+        // factors hold every row of it (asserted above).
+        let sums = unsafe {
+            two_rows::<MIN, OFF, Q8, N>(tile, [t, second], &pointers, &spread, &a, pairs)
+        };
+        for (k, row_sums) in sums.iter().enumerate().take(second + 1 - t) {
             let row = &tile.span[(t + k) * rb..(t + k + 1) * rb];
             let mut mins = row_sums.1;
             let s = finish_row::<SIZE, QS, QH, MIN, OFF, Q8, N>(
@@ -489,17 +492,6 @@ fn tile_rows<
             for (n, sum) in s.into_iter().enumerate() {
                 out.put(j + n, tile.first + t + k, sum);
             }
-        }
-        t += 2;
-    }
-    if t < rows {
-        // SAFETY: as above, for the last row alone.
-        let (acc, mut mins) =
-            unsafe { one_row::<MIN, OFF, Q8, N>(tile, t, &pointers, &spread, &a, pairs) };
-        let row = &tile.span[t * rb..(t + 1) * rb];
-        let s = finish_row::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, blocks, &a, &acc, &mut mins);
-        for (n, sum) in s.into_iter().enumerate() {
-            out.put(j + n, tile.first + t, sum);
         }
     }
 }
@@ -534,17 +526,17 @@ fn add_mins(a: &ActRow<'_>, mf: &[f32], b: usize, mins: &mut f32) {
     }
 }
 
-/// Weight rows `t` and `t + 1` of the tile against the activation rows: their float
-/// accumulators and min terms.
+/// Weight rows `rows[0]` and `rows[1]` of the tile (the same row twice, for an odd last one)
+/// against the activation rows: their float accumulators and min terms.
 ///
 /// # Safety
-/// Rows `t` and `t + 1` must be in the tile, and `pointers` and `spread` must hold `pairs`
-/// pairs of every row.
+/// Both rows must be in the tile, and `pointers` and `spread` must hold `pairs` pairs of
+/// every activation row.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn two_rows<const MIN: usize, const OFF: i8, const Q8: bool, const N: usize>(
     tile: &UnpackedTile<'_>,
-    t: usize,
+    rows: [usize; 2],
     pointers: &ActPointers<N>,
     spread: &[*const __m512; N],
     a: &[ActRow<'_>; N],
@@ -554,15 +546,16 @@ unsafe fn two_rows<const MIN: usize, const OFF: i8, const Q8: bool, const N: usi
     let mut acc1 = [_mm512_setzero_ps(); N];
     let mut mins0 = [0f32; N];
     let mut mins1 = [0f32; N];
-    // SAFETY: the caller's promise: rows t and t + 1 hold `pairs` pairs each.
+    let [t0, t1] = rows;
+    // SAFETY: the caller's promise: rows t0 and t1 hold `pairs` pairs each.
     let (w0s, w1s) = unsafe {
         (
-            std::slice::from_raw_parts(tile.pairs.as_ptr().add(t * pairs), pairs),
-            std::slice::from_raw_parts(tile.pairs.as_ptr().add((t + 1) * pairs), pairs),
+            std::slice::from_raw_parts(tile.pairs.as_ptr().add(t0 * pairs), pairs),
+            std::slice::from_raw_parts(tile.pairs.as_ptr().add(t1 * pairs), pairs),
         )
     };
-    let mf0 = &tile.min_factors[t * 2 * pairs..(t + 1) * 2 * pairs];
-    let mf1 = &tile.min_factors[(t + 1) * 2 * pairs..(t + 2) * 2 * pairs];
+    let mf0 = &tile.min_factors[t0 * 2 * pairs..(t0 + 1) * 2 * pairs];
+    let mf1 = &tile.min_factors[t1 * 2 * pairs..(t1 + 1) * 2 * pairs];
     for p in 0..pairs {
         let (w0, w1) = (&w0s[p], &w1s[p]);
         for n in 0..N {
@@ -586,45 +579,6 @@ unsafe fn two_rows<const MIN: usize, const OFF: i8, const Q8: bool, const N: usi
         }
     }
     [(acc0, mins0), (acc1, mins1)]
-}
-
-/// [`two_rows`] for one weight row (a tile's odd last one).
-///
-/// # Safety
-/// As [`two_rows`], for row `t`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn one_row<const MIN: usize, const OFF: i8, const Q8: bool, const N: usize>(
-    tile: &UnpackedTile<'_>,
-    t: usize,
-    pointers: &ActPointers<N>,
-    spread: &[*const __m512; N],
-    a: &[ActRow<'_>; N],
-    pairs: usize,
-) -> ([__m512; N], [f32; N]) {
-    let mut acc = [_mm512_setzero_ps(); N];
-    let mut mins = [0f32; N];
-    let ws = &tile.pairs[t * pairs..(t + 1) * pairs];
-    let mf = &tile.min_factors[t * 2 * pairs..(t + 1) * 2 * pairs];
-    for (p, w) in ws.iter().enumerate() {
-        for n in 0..N {
-            // SAFETY: pair p of row n, within what the caller promised.
-            unsafe {
-                let dav = *spread[n].add(p);
-                if Q8 || OFF != 0 {
-                    let x = _mm512_loadu_si512(pointers.biased[n].add(64 * p) as *const _);
-                    add_pair::<true, N>(w, x, dav, &mut acc[n]);
-                } else {
-                    let x = _mm512_loadu_si512(pointers.qs[n].add(64 * p) as *const _);
-                    add_pair::<false, N>(w, x, dav, &mut acc[n]);
-                }
-            }
-            if MIN != 0 {
-                add_mins(&a[n], mf, 2 * p, &mut mins[n]);
-            }
-        }
-    }
-    (acc, mins)
 }
 
 /// `x86::unpacked_k` (a K-quant row unpacked once, against up to four activation rows), two
