@@ -496,19 +496,12 @@ fn tile_rows<
     }
 }
 
-/// The products of one prepared pair with activation row `n`'s pair `p`, added into `acc`
-/// ([`pair_products`]'s operations).
-///
-/// # Safety
-/// `pointers` and `spread` must hold pair `p` of row `n`.
+/// The products of one prepared pair with an activation row's 64 quants `x` (biased where
+/// the weights are `SIGNED`) and spread factors `dav`, added into `acc` ([`pair_products`]'s
+/// operations).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn add_pair<const SIGNED: bool, const N: usize>(
-    w: &PreparedPair,
-    x: __m512i,
-    dav: __m512,
-    acc: &mut __m512,
-) {
+fn add_pair<const SIGNED: bool>(w: &PreparedPair, x: __m512i, dav: __m512, acc: &mut __m512) {
     let prod = if SIGNED {
         _mm512_dpbusd_epi32(w.start, x, w.q)
     } else {
@@ -517,7 +510,8 @@ unsafe fn add_pair<const SIGNED: bool, const N: usize>(
     *acc = _mm512_fmadd_ps(_mm512_mul_ps(w.dw, dav), _mm512_cvtepi32_ps(prod), *acc);
 }
 
-/// Row `n`'s min terms of blocks `b` and `b + 1` against factors `mf` (the formats with a min).
+/// An activation row's min terms of blocks `b` and `b + 1` against factors `mf` (the formats
+/// with a min).
 #[inline]
 fn add_mins(a: &ActRow<'_>, mf: &[f32], b: usize, mins: &mut f32) {
     for block in [b, b + 1] {
@@ -564,12 +558,12 @@ unsafe fn two_rows<const MIN: usize, const OFF: i8, const Q8: bool, const N: usi
                 let dav = *spread[n].add(p);
                 if Q8 || OFF != 0 {
                     let x = _mm512_loadu_si512(pointers.biased[n].add(64 * p) as *const _);
-                    add_pair::<true, N>(w0, x, dav, &mut acc0[n]);
-                    add_pair::<true, N>(w1, x, dav, &mut acc1[n]);
+                    add_pair::<true>(w0, x, dav, &mut acc0[n]);
+                    add_pair::<true>(w1, x, dav, &mut acc1[n]);
                 } else {
                     let x = _mm512_loadu_si512(pointers.qs[n].add(64 * p) as *const _);
-                    add_pair::<false, N>(w0, x, dav, &mut acc0[n]);
-                    add_pair::<false, N>(w1, x, dav, &mut acc1[n]);
+                    add_pair::<false>(w0, x, dav, &mut acc0[n]);
+                    add_pair::<false>(w1, x, dav, &mut acc1[n]);
                 }
             }
             if MIN != 0 {
