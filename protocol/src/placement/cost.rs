@@ -89,7 +89,7 @@ const ASSUMED_THREADS: u64 = 4;
 /// Scratch the engine (`modelhost-engine`) allocates to run blocks, as it sizes it: f32
 /// activations for one batch of tokens (the residual stream, its normed copy, Q, K, V, the
 /// attention output, a projection, and the feed-forward's gate and up), the batch quantized to
-/// 8 bits for each activation format, per-thread attention and weight-row buffers, and rope
+/// 8 bits for each activation format (and the per-256 one again in panels), per-thread attention and weight-row buffers, and rope
 /// tables. `worker/tests` holds the engine's real allocation to this within 10%.
 pub(crate) fn block_scratch(manifest: &ModelManifest, options: &PlanOptions, context: u64) -> u64 {
     let h = &manifest.hyper_params;
@@ -109,10 +109,17 @@ pub(crate) fn block_scratch(manifest: &ModelManifest, options: &PlanOptions, con
     // Both 8-bit formats (per 32 and per 256 values), each with factors and sums per 16.
     let quantized =
         batch * (widest + widest / 8 + widest / 8) + batch * (widest + widest / 64 + widest / 8);
+    // For a batch of more than four, the per-256 format again in panels of 16 rows (the
+    // AVX-512 VNNI prompt kernel's layout), with its sums as i32.
+    let panel = if batch > 4 {
+        batch.div_ceil(16) * 16 * (widest + widest / 4 + widest / 64)
+    } else {
+        0
+    };
     let per_thread = ASSUMED_THREADS
         * (4 * (context + 2 * dk.max(dv)) + widest * 4 + widest + widest / 4 + widest / 4);
     let rope = 2 * batch * (dk / 2) * 8;
-    activations + quantized + per_thread + rope
+    activations + quantized + panel + per_thread + rope
 }
 
 /// Scratch for the output stage: f32 logits for one output per sequence (the engine returns

@@ -184,6 +184,66 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The K-quants (Q4_K, Q5_K, Q6_K) take exact integers per super-block and one float
+    /// expression for each, so every kernel set, decoding (up to four activation rows) or a
+    /// prompt (more), gives the scalar dot product's bits.
+    #[test]
+    fn k_quant_rows_give_the_scalar_bits(
+        seed in any::<u64>(),
+        blocks in 1usize..6,
+        rows in 1usize..11,
+        acts_rows in 1usize..40,
+        which in 0usize..3,
+        extreme in any::<bool>(),
+    ) {
+        let format = [WeightFormat::Q4K, WeightFormat::Q5K, WeightFormat::Q6K][which];
+        let n = 256 * blocks;
+        let mut rng = Rng(seed);
+        let mut w: Vec<u8> = (0..rows).flat_map(|_| weights(format, n, &mut rng)).collect();
+        if extreme {
+            // Every quant and scale bit set: the largest integers the kernels can meet (Q6_K's
+            // scales then read -1; its quants 63).
+            let rb = format.row_bytes(n);
+            for row in w.chunks_exact_mut(rb) {
+                for blk in row.chunks_exact_mut(rb / blocks) {
+                    let len = blk.len();
+                    let keep = if format == WeightFormat::Q6K { len - 2..len } else { 0..4 };
+                    for (i, b) in blk.iter_mut().enumerate() {
+                        if !keep.contains(&i) {
+                            *b = 0xff;
+                        }
+                    }
+                }
+            }
+        }
+        let x: Vec<f32> = (0..acts_rows * n)
+            .map(|i| if extreme { if i % 3 == 0 { 50.0 } else { -50.0 } } else { rng.normal() * 3.0 })
+            .collect();
+        let mut q = QuantizedActs::new(format.activation());
+        q.quantize(&x, acts_rows, n);
+        let rb = format.row_bytes(n);
+        let mut want = Vec::new();
+        for j in 0..acts_rows {
+            for r in 0..rows {
+                let row = &w[r * rb..(r + 1) * rb];
+                let mut p = PreparedRow::default();
+                prepare_scalar(format, row, n, &mut p);
+                want.push(dot_scalar(format, row, &p, q.row(j)).to_bits());
+            }
+        }
+        for kernels in [Kernels::Scalar, Kernels::Avx2, Kernels::Avx512Vnni] {
+            if !kernels.available() {
+                continue;
+            }
+            let got = all_dots(kernels, format, &w, n, rows, &q);
+            prop_assert_eq!(&got, &want, "{:?} with {:?}, {} blocks, {} rows, {} activation rows", format, kernels, blocks, rows, acts_rows);
+        }
+    }
+}
+
 /// Every dot product of `rows` weight rows with `acts_rows` activation rows, by `kernels`.
 fn all_dots(
     kernels: Kernels,

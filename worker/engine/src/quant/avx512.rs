@@ -21,7 +21,7 @@ use super::blocks::Unpacked;
 use super::x86::{
     act_rows, block_32, hsum, prefetch_ahead, prefetch_rows, qh32, read_f16, TILE_BYTES,
 };
-use super::{ActRow, QuantizedActs, Sink};
+use super::{ActPanel, ActRow, QuantizedActs, Sink, PANEL};
 
 /// Blocks `b` and `b + 1` of a 32-weight row as one register of 64 quants: Q8_0's as they are;
 /// the others' nibbles (and fifth bits) unpacked, less their offset where they have one.
@@ -575,68 +575,134 @@ unsafe fn two_rows<const MIN: usize, const OFF: i8, const Q8: bool, const N: usi
     [(acc0, mins0), (acc1, mins1)]
 }
 
-/// `x86::unpacked_k` (a K-quant row unpacked once, against up to four activation rows), two
-/// 32-value chunks at a time.
-#[inline]
+/// Weight rows unpacked together by [`rows_k_panel`]: each activation register then serves
+/// four of them.
+const BAND: usize = 4;
+
+/// K-quant rows (Q4_K, Q5_K: `SUB` 32, the span of a scale; Q6_K: 16) against a prompt's
+/// activation panels ([`QuantizedActs::panel`]): a band of four rows is unpacked to a byte per
+/// quant, then for each panel of sixteen activation rows and each four quants, one
+/// `vpdpbusd` per weight row multiplies the weight row's four bytes, broadcast, with four
+/// quants of each of the sixteen activation rows. Per super-block the integers are exact
+/// (the scale applied per group with `vpmulld`, the offsets through the activations' sums),
+/// and the float expression is the scalar kernel's, lane by lane: the same bits as every
+/// other K-quant kernel. `false` where the panel is missing or the format has no unpacker.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) fn unpacked_k<const N: usize>(
-    u: &Unpacked,
-    row: usize,
-    a: &[ActRow; N],
-    j: usize,
+pub(super) fn rows_k_panel<const SUB: usize>(
+    format: super::WeightFormat,
+    bytes: &[u8],
+    first: usize,
+    acts: &QuantizedActs,
     out: &Sink,
-) {
-    let supers = u.d.len();
-    assert!(
-        u.q.len() >= 256 * supers
-            && u.scale_vectors.len() >= 128 * supers
-            && u.offset.len() >= 16 * supers
-    );
-    for x in a {
-        assert!(x.qs.len() >= 256 * supers && x.d.len() >= supers && x.bsums.len() >= 16 * supers);
+) -> bool {
+    let k = acts.k;
+    let panels = acts.rows.div_ceil(PANEL);
+    let panel = &acts.panel;
+    if k == 0 || !k.is_multiple_of(256) || panel.qs.len() != panels * PANEL * k {
+        return false;
     }
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut offsets = [_mm256_setzero_ps(); N];
-    for sb in 0..supers {
-        let mut wide = [_mm512_setzero_si512(); N];
-        for c in (0..8).step_by(2) {
-            let at = 256 * sb + 32 * c;
-            // SAFETY: at + 64 <= 256·supers, within the quants and every activation row's
-            // quants, and at / 2 + 32 <= 128·supers within the scale vectors (checked above).
-            let (q, scales) = unsafe {
-                (
-                    _mm512_loadu_si512(u.q.as_ptr().add(at) as *const _),
-                    _mm512_loadu_si512(u.scale_vectors.as_ptr().add(at / 2) as *const _),
-                )
-            };
-            for n in 0..N {
-                // SAFETY: as above.
-                let x = unsafe { _mm512_loadu_si512(a[n].qs.as_ptr().add(at) as *const _) };
-                wide[n] = _mm512_dpwssd_epi32(wide[n], _mm512_maddubs_epi16(q, x), scales);
+    let rb = format.row_bytes(k);
+    let all = bytes.len() / rb;
+    let mut band: [Unpacked; BAND] = Default::default();
+    let mut r0 = 0;
+    while r0 < all {
+        let n = (all - r0).min(BAND);
+        for (t, u) in band.iter_mut().enumerate().take(n) {
+            u.reset(k, 256);
+            let row = &bytes[(r0 + t) * rb..(r0 + t + 1) * rb];
+            // SAFETY: AVX2 and F16C come with the features this function was compiled for.
+            if !unsafe { super::x86::unpack(format, row, u) } {
+                return false;
             }
         }
-        // SAFETY: 16 i16 at 16·sb of `u.offset` (checked above).
-        let corr = unsafe { _mm256_loadu_si256(u.offset.as_ptr().add(16 * sb) as *const __m256i) };
-        for n in 0..N {
-            // The AVX2 kernel's eight lanes: each takes the same products from the two halves.
-            let isum = _mm256_add_epi32(
-                _mm512_castsi512_si256(wide[n]),
-                _mm512_extracti64x4_epi64::<1>(wide[n]),
-            );
-            // SAFETY: 16 i16 at 16·sb of the sums (checked above).
-            let bs =
-                unsafe { _mm256_loadu_si256(a[n].bsums.as_ptr().add(16 * sb) as *const __m256i) };
-            let c = _mm256_cvtepi32_ps(_mm256_madd_epi16(corr, bs));
-            let da = a[n].d[sb];
-            acc[n] = _mm256_fmadd_ps(
-                _mm256_set1_ps(u.d[sb] * da),
-                _mm256_cvtepi32_ps(isum),
-                acc[n],
-            );
-            offsets[n] = _mm256_fmadd_ps(_mm256_set1_ps(u.dmin[sb] * da), c, offsets[n]);
+        for p in 0..panels {
+            let lanes = (acts.rows - p * PANEL).min(PANEL);
+            let at = (p, lanes, first + r0);
+            match n {
+                1 => band_panel::<SUB, 1>(&band, panel, k, at, out),
+                2 => band_panel::<SUB, 2>(&band, panel, k, at, out),
+                3 => band_panel::<SUB, 3>(&band, panel, k, at, out),
+                _ => band_panel::<SUB, 4>(&band, panel, k, at, out),
+            }
+        }
+        r0 += n;
+    }
+    true
+}
+
+/// The first `R` unpacked rows of `band` against panel `p` (`at`: the panel, its rows in use,
+/// the first weight row's index) into `out`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn band_panel<const SUB: usize, const R: usize>(
+    band: &[Unpacked; BAND],
+    panel: &ActPanel,
+    k: usize,
+    at: (usize, usize, usize),
+    out: &Sink,
+) {
+    let (p, lanes, first) = at;
+    let supers = k / 256;
+    let (qs, bsums, d) = (
+        &panel.qs[p * PANEL * k..(p + 1) * PANEL * k],
+        &panel.bsums[p * k..(p + 1) * k],
+        &panel.d[p * PANEL * supers..(p + 1) * PANEL * supers],
+    );
+    for u in &band[..R] {
+        assert!(u.q.len() >= k && u.scale.len() >= k / 16 && u.offset.len() >= k / 16);
+        assert!(u.d.len() >= supers && u.dmin.len() >= supers);
+    }
+    let mut sums = [_mm512_setzero_ps(); R];
+    for sb in 0..supers {
+        let mut s1 = [_mm512_setzero_si512(); R];
+        let mut s2 = [_mm512_setzero_si512(); R];
+        for group in 0..256 / SUB {
+            let mut acc = [_mm512_setzero_si512(); R];
+            for i in 0..SUB / 4 {
+                let g = 64 * sb + (SUB / 4) * group + i;
+                // SAFETY: 64 bytes at 64g, g < k/4, of the panel's 16k; four bytes at 4g of
+                // each unpacked row's k quants (checked above). Unchecked: the innermost loop
+                // of a prompt.
+                unsafe {
+                    let x = _mm512_loadu_si512(qs.as_ptr().add(64 * g) as *const _);
+                    for (r, u) in band[..R].iter().enumerate() {
+                        let w = (u.q.as_ptr().add(4 * g) as *const i32).read_unaligned();
+                        acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(w), x);
+                    }
+                }
+            }
+            // The scale and offset are the same for every 16 quants of a group.
+            let h = 16 * sb + (SUB / 16) * group;
+            // SAFETY: 16 i32 at 16h (h < k/16) of the panel's k sums (checked above).
+            let mut sum = unsafe { _mm512_loadu_si512(bsums.as_ptr().add(16 * h) as *const _) };
+            if SUB == 32 {
+                // SAFETY: as above, for h + 1 < k/16.
+                let next =
+                    unsafe { _mm512_loadu_si512(bsums.as_ptr().add(16 * h + 16) as *const _) };
+                sum = _mm512_add_epi32(sum, next);
+            }
+            for (r, u) in band[..R].iter().enumerate() {
+                let scale = _mm512_set1_epi32(i32::from(u.scale[h]));
+                let offset = _mm512_set1_epi32(i32::from(u.offset[h]));
+                s1[r] = _mm512_add_epi32(s1[r], _mm512_mullo_epi32(acc[r], scale));
+                s2[r] = _mm512_add_epi32(s2[r], _mm512_mullo_epi32(sum, offset));
+            }
+        }
+        // SAFETY: 16 f32 at 16·sb of the panel's 16·supers factors.
+        let da = unsafe { _mm512_loadu_ps(d.as_ptr().add(16 * sb)) };
+        for (r, u) in band[..R].iter().enumerate() {
+            // `super_block_sum`, lane by lane: da · (d · s1 − dmin · s2).
+            let t1 = _mm512_mul_ps(_mm512_set1_ps(u.d[sb]), _mm512_cvtepi32_ps(s1[r]));
+            let t2 = _mm512_mul_ps(_mm512_set1_ps(u.dmin[sb]), _mm512_cvtepi32_ps(s2[r]));
+            sums[r] = _mm512_add_ps(sums[r], _mm512_mul_ps(da, _mm512_sub_ps(t1, t2)));
         }
     }
-    for n in 0..N {
-        out.put(j + n, row, hsum(acc[n]) - hsum(offsets[n]));
+    for (r, sum) in sums.iter().enumerate() {
+        let mut values = [0f32; PANEL];
+        // SAFETY: 16 f32 into `values`.
+        unsafe { _mm512_storeu_ps(values.as_mut_ptr(), *sum) };
+        for (lane, &v) in values.iter().enumerate().take(lanes) {
+            out.put(PANEL * p + lane, first + r, v);
+        }
     }
 }

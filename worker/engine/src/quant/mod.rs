@@ -220,6 +220,82 @@ pub struct QuantizedActs {
     /// with signed weights and take 128·Σw off once per weight block, where the quants
     /// themselves would need the weights' signs moved onto them for every activation row.
     pub biased: Vec<u8>,
+    /// For `Q8x256` with more than [`PANEL_MIN_ROWS`] rows where the AVX-512 VNNI kernels run
+    /// (a prompt against K-quant weights): the rows again, in panels of [`PANEL`] rows laid out
+    /// for `vpdpbusd`, so that one register holds four quants of each of sixteen rows and a
+    /// weight's four bytes, broadcast, multiply all sixteen at once. Rows past the last are
+    /// zeros. Empty otherwise.
+    pub panel: ActPanel,
+}
+
+/// Rows in an activation panel: the lanes of one 512-bit register of i32.
+pub const PANEL: usize = 16;
+
+/// Decoding (up to four activation rows) takes the register kernels, which need no panel.
+pub const PANEL_MIN_ROWS: usize = 4;
+
+/// Activation rows in panels of [`PANEL`] (see [`QuantizedActs::panel`]). For panel `p` of
+/// rows `16p..16p + 16`:
+/// - `qs[(p·k/4 + g)·64 + 4·lane + i]` is quant `4g + i` of row `16p + lane`;
+/// - `bsums[(p·k/16 + h)·16 + lane]` is that row's sum of quants `16h..16h + 16`;
+/// - `d[(p·k/256 + s)·16 + lane]` is its factor for super-block `s`.
+#[derive(Debug, Clone, Default)]
+pub struct ActPanel {
+    pub qs: Vec<i8>,
+    pub bsums: Vec<i32>,
+    pub d: Vec<f32>,
+}
+
+impl ActPanel {
+    /// Bytes held for `rows` rows of `k` values.
+    pub fn bytes_for(rows: usize, k: usize) -> usize {
+        if rows <= PANEL_MIN_ROWS {
+            return 0;
+        }
+        let padded = rows.div_ceil(PANEL) * PANEL;
+        padded * (k + k / 16 * 4 + k / 256 * 4)
+    }
+
+    fn reserve(&mut self, rows: usize, k: usize) {
+        if rows > PANEL_MIN_ROWS {
+            let padded = rows.div_ceil(PANEL) * PANEL;
+            self.qs.reserve_exact(padded * k);
+            self.bsums.reserve_exact(padded * k / 16);
+            self.d.reserve_exact(padded * k / 256);
+        }
+    }
+
+    /// Lays out `rows` rows of `k` quants (`qs`), their sums per 16 and factors per 256.
+    fn build(&mut self, qs: &[i8], bsums: &[i16], d: &[f32], rows: usize, k: usize) {
+        let panels = rows.div_ceil(PANEL);
+        self.qs.clear();
+        self.qs.resize(panels * PANEL * k, 0);
+        self.bsums.clear();
+        self.bsums.resize(panels * PANEL * k / 16, 0);
+        self.d.clear();
+        self.d.resize(panels * PANEL * k / 256, 0.0);
+        for row in 0..rows {
+            let (p, lane) = (row / PANEL, row % PANEL);
+            let src = &qs[row * k..(row + 1) * k];
+            let base = p * PANEL * k;
+            for (g, four) in src.chunks_exact(4).enumerate() {
+                let at = base + 64 * g + 4 * lane;
+                self.qs[at..at + 4].copy_from_slice(four);
+            }
+            for (h, &s) in bsums[row * k / 16..(row + 1) * k / 16].iter().enumerate() {
+                self.bsums[(p * k / 16 + h) * PANEL + lane] = i32::from(s);
+            }
+            for (s, &f) in d[row * k / 256..(row + 1) * k / 256].iter().enumerate() {
+                self.d[(p * k / 256 + s) * PANEL + lane] = f;
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.qs.clear();
+        self.bsums.clear();
+        self.d.clear();
+    }
 }
 
 /// One quantized activation row.
@@ -304,6 +380,7 @@ impl QuantizedActs {
             d: Vec::new(),
             bsums: Vec::new(),
             biased: Vec::new(),
+            panel: ActPanel::default(),
         }
     }
 
@@ -317,6 +394,8 @@ impl QuantizedActs {
                 self.bsums.reserve_exact(rows * k / 16);
                 if f == ActFormat::Q8x32 {
                     self.biased.reserve_exact(rows * k);
+                } else {
+                    self.panel.reserve(rows, k);
                 }
             }
         }
@@ -328,7 +407,9 @@ impl QuantizedActs {
         match format {
             ActFormat::F32 => rows * k * 4,
             ActFormat::Q8x32 => rows * (2 * k + k / format.block() * 4 + k / 16 * 2),
-            ActFormat::Q8x256 => rows * (k + k / format.block() * 4 + k / 16 * 2),
+            ActFormat::Q8x256 => {
+                rows * (k + k / format.block() * 4 + k / 16 * 2) + ActPanel::bytes_for(rows, k)
+            }
         }
     }
 
@@ -337,6 +418,20 @@ impl QuantizedActs {
         let format = self.format;
         if let Some(mut parts) = self.prepare(x, rows, k) {
             parts.quantize(format, &x[..rows * k]);
+        }
+        self.lay_out_panel();
+    }
+
+    /// Builds [`QuantizedActs::panel`] where the kernels in use will read it.
+    fn lay_out_panel(&mut self) {
+        let wanted = self.format == ActFormat::Q8x256
+            && self.rows > PANEL_MIN_ROWS
+            && crate::simd::kernels_in_use() >= Kernels::Avx512Vnni;
+        if wanted {
+            let (rows, k) = (self.rows, self.k);
+            self.panel.build(&self.qs, &self.bsums, &self.d, rows, k);
+        } else {
+            self.panel.clear();
         }
     }
 
@@ -350,6 +445,7 @@ impl QuantizedActs {
         };
         if threads <= 1 {
             rest.quantize(format, &x[..rows * k]);
+            self.lay_out_panel();
             return;
         }
         let mut parts = Vec::with_capacity(threads);
@@ -368,6 +464,8 @@ impl QuantizedActs {
                 out.quantize(format, &x[range.start * k..range.end * k]);
             }
         });
+        drop(parts);
+        self.lay_out_panel();
     }
 
     /// Sizes the buffers for `rows` rows of `k`, and returns them to be filled; F32 rows
@@ -714,6 +812,15 @@ pub fn dot_scalar(format: WeightFormat, bytes: &[u8], row: &PreparedRow, a: ActR
     }
 }
 
+/// A K-quant super-block's share of a dot product, from its two exact integers: `s1`, the
+/// quants times the activations scaled per group, and `s2`, the groups' offsets times the
+/// activations' sums. The scalar kernel's expression ([`dot_unpacked_scalar`]), so that
+/// every kernel, scalar or SIMD, decode or prompt, gives the same bits.
+#[inline(always)]
+pub(crate) fn super_block_sum(da: f32, d: f32, dmin: f32, s1: i32, s2: i32) -> f32 {
+    da * (d * s1 as f32 - dmin * s2 as f32)
+}
+
 fn dot_unpacked_scalar(u: &Unpacked, block: usize, a: ActRow<'_>) -> f32 {
     let mut sum = 0f32;
     for s in 0..u.d.len() {
@@ -726,7 +833,7 @@ fn dot_unpacked_scalar(u: &Unpacked, block: usize, a: ActRow<'_>) -> f32 {
             isum += i32::from(scale) * gsum;
             ioff += i32::from(offset) * i32::from(a.bsums[g]);
         }
-        sum += a.d[s] * (u.d[s] * isum as f32 - u.dmin[s] * ioff as f32);
+        sum += super_block_sum(a.d[s], u.d[s], u.dmin[s], isum, ioff);
     }
     sum
 }

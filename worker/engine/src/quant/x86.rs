@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 use super::avx512;
 use super::blocks::Unpacked;
-use super::{ActRow, PreparedRow, Sink, WeightFormat};
+use super::{super_block_sum, ActRow, PreparedRow, Sink, WeightFormat};
 
 /// The sum of a vector's eight lanes.
 #[inline]
@@ -78,7 +78,21 @@ pub unsafe fn rows(
             WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K
         )
     {
-        rows_k_unpacked(format, bytes, first, acts, out, wide);
+        if wide {
+            // SAFETY: `wide` is true only where AVX-512 F, BW, VL and VNNI were detected.
+            let done = unsafe {
+                match format {
+                    WeightFormat::Q6K => {
+                        avx512::rows_k_panel::<16>(format, bytes, first, acts, out)
+                    }
+                    _ => avx512::rows_k_panel::<32>(format, bytes, first, acts, out),
+                }
+            };
+            if done {
+                return true;
+            }
+        }
+        rows_k_unpacked(format, bytes, first, acts, out);
         return true;
     }
     if wide && acts.rows > 4 {
@@ -141,7 +155,6 @@ fn rows_k_unpacked(
     first: usize,
     acts: &super::QuantizedActs,
     out: &Sink,
-    wide: bool,
 ) {
     let k = acts.k;
     let rb = format.row_bytes(k);
@@ -162,24 +175,11 @@ fn rows_k_unpacked(
             let mut j = j0;
             while j < j1 {
                 let row = first + i;
-                if wide {
-                    // SAFETY: `wide` is true only where AVX-512 F, BW, VL and VNNI were
-                    // detected.
-                    unsafe {
-                        match (j1 - j).min(4) {
-                            1 => avx512::unpacked_k::<1>(&u, row, group(&tile, j - j0), j, out),
-                            2 => avx512::unpacked_k::<2>(&u, row, group(&tile, j - j0), j, out),
-                            3 => avx512::unpacked_k::<3>(&u, row, group(&tile, j - j0), j, out),
-                            _ => avx512::unpacked_k::<4>(&u, row, group(&tile, j - j0), j, out),
-                        }
-                    }
-                } else {
-                    match (j1 - j).min(4) {
-                        1 => unpacked_k::<1>(&u, row, group(&tile, j - j0), j, out),
-                        2 => unpacked_k::<2>(&u, row, group(&tile, j - j0), j, out),
-                        3 => unpacked_k::<3>(&u, row, group(&tile, j - j0), j, out),
-                        _ => unpacked_k::<4>(&u, row, group(&tile, j - j0), j, out),
-                    }
+                match (j1 - j).min(4) {
+                    1 => unpacked_k::<1>(&u, row, group(&tile, j - j0), j, out),
+                    2 => unpacked_k::<2>(&u, row, group(&tile, j - j0), j, out),
+                    3 => unpacked_k::<3>(&u, row, group(&tile, j - j0), j, out),
+                    _ => unpacked_k::<4>(&u, row, group(&tile, j - j0), j, out),
                 }
                 j += (j1 - j).min(4);
             }
@@ -200,8 +200,7 @@ fn unpacked_k<const N: usize>(u: &Unpacked, row: usize, a: &[ActRow; N], j: usiz
     for x in a {
         assert!(x.qs.len() >= 256 * supers && x.d.len() >= supers && x.bsums.len() >= 16 * supers);
     }
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut offsets = [_mm256_setzero_ps(); N];
+    let mut sums = [0f32; N];
     for sb in 0..supers {
         let mut isum = [_mm256_setzero_si256(); N];
         for c in 0..8 {
@@ -228,18 +227,12 @@ fn unpacked_k<const N: usize>(u: &Unpacked, row: usize, a: &[ActRow; N], j: usiz
             // SAFETY: 16 i16 at 16·sb of the sums (checked above).
             let bs =
                 unsafe { _mm256_loadu_si256(a[n].bsums.as_ptr().add(16 * sb) as *const __m256i) };
-            let c = _mm256_cvtepi32_ps(_mm256_madd_epi16(corr, bs));
-            let da = a[n].d[sb];
-            acc[n] = _mm256_fmadd_ps(
-                _mm256_set1_ps(u.d[sb] * da),
-                _mm256_cvtepi32_ps(isum[n]),
-                acc[n],
-            );
-            offsets[n] = _mm256_fmadd_ps(_mm256_set1_ps(u.dmin[sb] * da), c, offsets[n]);
+            let (s1, s2) = hsum_pair_i32(isum[n], _mm256_madd_epi16(corr, bs));
+            sums[n] += super_block_sum(a[n].d[sb], u.d[sb], u.dmin[sb], s1, s2);
         }
     }
-    for n in 0..N {
-        out.put(j + n, row, hsum(acc[n]) - hsum(offsets[n]));
+    for (n, &sum) in sums.iter().enumerate() {
+        out.put(j + n, row, sum);
     }
 }
 
@@ -490,20 +483,19 @@ fn rows_k<const N: usize, const BITS: u8>(
     let ahead = prefetch_rows(rb);
     for (i, row) in bytes.chunks_exact(rb).enumerate() {
         prefetch_ahead(bytes, (i + ahead) * rb, rb);
-        let mut acc = [_mm256_setzero_ps(); N];
-        // The corrections, accumulated in vectors and summed once per row.
-        let mut offsets = [_mm256_setzero_ps(); N];
+        let mut sums = [0f32; N];
         for sb in 0..supers {
             let blk = &row[size * sb..size * (sb + 1)];
             let mut isum = [_mm256_setzero_si256(); N];
             // The scales as 8-bit values in a vector, the correction's integer weights per 16
             // values, and the two float factors.
-            let (scales8, corr, d, dcorr) = match BITS {
+            let (scales8, corr, d, dmin) = match BITS {
                 6 => {
                     // SAFETY: 16 bytes at 192 in a 210-byte block.
                     let sc = unsafe { _mm_loadu_si128(blk[192..208].as_ptr() as *const __m128i) };
                     let d = read_f16(blk, 208);
-                    (sc, _mm256_cvtepi8_epi16(sc), d, 32.0 * d)
+                    // The offset of 32 as 32 · scale per 16, times d (`blocks::q6k_scales`).
+                    (sc, _mm256_slli_epi16::<5>(_mm256_cvtepi8_epi16(sc)), d, d)
                 }
                 _ => {
                     let sm = k4_scales_mins(blk);
@@ -582,17 +574,25 @@ fn rows_k<const N: usize, const BITS: u8>(
                 let bs = &a[n].bsums[16 * sb..16 * sb + 16];
                 // SAFETY: 16 i16 in `bs` (checked at the top).
                 let bs = unsafe { _mm256_loadu_si256(bs.as_ptr() as *const __m256i) };
-                let c = _mm256_cvtepi32_ps(_mm256_madd_epi16(corr, bs));
-                let da = a[n].d[sb];
-                acc[n] =
-                    _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(isum[n]), acc[n]);
-                offsets[n] = _mm256_fmadd_ps(_mm256_set1_ps(dcorr * da), c, offsets[n]);
+                let (s1, s2) = hsum_pair_i32(isum[n], _mm256_madd_epi16(corr, bs));
+                sums[n] += super_block_sum(a[n].d[sb], d, dmin, s1, s2);
             }
         }
-        for n in 0..N {
-            out.put(j + n, first + i, hsum(acc[n]) - hsum(offsets[n]));
+        for (n, &sum) in sums.iter().enumerate() {
+            out.put(j + n, first + i, sum);
         }
     }
+}
+
+/// The sums of the eight i32 lanes of `a` and of `b`: a super-block's two exact integers.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn hsum_pair_i32(a: __m256i, b: __m256i) -> (i32, i32) {
+    // [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7]
+    let h = _mm256_hadd_epi32(a, b);
+    let q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+    let q = _mm_hadd_epi32(q, q);
+    (_mm_cvtsi128_si32(q), _mm_extract_epi32::<1>(q))
 }
 
 /// Q4_K and Q5_K: a super-block's eight 6-bit scales (bytes 0..8 of the result) and eight
