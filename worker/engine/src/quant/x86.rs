@@ -451,9 +451,10 @@ pub(super) fn block_32<
 }
 
 /// Q4_K, Q5_K and Q6_K: per super-block, the quants unpacked in registers two 32-value chunks
-/// at a time, integer sums scaled per 16 or 32 values, then one float product per activation
-/// row; the mins (Q4_K, Q5_K) or the offset of 32 (Q6_K) are subtracted through the
-/// activations' sums per 16.
+/// at a time and their products scaled per 16 or 32 values, summed to the exact integers of
+/// [`super_block_sum`]; the mins (Q4_K, Q5_K) or the offset of 32 (Q6_K) go through the
+/// activations' sums per 16. Two super-blocks at a time share the lane sums and the float
+/// expression (in the scalar's order), the last odd one goes alone.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn rows_k<const N: usize, const BITS: u8>(
@@ -463,11 +464,7 @@ fn rows_k<const N: usize, const BITS: u8>(
     j: usize,
     out: &Sink,
 ) {
-    let size = match BITS {
-        4 => 144,
-        5 => 176,
-        _ => 210,
-    };
+    let size = k_block_bytes(BITS);
     let supers = acts.k / 256;
     let rb = supers * size;
     if rb == 0 {
@@ -477,104 +474,33 @@ fn rows_k<const N: usize, const BITS: u8>(
     for x in &a {
         assert!(x.qs.len() >= 256 * supers && x.d.len() >= supers && x.bsums.len() >= 16 * supers);
     }
-    let mask4 = _mm256_set1_epi8(0x0f);
-    let mask2 = _mm256_set1_epi8(3);
-    let one = _mm256_set1_epi8(1);
     let ahead = prefetch_rows(rb);
     for (i, row) in bytes.chunks_exact(rb).enumerate() {
         prefetch_ahead(bytes, (i + ahead) * rb, rb);
         let mut sums = [0f32; N];
-        for sb in 0..supers {
-            let blk = &row[size * sb..size * (sb + 1)];
-            let mut isum = [_mm256_setzero_si256(); N];
-            // The scales as 8-bit values in a vector, the correction's integer weights per 16
-            // values, and the two float factors.
-            let (scales8, corr, d, dmin) = match BITS {
-                6 => {
-                    // SAFETY: 16 bytes at 192 in a 210-byte block.
-                    let sc = unsafe { _mm_loadu_si128(blk[192..208].as_ptr() as *const __m128i) };
-                    let d = read_f16(blk, 208);
-                    // The offset of 32 as 32 · scale per 16, times d (`blocks::q6k_scales`).
-                    (sc, _mm256_slli_epi16::<5>(_mm256_cvtepi8_epi16(sc)), d, d)
-                }
-                _ => {
-                    let sm = k4_scales_mins(blk);
-                    // The mins, each for 32 values, repeated for the two sums per 16.
-                    let corr = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm));
-                    (sm, corr, read_f16(blk, 0), read_f16(blk, 2))
-                }
-            };
-            // Four pairs of 32-value chunks: (quants, offset of the chunk in the super-block).
-            for pair in 0..4 {
-                let (q0, at0, q1, at1) = match BITS {
-                    6 => {
-                        let (n, half) = (pair / 2, pair % 2);
-                        let l = load32(&blk[64 * n + 32 * half..]);
-                        let h = load32(&blk[128 + 32 * n..]);
-                        let hi = |k: i32| {
-                            let bits =
-                                _mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(k)), mask2);
-                            _mm256_slli_epi16::<4>(bits)
-                        };
-                        let lo_q = _mm256_or_si256(_mm256_and_si256(l, mask4), hi(2 * half as i32));
-                        let hi_q = _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(l), mask4),
-                            hi(4 + 2 * half as i32),
-                        );
-                        (lo_q, 128 * n + 32 * half, hi_q, 128 * n + 64 + 32 * half)
-                    }
-                    _ => {
-                        let five = BITS == 5;
-                        let qs = if five { &blk[48..] } else { &blk[16..] };
-                        let v = load32(&qs[32 * pair..]);
-                        let mut lo = _mm256_and_si256(v, mask4);
-                        let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask4);
-                        if five {
-                            let qh = load32(&blk[16..]);
-                            let bits = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * pair as i32));
-                            lo = _mm256_or_si256(
-                                lo,
-                                _mm256_slli_epi16::<4>(_mm256_and_si256(bits, one)),
-                            );
-                            let bits = _mm256_srli_epi16::<1>(bits);
-                            hi = _mm256_or_si256(
-                                hi,
-                                _mm256_slli_epi16::<4>(_mm256_and_si256(bits, one)),
-                            );
-                        }
-                        (lo, 64 * pair, hi, 64 * pair + 32)
-                    }
-                };
-                let (s0, s1) = match BITS {
-                    // A scale per 16 values: the chunk's two, one per 128-bit half.
-                    6 => (
-                        scale_pair_i8(scales8, at0 / 16),
-                        scale_pair_i8(scales8, at1 / 16),
-                    ),
-                    // A scale per 32 values: the chunk's one in every lane.
-                    _ => (
-                        scale_all_u8(scales8, at0 / 32),
-                        scale_all_u8(scales8, at1 / 32),
-                    ),
-                };
-                for n in 0..N {
-                    let x = &a[n].qs[256 * sb..];
-                    let p0 = _mm256_madd_epi16(
-                        _mm256_maddubs_epi16(q0, load32(as_bytes(&x[at0..]))),
-                        s0,
-                    );
-                    let p1 = _mm256_madd_epi16(
-                        _mm256_maddubs_epi16(q1, load32(as_bytes(&x[at1..]))),
-                        s1,
-                    );
-                    isum[n] = _mm256_add_epi32(isum[n], _mm256_add_epi32(p0, p1));
-                }
-            }
+        let mut sb = 0;
+        while sb + 2 <= supers {
+            let (b0, b1) = (&row[size * sb..], &row[size * (sb + 1)..]);
+            let (p0, c0) = super_block_k::<N, BITS>(b0, &a, sb);
+            let (p1, c1) = super_block_k::<N, BITS>(b1, &a, sb + 1);
+            let factors = k_factor_pair::<BITS>(b0, b1);
             for n in 0..N {
-                let bs = &a[n].bsums[16 * sb..16 * sb + 16];
-                // SAFETY: 16 i16 in `bs` (checked at the top).
-                let bs = unsafe { _mm256_loadu_si256(bs.as_ptr() as *const __m256i) };
-                let (s1, s2) = hsum_pair_i32(isum[n], _mm256_madd_epi16(corr, bs));
+                let (t0, t1) =
+                    super_block_sum_pair(p0[n], c0[n], p1[n], c1[n], factors, &a[n].d[sb..]);
+                sums[n] += t0;
+                sums[n] += t1;
+            }
+            sb += 2;
+        }
+        if sb < supers {
+            let blk = &row[size * sb..];
+            let (p, c) = super_block_k::<N, BITS>(blk, &a, sb);
+            let (d, dmin) = match BITS {
+                6 => (read_f16(blk, 208), read_f16(blk, 208)),
+                _ => (read_f16(blk, 0), read_f16(blk, 2)),
+            };
+            for n in 0..N {
+                let (s1, s2) = hsum_pair_i32(p[n], c[n]);
                 sums[n] += super_block_sum(a[n].d[sb], d, dmin, s1, s2);
             }
         }
@@ -582,6 +508,148 @@ fn rows_k<const N: usize, const BITS: u8>(
             out.put(j + n, first + i, sum);
         }
     }
+}
+
+/// Bytes of a Q4_K (`BITS` 4), Q5_K (5) or Q6_K (6) super-block.
+const fn k_block_bytes(bits: u8) -> usize {
+    match bits {
+        4 => 144,
+        5 => 176,
+        _ => 210,
+    }
+}
+
+/// Super-block `sb` (`blk` starts with it) against each activation row: eight lanes of the
+/// quants' products scaled per group, and eight of the offsets times the activations' sums.
+/// The lane sums are the super-block's `s1` and `s2`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn super_block_k<const N: usize, const BITS: u8>(
+    blk: &[u8],
+    a: &[ActRow<'_>; N],
+    sb: usize,
+) -> ([__m256i; N], [__m256i; N]) {
+    let blk = &blk[..k_block_bytes(BITS)];
+    let mask4 = _mm256_set1_epi8(0x0f);
+    let mask2 = _mm256_set1_epi8(3);
+    let one = _mm256_set1_epi8(1);
+    let mut isum = [_mm256_setzero_si256(); N];
+    // The scales as 8-bit values in a vector, and the offsets' integer weights per 16 values.
+    let (scales8, corr) = match BITS {
+        6 => {
+            // SAFETY: 16 bytes at 192 in a 210-byte block.
+            let sc = unsafe { _mm_loadu_si128(blk[192..208].as_ptr() as *const __m128i) };
+            // The offset of 32 as 32 · scale per 16, times d (`blocks::q6k_scales`).
+            (sc, _mm256_slli_epi16::<5>(_mm256_cvtepi8_epi16(sc)))
+        }
+        _ => {
+            let sm = k4_scales_mins(blk);
+            // The mins, each for 32 values, repeated for the two sums per 16.
+            (sm, _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm)))
+        }
+    };
+    // Four pairs of 32-value chunks: (quants, offset of the chunk in the super-block).
+    for pair in 0..4 {
+        let (q0, at0, q1, at1) = match BITS {
+            6 => {
+                let (n, half) = (pair / 2, pair % 2);
+                let l = load32(&blk[64 * n + 32 * half..]);
+                let h = load32(&blk[128 + 32 * n..]);
+                let hi = |k: i32| {
+                    let bits = _mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(k)), mask2);
+                    _mm256_slli_epi16::<4>(bits)
+                };
+                let lo_q = _mm256_or_si256(_mm256_and_si256(l, mask4), hi(2 * half as i32));
+                let hi_q = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(l), mask4),
+                    hi(4 + 2 * half as i32),
+                );
+                (lo_q, 128 * n + 32 * half, hi_q, 128 * n + 64 + 32 * half)
+            }
+            _ => {
+                let five = BITS == 5;
+                let qs = if five { &blk[48..] } else { &blk[16..] };
+                let v = load32(&qs[32 * pair..]);
+                let mut lo = _mm256_and_si256(v, mask4);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask4);
+                if five {
+                    let qh = load32(&blk[16..]);
+                    let bits = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * pair as i32));
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(_mm256_and_si256(bits, one)));
+                    let bits = _mm256_srli_epi16::<1>(bits);
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(_mm256_and_si256(bits, one)));
+                }
+                (lo, 64 * pair, hi, 64 * pair + 32)
+            }
+        };
+        let (s0, s1) = match BITS {
+            // A scale per 16 values: the chunk's two, one per 128-bit half.
+            6 => (
+                scale_pair_i8(scales8, at0 / 16),
+                scale_pair_i8(scales8, at1 / 16),
+            ),
+            // A scale per 32 values: the chunk's one in every lane.
+            _ => (
+                scale_all_u8(scales8, at0 / 32),
+                scale_all_u8(scales8, at1 / 32),
+            ),
+        };
+        for n in 0..N {
+            let x = &a[n].qs[256 * sb..];
+            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q0, load32(as_bytes(&x[at0..]))), s0);
+            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, load32(as_bytes(&x[at1..]))), s1);
+            isum[n] = _mm256_add_epi32(isum[n], _mm256_add_epi32(p0, p1));
+        }
+    }
+    let mut corrs = [_mm256_setzero_si256(); N];
+    for n in 0..N {
+        let bs = &a[n].bsums[16 * sb..16 * sb + 16];
+        // SAFETY: 16 i16 in `bs`.
+        let bs = unsafe { _mm256_loadu_si256(bs.as_ptr() as *const __m256i) };
+        corrs[n] = _mm256_madd_epi16(corr, bs);
+    }
+    (isum, corrs)
+}
+
+/// The f16 factors `[d, dmin]` of two K-quant super-blocks as `[d0, dmin0, d1, dmin1]`
+/// (Q6_K's offset is scaled by its `d`).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn k_factor_pair<const BITS: u8>(b0: &[u8], b1: &[u8]) -> __m128 {
+    let bits = |b: &[u8]| -> u64 {
+        match BITS {
+            6 => {
+                let d = u64::from(u16::from_le_bytes([b[208], b[209]]));
+                d | (d << 16)
+            }
+            _ => u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        }
+    };
+    _mm_cvtph_ps(_mm_cvtsi64_si128((bits(b0) | (bits(b1) << 32)) as i64))
+}
+
+/// [`super_block_sum`] for two super-blocks at once: `p0`, `c0` and `p1`, `c1` their lanes of
+/// `s1` and `s2`, `f` their `[d0, dmin0, d1, dmin1]`, `da` the activation row's factors from
+/// the first. The same float operations, so the same two values.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn super_block_sum_pair(
+    p0: __m256i,
+    c0: __m256i,
+    p1: __m256i,
+    c1: __m256i,
+    f: __m128,
+    da: &[f32],
+) -> (f32, f32) {
+    // [s1_0, s2_0, s1_1, s2_1], exact.
+    let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, c0), _mm256_hadd_epi32(p1, c1));
+    let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+    let prod = _mm_mul_ps(_mm_cvtepi32_ps(s), f);
+    // Lanes 0 and 2: d · s1 − dmin · s2 of each.
+    let diff = _mm_sub_ps(prod, _mm_movehdup_ps(prod));
+    let (da0, da1) = (da[0], da[1]);
+    let t = _mm_mul_ps(diff, _mm_setr_ps(da0, da0, da1, da1));
+    (_mm_cvtss_f32(t), _mm_cvtss_f32(_mm_movehl_ps(t, t)))
 }
 
 /// The sums of the eight i32 lanes of `a` and of `b`: a super-block's two exact integers.
