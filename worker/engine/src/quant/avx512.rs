@@ -576,11 +576,12 @@ unsafe fn two_rows<const MIN: usize, const OFF: i8, const Q8: bool, const N: usi
 }
 
 /// Weight rows unpacked together by [`rows_k_panel`]: each activation register then serves
-/// four of them.
-const BAND: usize = 4;
+/// eight of them. Eight measured 3% faster than four (the offsets then run after the
+/// products, so that the registers suffice).
+const BAND: usize = 8;
 
 /// K-quant rows (Q4_K, Q5_K: `SUB` 32, the span of a scale; Q6_K: 16) against a prompt's
-/// activation panels ([`QuantizedActs::panel`]): a band of four rows is unpacked to a byte per
+/// activation panels ([`QuantizedActs::panel`]): a band of eight rows is unpacked to a byte per
 /// quant, then for each panel of sixteen activation rows and each four quants, one
 /// `vpdpbusd` per weight row multiplies the weight row's four bytes, broadcast, with four
 /// quants of each of the sixteen activation rows. Per super-block the integers are exact
@@ -622,7 +623,11 @@ pub(super) fn rows_k_panel<const SUB: usize>(
                 1 => band_panel::<SUB, 1>(&band, panel, k, at, out),
                 2 => band_panel::<SUB, 2>(&band, panel, k, at, out),
                 3 => band_panel::<SUB, 3>(&band, panel, k, at, out),
-                _ => band_panel::<SUB, 4>(&band, panel, k, at, out),
+                4 => band_panel::<SUB, 4>(&band, panel, k, at, out),
+                5 => band_panel::<SUB, 5>(&band, panel, k, at, out),
+                6 => band_panel::<SUB, 6>(&band, panel, k, at, out),
+                7 => band_panel::<SUB, 7>(&band, panel, k, at, out),
+                _ => band_panel::<SUB, 8>(&band, panel, k, at, out),
             }
         }
         r0 += n;
@@ -671,7 +676,15 @@ fn band_panel<const SUB: usize, const R: usize>(
                     }
                 }
             }
-            // The scale and offset are the same for every 16 quants of a group.
+            // The scale is the same for every 16 quants of a group.
+            let h = 16 * sb + (SUB / 16) * group;
+            for (r, u) in band[..R].iter().enumerate() {
+                let scale = _mm512_set1_epi32(i32::from(u.scale[h]));
+                s1[r] = _mm512_add_epi32(s1[r], _mm512_mullo_epi32(acc[r], scale));
+            }
+        }
+        // The offsets, after the products: their registers are free by then.
+        for group in 0..256 / SUB {
             let h = 16 * sb + (SUB / 16) * group;
             // SAFETY: 16 i32 at 16h (h < k/16) of the panel's k sums (checked above).
             let mut sum = unsafe { _mm512_loadu_si512(bsums.as_ptr().add(16 * h) as *const _) };
@@ -682,9 +695,7 @@ fn band_panel<const SUB: usize, const R: usize>(
                 sum = _mm512_add_epi32(sum, next);
             }
             for (r, u) in band[..R].iter().enumerate() {
-                let scale = _mm512_set1_epi32(i32::from(u.scale[h]));
                 let offset = _mm512_set1_epi32(i32::from(u.offset[h]));
-                s1[r] = _mm512_add_epi32(s1[r], _mm512_mullo_epi32(acc[r], scale));
                 s2[r] = _mm512_add_epi32(s2[r], _mm512_mullo_epi32(sum, offset));
             }
         }
