@@ -1,7 +1,7 @@
 //! How fast each weight format's row kernel reads weights, one thread, one activation row (a
 //! decode step) or many (a prompt): once over a matrix that stays in the L2 cache (the kernel's
-//! own speed) and once over one far larger than the caches (what a decode step sees), beside a
-//! plain sum of the same bytes as the memory floor.
+//! own speed, also as weight-activation products per second) and once over one far larger than
+//! the caches (what a decode step sees), beside a plain sum of the same bytes as the memory floor.
 //!
 //! `cargo run --release -p modelhost-engine --example kernel_rate -- [FORMAT ...] [--rows N] [--cols N]`
 
@@ -44,8 +44,8 @@ fn main() {
         "{act_rows} activation row(s) of {cols}, one thread, {:?} kernels",
         modelhost_engine::simd::kernels_in_use()
     );
-    println!("| format | in L2 (GB/s) | streamed (GB/s) | plain sum streamed (GB/s) |");
-    println!("|---|---|---|---|");
+    println!("| format | in L2 (GB/s of weights) | products in L2 (G/s) | streamed (GB/s of weights) | plain sum streamed (GB/s) |");
+    println!("|---|---|---|---|---|");
     for format in formats {
         let mut seed = 1u64;
         let mut next = || {
@@ -80,6 +80,8 @@ fn main() {
             (w.len() * reps) as f64 / best / 1e9
         };
         let in_l2 = rate(&small, small_rows, 400);
+        // Weight-activation products per second: weights per byte times rows.
+        let products = in_l2 * (cols * small_rows) as f64 / small.len() as f64 * act_rows as f64;
         let streamed = rate(&big, big_rows, 1);
         let mut best = f64::MAX;
         let mut total = 0u64;
@@ -93,7 +95,7 @@ fn main() {
         }
         let plain = big.len() as f64 / best / 1e9;
         println!(
-            "| {} | {in_l2:.1} | {streamed:.1} | {plain:.1} |",
+            "| {} | {in_l2:.2} | {products:.1} | {streamed:.2} | {plain:.1} |",
             format.ggml()
         );
         std::hint::black_box((sink, total));

@@ -657,6 +657,9 @@ fn band_panel<const SUB: usize, const R: usize>(
         assert!(u.q.len() >= k && u.scale.len() >= k / 16 && u.offset.len() >= k / 16);
         assert!(u.d.len() >= supers && u.dmin.len() >= supers);
     }
+    // The rows' quants as raw pointers, taken once: the innermost loop then keeps them in
+    // registers rather than reading each row's Vec again.
+    let quants: [*const u8; R] = std::array::from_fn(|r| band[r].q.as_ptr());
     let mut sums = [_mm512_setzero_ps(); R];
     for sb in 0..supers {
         let mut s1 = [_mm512_setzero_si512(); R];
@@ -670,8 +673,8 @@ fn band_panel<const SUB: usize, const R: usize>(
                 // of a prompt.
                 unsafe {
                     let x = _mm512_loadu_si512(qs.as_ptr().add(64 * g) as *const _);
-                    for (r, u) in band[..R].iter().enumerate() {
-                        let w = (u.q.as_ptr().add(4 * g) as *const i32).read_unaligned();
+                    for (r, q) in quants.iter().enumerate() {
+                        let w = (q.add(4 * g) as *const i32).read_unaligned();
                         acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(w), x);
                     }
                 }
