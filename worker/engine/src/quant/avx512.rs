@@ -8,12 +8,14 @@
 //!   signs onto every activation row. The low and high halves of one float accumulator are the AVX2 kernel's
 //!   accumulators for even and odd blocks. The factor products and the FMAs are the same
 //!   operations, lane for lane.
-//! - The K-quants' prompt kernel takes two 32-value chunks per register: `vpmaddubsw` then
-//!   `vpdpwssd` adds the same products into each lane that AVX2's `vpmaddubsw`, `vpmaddwd`
-//!   and `vpaddd` add, and the two halves are added before the float part, which is AVX2's.
+//! - The K-quants' prompt kernel ([`rows_k_panel`]) multiplies a band of unpacked weight rows
+//!   with panels of sixteen activation rows, one `vpdpbusd` per weight and four quants of
+//!   each row. Its integers per super-block are exact, as every K-quant kernel's are, and its
+//!   float expression is the scalar kernel's, lane by lane.
 //!
-//! So the results are the same bits as the AVX2 kernels' (`tests/kernels.rs` checks it), and a
-//! token's logits do not depend on which kernel set or batch size computed them.
+//! So the results are the same bits as the AVX2 kernels' (and for the K-quants the scalar
+//! kernel's; `tests/kernels.rs` checks both), and a token's logits do not depend on which
+//! kernel set or batch size computed them.
 
 use std::arch::x86_64::*;
 
