@@ -607,6 +607,11 @@ pub(super) fn rows_k_panel<const SUB: usize>(
     let rb = format.row_bytes(k);
     let all = bytes.len() / rb;
     let mut band: [Unpacked; BAND] = Default::default();
+    // The band's scales and offsets per 16 quants widened to i32, so that the kernel
+    // multiplies by them straight from memory (`vpmulld` with a broadcast operand), where
+    // each took a load, a sign extension and a move from a general register.
+    let per_row = k / 16;
+    let mut widened = vec![0i32; 2 * BAND * per_row];
     let mut r0 = 0;
     while r0 < all {
         let n = (all - r0).min(BAND);
@@ -617,19 +622,27 @@ pub(super) fn rows_k_panel<const SUB: usize>(
             if !unsafe { super::x86::unpack(format, row, u) } {
                 return false;
             }
+            let (scales, offsets) = widened.split_at_mut(BAND * per_row);
+            let at = t * per_row..(t + 1) * per_row;
+            for (w, &v) in scales[at.clone()].iter_mut().zip(&u.scale) {
+                *w = i32::from(v);
+            }
+            for (w, &v) in offsets[at].iter_mut().zip(&u.offset) {
+                *w = i32::from(v);
+            }
         }
         for p in 0..panels {
             let lanes = (acts.rows - p * PANEL).min(PANEL);
             let at = (p, lanes, first + r0);
             match n {
-                1 => band_panel::<SUB, 1>(&band, panel, k, at, out),
-                2 => band_panel::<SUB, 2>(&band, panel, k, at, out),
-                3 => band_panel::<SUB, 3>(&band, panel, k, at, out),
-                4 => band_panel::<SUB, 4>(&band, panel, k, at, out),
-                5 => band_panel::<SUB, 5>(&band, panel, k, at, out),
-                6 => band_panel::<SUB, 6>(&band, panel, k, at, out),
-                7 => band_panel::<SUB, 7>(&band, panel, k, at, out),
-                _ => band_panel::<SUB, 8>(&band, panel, k, at, out),
+                1 => band_panel::<SUB, 1>(&band, &widened, panel, k, at, out),
+                2 => band_panel::<SUB, 2>(&band, &widened, panel, k, at, out),
+                3 => band_panel::<SUB, 3>(&band, &widened, panel, k, at, out),
+                4 => band_panel::<SUB, 4>(&band, &widened, panel, k, at, out),
+                5 => band_panel::<SUB, 5>(&band, &widened, panel, k, at, out),
+                6 => band_panel::<SUB, 6>(&band, &widened, panel, k, at, out),
+                7 => band_panel::<SUB, 7>(&band, &widened, panel, k, at, out),
+                _ => band_panel::<SUB, 8>(&band, &widened, panel, k, at, out),
             }
         }
         r0 += n;
@@ -643,6 +656,7 @@ pub(super) fn rows_k_panel<const SUB: usize>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn band_panel<const SUB: usize, const R: usize>(
     band: &[Unpacked; BAND],
+    widened: &[i32],
     panel: &ActPanel,
     k: usize,
     at: (usize, usize, usize),
@@ -662,6 +676,9 @@ fn band_panel<const SUB: usize, const R: usize>(
     // The rows' quants as raw pointers, taken once: the innermost loop then keeps them in
     // registers rather than reading each row's Vec again.
     let quants: [*const u8; R] = std::array::from_fn(|r| band[r].q.as_ptr());
+    let per_row = k / 16;
+    assert!(widened.len() >= 2 * BAND * per_row);
+    let (scales, offsets) = widened.split_at(BAND * per_row);
     let mut sums = [_mm512_setzero_ps(); R];
     for sb in 0..supers {
         let mut s1 = [_mm512_setzero_si512(); R];
@@ -683,8 +700,9 @@ fn band_panel<const SUB: usize, const R: usize>(
             }
             // The scale is the same for every 16 quants of a group.
             let h = 16 * sb + (SUB / 16) * group;
-            for (r, u) in band[..R].iter().enumerate() {
-                let scale = _mm512_set1_epi32(i32::from(u.scale[h]));
+            for r in 0..R {
+                // SAFETY: h < k/16 = per_row, r < BAND (asserted above).
+                let scale = _mm512_set1_epi32(unsafe { *scales.get_unchecked(r * per_row + h) });
                 s1[r] = _mm512_add_epi32(s1[r], _mm512_mullo_epi32(acc[r], scale));
             }
         }
@@ -699,9 +717,10 @@ fn band_panel<const SUB: usize, const R: usize>(
                     unsafe { _mm512_loadu_si512(bsums.as_ptr().add(16 * h + 16) as *const _) };
                 sum = _mm512_add_epi32(sum, next);
             }
-            for (r, u) in band[..R].iter().enumerate() {
-                let offset = _mm512_set1_epi32(i32::from(u.offset[h]));
-                s2[r] = _mm512_add_epi32(s2[r], _mm512_mullo_epi32(sum, offset));
+            for (r, s2) in s2.iter_mut().enumerate() {
+                // SAFETY: as for the scales.
+                let offset = _mm512_set1_epi32(unsafe { *offsets.get_unchecked(r * per_row + h) });
+                *s2 = _mm512_add_epi32(*s2, _mm512_mullo_epi32(sum, offset));
             }
         }
         // SAFETY: 16 f32 at 16·sb of the panel's 16·supers factors.
