@@ -112,7 +112,7 @@ pub(crate) fn block_scratch(manifest: &ModelManifest, options: &PlanOptions, con
     // For a batch of more than four, the per-256 format again in panels of 16 rows (the
     // AVX-512 VNNI prompt kernel's layout), with its sums as i32.
     let panel = if batch > 4 {
-        batch.div_ceil(16) * 16 * (widest + widest / 4 + widest / 64)
+        batch.div_ceil(16) * 16 * (widest + widest / 8 + widest / 16 + widest / 64)
     } else {
         0
     };

@@ -627,8 +627,13 @@ pub(super) fn rows_k_panel<const SUB: usize>(
             for (w, &v) in scales[at.clone()].iter_mut().zip(&u.scale) {
                 *w = i32::from(v);
             }
-            for (w, &v) in offsets[at].iter_mut().zip(&u.offset) {
-                *w = i32::from(v);
+            // The offsets of two groups as an i16 pair, for `vpdpwssd` against the panel's
+            // pairs of sums: a group of 32 has its offset at every other 16.
+            let pair = |lo: i16, hi: i16| i32::from(lo as u16) | (i32::from(hi) << 16);
+            let step = SUB / 16;
+            for (j, w) in offsets[at].iter_mut().take(k / (2 * SUB)).enumerate() {
+                let h = 2 * step * j;
+                *w = pair(u.offset[h], u.offset[h + step]);
             }
         }
         for p in 0..panels {
@@ -664,9 +669,14 @@ fn band_panel<const SUB: usize, const R: usize>(
 ) {
     let (p, lanes, first) = at;
     let supers = k / 256;
-    let (qs, bsums, d) = (
+    // The panel's pairs of sums over a group and the next: per 16 or per 32, as the groups.
+    let pair_sums = if SUB == 16 {
+        &panel.pairs16[p * k / 2..(p + 1) * k / 2]
+    } else {
+        &panel.pairs32[p * k / 4..(p + 1) * k / 4]
+    };
+    let (qs, d) = (
         &panel.qs[p * PANEL * k..(p + 1) * PANEL * k],
-        &panel.bsums[p * k..(p + 1) * k],
         &panel.d[p * PANEL * supers..(p + 1) * PANEL * supers],
     );
     for u in &band[..R] {
@@ -706,21 +716,16 @@ fn band_panel<const SUB: usize, const R: usize>(
                 s1[r] = _mm512_add_epi32(s1[r], _mm512_mullo_epi32(acc[r], scale));
             }
         }
-        // The offsets, after the products: their registers are free by then.
-        for group in 0..256 / SUB {
-            let h = 16 * sb + (SUB / 16) * group;
-            // SAFETY: 16 i32 at 16h (h < k/16) of the panel's k sums (checked above).
-            let mut sum = unsafe { _mm512_loadu_si512(bsums.as_ptr().add(16 * h) as *const _) };
-            if SUB == 32 {
-                // SAFETY: as above, for h + 1 < k/16.
-                let next =
-                    unsafe { _mm512_loadu_si512(bsums.as_ptr().add(16 * h + 16) as *const _) };
-                sum = _mm512_add_epi32(sum, next);
-            }
+        // The offsets, after the products (their registers are free by then), two groups
+        // per `vpdpwssd`.
+        let pairs = 128 / SUB;
+        for j in pairs * sb..pairs * (sb + 1) {
+            // SAFETY: 16 i32 at 16j, j < k/(2·SUB), of the panel's 16·k/(2·SUB) pairs.
+            let sum = unsafe { _mm512_loadu_si512(pair_sums.as_ptr().add(16 * j) as *const _) };
             for (r, s2) in s2.iter_mut().enumerate() {
-                // SAFETY: as for the scales.
-                let offset = _mm512_set1_epi32(unsafe { *offsets.get_unchecked(r * per_row + h) });
-                *s2 = _mm512_add_epi32(*s2, _mm512_mullo_epi32(sum, offset));
+                // SAFETY: j < k/(2·SUB) ≤ per_row, r < BAND (asserted above).
+                let offset = _mm512_set1_epi32(unsafe { *offsets.get_unchecked(r * per_row + j) });
+                *s2 = _mm512_dpwssd_epi32(*s2, sum, offset);
             }
         }
         // SAFETY: 16 f32 at 16·sb of the panel's 16·supers factors.

@@ -237,12 +237,19 @@ pub const PANEL_MIN_ROWS: usize = 4;
 /// Activation rows in panels of [`PANEL`] (see [`QuantizedActs::panel`]). For panel `p` of
 /// rows `16p..16p + 16`:
 /// - `qs[(p·k/4 + g)·64 + 4·lane + i]` is quant `4g + i` of row `16p + lane`;
-/// - `bsums[(p·k/16 + h)·16 + lane]` is that row's sum of quants `16h..16h + 16`;
+/// - `pairs16[(p·k/32 + j)·16 + lane]` holds that row's sums of quants `32j..32j + 16` (low
+///   i16) and `32j + 16..32j + 32` (high i16);
+/// - `pairs32[(p·k/64 + j)·16 + lane]` its sums of quants `64j..64j + 32` and
+///   `64j + 32..64j + 64`, likewise;
 /// - `d[(p·k/256 + s)·16 + lane]` is its factor for super-block `s`.
+///
+/// The sums go in i16 pairs so that `vpdpwssd` multiplies two groups' sums by their
+/// offsets in one instruction (|sum| ≤ 64 · 127 fits).
 #[derive(Debug, Clone, Default)]
 pub struct ActPanel {
     pub qs: Vec<i8>,
-    pub bsums: Vec<i32>,
+    pub pairs16: Vec<i32>,
+    pub pairs32: Vec<i32>,
     pub d: Vec<f32>,
 }
 
@@ -253,27 +260,32 @@ impl ActPanel {
             return 0;
         }
         let padded = rows.div_ceil(PANEL) * PANEL;
-        padded * (k + k / 16 * 4 + k / 256 * 4)
+        padded * (k + k / 32 * 4 + k / 64 * 4 + k / 256 * 4)
     }
 
     fn reserve(&mut self, rows: usize, k: usize) {
         if rows > PANEL_MIN_ROWS {
             let padded = rows.div_ceil(PANEL) * PANEL;
             self.qs.reserve_exact(padded * k);
-            self.bsums.reserve_exact(padded * k / 16);
+            self.pairs16.reserve_exact(padded * k / 32);
+            self.pairs32.reserve_exact(padded * k / 64);
             self.d.reserve_exact(padded * k / 256);
         }
     }
 
-    /// Lays out `rows` rows of `k` quants (`qs`), their sums per 16 and factors per 256.
+    /// Lays out `rows` rows of `k` quants (`qs`), their sums per 16 (in pairs, and per 32 in
+    /// pairs) and factors per 256.
     fn build(&mut self, qs: &[i8], bsums: &[i16], d: &[f32], rows: usize, k: usize) {
         let panels = rows.div_ceil(PANEL);
         self.qs.clear();
         self.qs.resize(panels * PANEL * k, 0);
-        self.bsums.clear();
-        self.bsums.resize(panels * PANEL * k / 16, 0);
+        self.pairs16.clear();
+        self.pairs16.resize(panels * PANEL * k / 32, 0);
+        self.pairs32.clear();
+        self.pairs32.resize(panels * PANEL * k / 64, 0);
         self.d.clear();
         self.d.resize(panels * PANEL * k / 256, 0.0);
+        let pair = |lo: i16, hi: i16| i32::from(lo as u16) | (i32::from(hi) << 16);
         for row in 0..rows {
             let (p, lane) = (row / PANEL, row % PANEL);
             let src = &qs[row * k..(row + 1) * k];
@@ -282,8 +294,14 @@ impl ActPanel {
                 let at = base + 64 * g + 4 * lane;
                 self.qs[at..at + 4].copy_from_slice(four);
             }
-            for (h, &s) in bsums[row * k / 16..(row + 1) * k / 16].iter().enumerate() {
-                self.bsums[(p * k / 16 + h) * PANEL + lane] = i32::from(s);
+            let sums = &bsums[row * k / 16..(row + 1) * k / 16];
+            for (j, two) in sums.chunks_exact(2).enumerate() {
+                self.pairs16[(p * k / 32 + j) * PANEL + lane] = pair(two[0], two[1]);
+            }
+            // |a + b| ≤ 32 · 127: no i16 overflows.
+            for (j, four) in sums.chunks_exact(4).enumerate() {
+                self.pairs32[(p * k / 64 + j) * PANEL + lane] =
+                    pair(four[0] + four[1], four[2] + four[3]);
             }
             for (s, &f) in d[row * k / 256..(row + 1) * k / 256].iter().enumerate() {
                 self.d[(p * k / 256 + s) * PANEL + lane] = f;
@@ -293,7 +311,8 @@ impl ActPanel {
 
     fn clear(&mut self) {
         self.qs.clear();
-        self.bsums.clear();
+        self.pairs16.clear();
+        self.pairs32.clear();
         self.d.clear();
     }
 }
