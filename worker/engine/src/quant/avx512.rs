@@ -23,7 +23,7 @@ use super::blocks::Unpacked;
 use super::x86::{
     act_rows, block_32, hsum, prefetch_ahead, prefetch_rows, qh32, read_f16, TILE_BYTES,
 };
-use super::{ActPanel, ActRow, QuantizedActs, Sink, PANEL};
+use super::{i16_pair, ActPanel, ActRow, QuantizedActs, Sink, PANEL};
 
 /// Blocks `b` and `b + 1` of a 32-weight row as one register of 64 quants: Q8_0's as they are;
 /// the others' nibbles (and fifth bits) unpacked, less their offset where they have one.
@@ -607,9 +607,10 @@ pub(super) fn rows_k_panel<const SUB: usize>(
     let rb = format.row_bytes(k);
     let all = bytes.len() / rb;
     let mut band: [Unpacked; BAND] = Default::default();
-    // The band's scales and offsets per 16 quants widened to i32, so that the kernel
-    // multiplies by them straight from memory (`vpmulld` with a broadcast operand), where
-    // each took a load, a sign extension and a move from a general register.
+    // Per band row, its scales per 16 quants widened to i32, then its groups' offsets in
+    // i16 pairs: the kernel multiplies by both straight from memory (a broadcast operand),
+    // where each scale took a load, a sign extension and a move from a general register,
+    // and each group's offset a `vpmulld` of its own.
     let per_row = k / 16;
     let mut widened = vec![0i32; 2 * BAND * per_row];
     let mut r0 = 0;
@@ -627,13 +628,12 @@ pub(super) fn rows_k_panel<const SUB: usize>(
             for (w, &v) in scales[at.clone()].iter_mut().zip(&u.scale) {
                 *w = i32::from(v);
             }
-            // The offsets of two groups as an i16 pair, for `vpdpwssd` against the panel's
-            // pairs of sums: a group of 32 has its offset at every other 16.
-            let pair = |lo: i16, hi: i16| i32::from(lo as u16) | (i32::from(hi) << 16);
+            // Groups 2j and 2j + 1, for `vpdpwssd` against the panel's pairs of sums (a
+            // group of 32 has its offset at every other 16).
             let step = SUB / 16;
             for (j, w) in offsets[at].iter_mut().take(k / (2 * SUB)).enumerate() {
                 let h = 2 * step * j;
-                *w = pair(u.offset[h], u.offset[h + step]);
+                *w = i16_pair(u.offset[h], u.offset[h + step]);
             }
         }
         for p in 0..panels {

@@ -234,6 +234,11 @@ pub const PANEL: usize = 16;
 /// Decoding (up to four activation rows) takes the register kernels, which need no panel.
 pub const PANEL_MIN_ROWS: usize = 4;
 
+/// `lo` and `hi` as the low and high i16 of one i32: a pair for `vpdpwssd`.
+pub(crate) fn i16_pair(lo: i16, hi: i16) -> i32 {
+    i32::from(lo as u16) | (i32::from(hi) << 16)
+}
+
 /// Activation rows in panels of [`PANEL`] (see [`QuantizedActs::panel`]). For panel `p` of
 /// rows `16p..16p + 16`:
 /// - `qs[(p·k/4 + g)·64 + 4·lane + i]` is quant `4g + i` of row `16p + lane`;
@@ -285,7 +290,6 @@ impl ActPanel {
         self.pairs32.resize(panels * PANEL * k / 64, 0);
         self.d.clear();
         self.d.resize(panels * PANEL * k / 256, 0.0);
-        let pair = |lo: i16, hi: i16| i32::from(lo as u16) | (i32::from(hi) << 16);
         for row in 0..rows {
             let (p, lane) = (row / PANEL, row % PANEL);
             let src = &qs[row * k..(row + 1) * k];
@@ -296,12 +300,12 @@ impl ActPanel {
             }
             let sums = &bsums[row * k / 16..(row + 1) * k / 16];
             for (j, two) in sums.chunks_exact(2).enumerate() {
-                self.pairs16[(p * k / 32 + j) * PANEL + lane] = pair(two[0], two[1]);
+                self.pairs16[(p * k / 32 + j) * PANEL + lane] = i16_pair(two[0], two[1]);
             }
             // |a + b| ≤ 32 · 127: no i16 overflows.
             for (j, four) in sums.chunks_exact(4).enumerate() {
                 self.pairs32[(p * k / 64 + j) * PANEL + lane] =
-                    pair(four[0] + four[1], four[2] + four[3]);
+                    i16_pair(four[0] + four[1], four[2] + four[3]);
             }
             for (s, &f) in d[row * k / 256..(row + 1) * k / 256].iter().enumerate() {
                 self.d[(p * k / 256 + s) * PANEL + lane] = f;
