@@ -92,11 +92,7 @@ fn map_file(file: &File, len: u64, path: &Path) -> Result<Option<Mmap>, OpenErro
     // raise SIGBUS: that is the documented risk of the default mode, and `copy` mode (a sealed
     // memfd that cannot shrink) exists to remove it.
     let map = unsafe { Mmap::map(file) }.map_err(io_error(path))?;
-    // Huge pages where the kernel and file system allow them: the page cache then reads the
-    // model in 2 MiB folios, which every process maps with one entry per 2 MiB rather than
-    // 512 (fewer TLB misses when a decode step streams the weights). Advice only: refused,
-    // nothing changes.
-    let _ = map.advise(memmap2::Advice::HugePage);
+    modelhost_node::pages::prefer_huge_pages(&map);
     Ok(Some(map))
 }
 

@@ -101,9 +101,7 @@ fn map_checked(fd: OwnedFd, check: &FileCheck, index: usize) -> Result<Mmap, Att
     // SAFETY: a read-only shared mapping of the descriptor the host validated and passed us.
     // The host holds the same file open; in copy mode it is a sealed memfd that cannot shrink.
     let map = unsafe { Mmap::map(&file) }.map_err(|source| AttachError::Map { index, source })?;
-    // As the host does (`model_file::map_file`): 2 MiB mappings where the page cache holds
-    // 2 MiB folios. Advice only.
-    let _ = map.advise(memmap2::Advice::HugePage);
+    modelhost_node::pages::prefer_huge_pages(&map);
     let header = usize::try_from(check.header_len)
         .ok()
         .and_then(|n| map.get(..n))

@@ -74,8 +74,7 @@ pub fn open_model(path: &Path) -> Result<OpenModel, OpenError> {
     // under a benchmark can kill it, which is acceptable for a tool (the serving path checks
     // sizes and populates pages before it reads them).
     let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-    // As the host does (`model_file::map_file`). Advice only.
-    let _ = map.advise(memmap2::Advice::HugePage);
+    modelhost_node::pages::prefer_huge_pages(&map);
     let invalid = |message: String| OpenError::Invalid {
         path: shown.clone(),
         message,

@@ -110,7 +110,7 @@ pub(crate) fn block_scratch(manifest: &ModelManifest, options: &PlanOptions, con
     let quantized =
         batch * (widest + widest / 8 + widest / 8) + batch * (widest + widest / 64 + widest / 8);
     // For a batch of more than four, the per-256 format again in panels of 16 rows (the
-    // AVX-512 VNNI prompt kernel's layout), with its sums as i32.
+    // AVX-512 VNNI prompt kernel's layout), with its sums per 16 and per 32 in i16 pairs.
     let panel = if batch > 4 {
         batch.div_ceil(16) * 16 * (widest + widest / 8 + widest / 16 + widest / 64)
     } else {
