@@ -40,7 +40,8 @@ pub fn matmul(
     let sink = unsafe { Sink::new(out.as_mut_ptr(), n * m, m, 0) };
     let kernels = crate::simd::kernels_in_use();
     // Chunks small enough that the threads finish together, large enough that a chunk's
-    // weights stream for a while (the row kernels prefetch within a chunk).
+    // weights stream for a while: the row kernels prefetch within a chunk, and each new chunk
+    // starts a new stream that the hardware prefetcher has to find again.
     let row_bytes = w.format.row_bytes(w.cols).max(1);
     let chunk = (CHUNK_BYTES / row_bytes)
         .min(m.div_ceil(pool.threads() * CHUNKS_PER_THREAD))
@@ -60,8 +61,12 @@ pub fn matmul(
     });
 }
 
-/// Weight bytes in a chunk of rows, at most.
-const CHUNK_BYTES: usize = 64 << 10;
+/// Weight bytes in a chunk of rows, at most. With 64 KiB chunks (and 8 per thread), two
+/// threads decoded gemma at 63 to 68 tok/s and the 1 GiB Q4_K model at 14.2; with 1 MiB (and
+/// 4 per thread), 77 to 81 and 16.8 to 17.0, prompts unchanged (`modelhost-worker --bench`,
+/// alternated runs). One chunk per thread was as fast on gemma but slower on the Q4_K model,
+/// where a thread held up by serial work leaves the other nothing to take.
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// Chunks per thread, at least, on a matrix too small for `CHUNK_BYTES` chunks.
-const CHUNKS_PER_THREAD: usize = 8;
+const CHUNKS_PER_THREAD: usize = 4;

@@ -20,9 +20,7 @@
 use std::arch::x86_64::*;
 
 use super::blocks::Unpacked;
-use super::x86::{
-    act_rows, block_32, hsum, prefetch_ahead, prefetch_rows, qh32, read_f16, TILE_BYTES,
-};
+use super::x86::{act_rows, block_32, hsum, prefetch_ahead, qh32, read_f16, TILE_BYTES};
 use super::{i16_pair, ActPanel, ActRow, QuantizedActs, Sink, PANEL};
 
 /// Blocks `b` and `b + 1` of a 32-weight row as one register of 64 quants: Q8_0's as they are;
@@ -248,13 +246,13 @@ pub(super) fn rows_32<
     let a = act_rows::<N>(acts, j);
     let pointers = ActPointers::new(&a, blocks, Q8 || OFF != 0);
     let signed = Q8 || OFF != 0;
-    let ahead = prefetch_rows(rb);
     for (i, row) in bytes.chunks_exact(rb).enumerate() {
-        prefetch_ahead(bytes, (i + ahead) * rb, rb);
         let mut acc = [_mm512_setzero_ps(); N];
         let mut mins = [0f32; N];
         let mut b = 0;
         while b + 2 <= blocks {
+            // A line per pair (44 to 68 bytes): two, for Q8_0's 68, streamed slower.
+            prefetch_ahead(bytes, i * rb + SIZE * b, 1);
             let q = load_pair::<SIZE, QS, QH, OFF, Q8>(row, b);
             let dwv = factor_pair(row, SIZE * b, SIZE * (b + 1));
             let m = if MIN != 0 {

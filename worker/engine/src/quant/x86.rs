@@ -361,9 +361,7 @@ fn rows_32<
     for x in &a {
         assert!(x.qs.len() >= 32 * blocks && x.d.len() >= blocks && x.bsums.len() >= 2 * blocks);
     }
-    let ahead = prefetch_rows(rb);
     for (i, row) in bytes.chunks_exact(rb).enumerate() {
-        prefetch_ahead(bytes, (i + ahead) * rb, rb);
         // Two sets of accumulators, for even and odd blocks: with one activation row, a single
         // chain of dependent FMAs would bound the loop.
         let (mut even, mut odd) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
@@ -372,6 +370,8 @@ fn rows_32<
         // how many others share its step.
         let mut b = 0;
         while b + 2 <= blocks {
+            // A line per pair (34 to 68 bytes).
+            prefetch_ahead(bytes, i * rb + SIZE * b, 1);
             block_32::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, &a, b, &mut even, &mut mins);
             block_32::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, &a, b + 1, &mut odd, &mut mins);
             b += 2;
@@ -474,12 +474,11 @@ fn rows_k<const N: usize, const BITS: u8>(
     for x in &a {
         assert!(x.qs.len() >= 256 * supers && x.d.len() >= supers && x.bsums.len() >= 16 * supers);
     }
-    let ahead = prefetch_rows(rb);
     for (i, row) in bytes.chunks_exact(rb).enumerate() {
-        prefetch_ahead(bytes, (i + ahead) * rb, rb);
         let mut sums = [0f32; N];
         let mut sb = 0;
         while sb + 2 <= supers {
+            prefetch_ahead(bytes, i * rb + size * sb, 2 * size);
             let (b0, b1) = (&row[size * sb..], &row[size * (sb + 1)..]);
             let (p0, c0) = super_block_k::<N, BITS>(b0, &a, sb);
             let (p1, c1) = super_block_k::<N, BITS>(b1, &a, sb + 1);
@@ -493,6 +492,7 @@ fn rows_k<const N: usize, const BITS: u8>(
             sb += 2;
         }
         if sb < supers {
+            prefetch_ahead(bytes, i * rb + size * sb, size);
             let blk = &row[size * sb..];
             let (p, c) = super_block_k::<N, BITS>(blk, &a, sb);
             let (d, dmin) = match BITS {
@@ -786,24 +786,22 @@ fn as_bytes(x: &[i8]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, x.len()) }
 }
 
-/// How far ahead the row kernels ask for weights, in bytes: a decode step streams hundreds of
-/// megabytes once, and the hardware prefetcher alone leaves the loads waiting. Too far, and
-/// the lines asked for leave the 32 KiB L1 cache before they are used: four rows ahead (the
-/// earlier rule) was 12.7 KiB on the 1 GiB Q4_K model's 5,632-wide rows, and asking 4 KiB
-/// ahead decodes it 10% faster with one thread and 5 to 7% with two (3 of 3 interleaved
-/// runs; gemma's 640-wide rows within noise). 2 KiB did as well, 8 KiB and twelve rows worse.
-pub(super) const PREFETCH_BYTES: usize = 4096;
+/// How far ahead of what it reads a decode kernel asks for weights, in bytes: a decode step
+/// streams hundreds of megabytes once, and the hardware prefetcher alone leaves the loads
+/// waiting. The kernels ask as they go, a line or a few for each step of their inner loop
+/// (a pair of blocks, a pair of super-blocks), rather than a whole row at the start of each
+/// row. A row's worth of requests at once (the earlier rule, 4 KiB ahead) streamed Q8_0 at
+/// 0.8× a plain sum of the same bytes and Q4_K at 0.7× (`examples/kernel_rate`, rows of
+/// 2,048); asking as they go, 0.9× and 0.85×. 2 to 3 KiB ahead did best; 1 KiB was too
+/// close.
+pub(super) const PREFETCH_BYTES: usize = 2048;
 
-/// Rows of `rb` bytes ahead to ask for: [`PREFETCH_BYTES`]' worth, at least one row.
-#[inline]
-pub(super) fn prefetch_rows(rb: usize) -> usize {
-    (PREFETCH_BYTES / rb.max(1)).max(1)
-}
-
-/// Asks for the cache lines of `bytes[at..at + len]` (clamped to `bytes`).
+/// Asks for the cache lines of the `len` bytes [`PREFETCH_BYTES`] after `bytes[at]` (clamped
+/// to `bytes`): a kernel about to read `bytes[at..at + len]` calls it.
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(super) fn prefetch_ahead(bytes: &[u8], at: usize, len: usize) {
+    let at = at + PREFETCH_BYTES;
     let end = (at + len).min(bytes.len());
     let mut p = at;
     while p < end {
