@@ -786,27 +786,42 @@ fn as_bytes(x: &[i8]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, x.len()) }
 }
 
-/// How far ahead of what it reads a decode kernel asks for weights, in bytes: a decode step
-/// streams hundreds of megabytes once, and the hardware prefetcher alone leaves the loads
-/// waiting. The kernels ask as they go, a line or a few for each step of their inner loop
-/// (a pair of blocks, a pair of super-blocks), rather than a whole row at the start of each
-/// row. A row's worth of requests at once (the earlier rule, 4 KiB ahead) streamed Q8_0 at
-/// 0.8× a plain sum of the same bytes and Q4_K at 0.7× (`examples/kernel_rate`, rows of
-/// 2,048); asking as they go, 0.9× and 0.85×. 2 to 3 KiB ahead did best; 1 KiB was too
+/// How far ahead of what it reads a decode kernel asks for weights into the L1 cache, in
+/// bytes: a decode step streams hundreds of megabytes once, and the hardware prefetcher alone
+/// leaves the loads waiting (two threads without these requests decoded gemma at 45 tok/s,
+/// with them 70 to 80). The kernels ask as they go, a line or a few for each step of their
+/// inner loop (a pair of blocks, a pair of super-blocks), rather than a whole row at the start
+/// of each row. A row's worth of requests at once (the earlier rule, 4 KiB ahead) streamed
+/// Q8_0 at 0.8× a plain sum of the same bytes and Q4_K at 0.7× (`examples/kernel_rate`, rows
+/// of 2,048); asking as they go, 0.9× and 0.85×. 2 to 3 KiB ahead did best; 1 KiB was too
 /// close.
 pub(super) const PREFETCH_BYTES: usize = 2048;
 
-/// Asks for the cache lines of the `len` bytes [`PREFETCH_BYTES`] after `bytes[at]` (clamped
-/// to `bytes`): a kernel about to read `bytes[at..at + len]` calls it.
+/// How far ahead the same kernels ask for weights into the outer caches only (`prefetcht2`):
+/// the near requests alone keep too few lines in flight behind the K-quant kernels, which
+/// spend more instructions per byte. The 1 GiB Q4_K model decoded 5 to 10% faster with both
+/// (one and two threads, alternated runs); gemma, mostly Q8_0, within noise. A non-temporal
+/// hint instead halved the speed.
+pub(super) const PREFETCH_FAR_BYTES: usize = 16384;
+
+/// Asks for the cache lines of the `len` bytes [`PREFETCH_BYTES`] after `bytes[at]` into the
+/// L1 cache, and of those [`PREFETCH_FAR_BYTES`] after it into the outer caches (clamped to
+/// `bytes`): a decode kernel about to read `bytes[at..at + len]` calls it.
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(super) fn prefetch_ahead(bytes: &[u8], at: usize, len: usize) {
-    let at = at + PREFETCH_BYTES;
-    let end = (at + len).min(bytes.len());
-    let mut p = at;
-    while p < end {
+    let near = at + PREFETCH_BYTES;
+    let mut p = near;
+    while p < (near + len).min(bytes.len()) {
         // SAFETY: p < bytes.len(); a prefetch reads nothing and cannot fault.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(p) as *const i8) };
+        p += 64;
+    }
+    let far = at + PREFETCH_FAR_BYTES;
+    let mut p = far;
+    while p < (far + len).min(bytes.len()) {
+        // SAFETY: as above.
+        unsafe { _mm_prefetch::<_MM_HINT_T2>(bytes.as_ptr().add(p) as *const i8) };
         p += 64;
     }
 }
