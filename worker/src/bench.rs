@@ -79,16 +79,6 @@ fn median(mut seconds: Vec<f64>) -> f64 {
     seconds[seconds.len() / 2]
 }
 
-fn argmax(row: &[f32]) -> u32 {
-    row.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-        )
-        .0 as u32
-}
-
 /// Deterministic token ids that are not special: a simple LCG over the vocabulary's middle.
 fn tokens(n: u32, vocab: u32, seed: u32) -> Vec<u32> {
     let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
@@ -104,7 +94,7 @@ fn decode(engine: &mut Engine, slots: &[u32], steps: u32) {
     let vocab = engine.vocab_size();
     for _ in 0..steps {
         let next: Vec<u32> = (0..slots.len())
-            .map(|i| argmax(&engine.logits()[i * vocab..(i + 1) * vocab]))
+            .map(|i| modelhost_engine::sample::argmax(&engine.logits()[i * vocab..(i + 1) * vocab]))
             .collect();
         let chunks: Vec<Chunk<'_>> = slots
             .iter()
