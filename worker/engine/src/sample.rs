@@ -22,6 +22,12 @@ pub struct Sampler {
     output_counts: HashMap<u32, u32>,
     /// Candidate ids and their values, reused between tokens.
     candidates: Vec<(u32, f32)>,
+    /// The tempered logits of the whole vocabulary, reused between tokens.
+    tempered: Vec<f32>,
+    /// Their exponentials less the best's (unnormalized probabilities), reused likewise.
+    weights: Vec<f32>,
+    /// Per bucket of distance below the best logit: tokens, or probability mass.
+    histogram: Vec<f64>,
 }
 
 /// A chosen token, with its log-probability under the model's own distribution when asked.
@@ -44,6 +50,9 @@ impl Sampler {
             seen,
             output_counts: HashMap::new(),
             candidates: Vec::new(),
+            tempered: Vec::new(),
+            weights: Vec::new(),
+            histogram: Vec::new(),
         }
     }
 
@@ -110,65 +119,273 @@ impl Sampler {
         if p.temperature == 0.0 {
             return greedy(logits, &adjusted, value);
         }
-        // Candidates: every token, or the top k (a partial selection, not a sort of the
-        // whole vocabulary).
-        let cands = &mut self.candidates;
-        cands.clear();
-        cands.extend((0..logits.len() as u32).map(|t| (t, value(t) / p.temperature)));
-        cands.retain(|&(_, v)| v > f32::NEG_INFINITY && !v.is_nan());
-        if cands.is_empty() {
+        // The tempered logits of the whole vocabulary (a NaN counts as banned) and their
+        // exponentials, each in one pass that vectorizes: nothing below sorts or selects over
+        // the whole vocabulary.
+        let t = p.temperature;
+        let tempered = &mut self.tempered;
+        tempered.clear();
+        tempered.resize(logits.len(), 0.0);
+        wide::temper(logits, t, tempered);
+        for &(token, v) in &adjusted {
+            if let Some(x) = tempered.get_mut(token as usize) {
+                *x = not_nan(v / t);
+            }
+        }
+        let max = max_of(tempered);
+        if max == f32::NEG_INFINITY {
             // Everything banned or not a number: the least bad answer is the model's own.
             return argmax(logits);
         }
-        let by_value = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if p.top_k > 0 && (p.top_k as usize) < cands.len() {
-            cands.select_nth_unstable_by(p.top_k as usize - 1, by_value);
-            cands.truncate(p.top_k as usize);
+        let weights = &mut self.weights;
+        weights.clear();
+        weights.resize(tempered.len(), 0.0);
+        wide::weigh(tempered, max, weights);
+        let dist = Tempered {
+            values: tempered,
+            weights,
+            max,
+            total: mass(weights),
+        };
+        let cuts = Cuts::new(p, tempered);
+        if cuts.none() {
+            // The whole distribution, drawn from in id order.
+            return draw(
+                weights.iter().enumerate().map(|(t, &w)| (t as u32, w)),
+                dist.total,
+                &mut self.rng,
+            );
         }
-        // Probabilities over the candidates.
-        let max = cands.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
-        for c in cands.iter_mut() {
-            c.1 = exp_nonpositive(c.1 - max);
+        cuts.survivors(&dist, &mut self.histogram, &mut self.candidates);
+        let total = mass_of(&self.candidates);
+        draw(self.candidates.iter().copied(), total, &mut self.rng)
+    }
+}
+
+/// Logits that are not a number take no part: they count as -inf.
+#[inline]
+fn not_nan(x: f32) -> f32 {
+    if x.is_nan() {
+        f32::NEG_INFINITY
+    } else {
+        x
+    }
+}
+
+/// The candidates' order for the cuts: the most likely first, ties to the lowest id.
+fn by_value(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// A sum of non-negative weights in eight f64 lanes, which vectorizes.
+fn mass(weights: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = weights.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &w) in lanes.iter_mut().zip(chunk) {
+            *lane += f64::from(w);
         }
-        let sum: f64 = cands.iter().map(|c| f64::from(c.1)).sum();
+    }
+    lanes.iter().sum::<f64>() + rest.iter().map(|&w| f64::from(w)).sum::<f64>()
+}
+
+/// [`mass`] of candidates' probabilities.
+fn mass_of(cands: &[(u32, f32)]) -> f64 {
+    cands.iter().map(|c| f64::from(c.1)).sum()
+}
+
+/// The tempered distribution over the whole vocabulary.
+struct Tempered<'a> {
+    /// Tempered logits, -inf for a banned token.
+    values: &'a [f32],
+    /// e^(value - max): the unnormalized probabilities.
+    weights: &'a [f32],
+    max: f32,
+    /// [`mass`] of `weights`.
+    total: f64,
+}
+
+/// The cuts of the tempered distribution a request asks for.
+struct Cuts {
+    /// Top-k, where it leaves fewer tokens than the finite ones.
+    top_k: Option<usize>,
+    top_p: f32,
+    min_p: f32,
+}
+
+/// How far below the best tempered logit the candidates reach.
+#[derive(Clone, Copy)]
+struct Bound {
+    distance: f32,
+    /// Top-p's nucleus set it (not top-k or min-p): the exact cut may need more.
+    nucleus: bool,
+}
+
+/// Buckets of a distance below the best tempered logit: its f32 bits less the low 19, so
+/// each bucket spans a sixteenth of a binade (a distance's bits grow with it).
+const BUCKET_SHIFT: u32 = 19;
+
+impl Cuts {
+    fn new(p: &Sampling, tempered: &[f32]) -> Cuts {
+        let finite = tempered.iter().filter(|&&x| x > f32::NEG_INFINITY).count();
+        let k = p.top_k as usize;
+        Cuts {
+            top_k: (k > 0 && k < finite).then_some(k),
+            top_p: p.top_p,
+            min_p: p.min_p,
+        }
+    }
+
+    /// No cut: every token keeps its probability.
+    fn none(&self) -> bool {
+        self.top_k.is_none() && self.top_p >= 1.0 && self.min_p <= 0.0
+    }
+
+    /// Fills `cands` with the tokens that survive the cuts and their probabilities, in id
+    /// order: the same as [`Cuts::candidates`] over every finite token, but reading only the
+    /// tokens near the best, as a histogram bounds them.
+    fn survivors(&self, dist: &Tempered, histogram: &mut Vec<f64>, cands: &mut Vec<(u32, f32)>) {
+        let bound = self.bound(dist, histogram);
+        if !self.candidates(dist, bound, cands) {
+            // The histogram's mass (in f64, by bucket) and the cut's (in f32, token by token)
+            // disagreed at the edge of the nucleus: take every token.
+            let all = self.candidates(dist, None, cands);
+            debug_assert!(all);
+        }
+    }
+
+    /// A distance below the best that no survivor of the cuts exceeds, or `None` when the
+    /// cuts cannot be bounded. A whole bucket is taken at the edge, so the bound holds more
+    /// tokens than survive; `candidates` then cuts exactly.
+    fn bound(&self, dist: &Tempered, histogram: &mut Vec<f64>) -> Option<Bound> {
+        let max = dist.max;
+        let bucket = |x: f32| ((max - x).to_bits() >> BUCKET_SHIFT) as usize;
+        let edge = |b: usize| f32::from_bits((((b + 1) << BUCKET_SHIFT) - 1) as u32);
+        histogram.clear();
+        histogram.resize((f32::INFINITY.to_bits() >> BUCKET_SHIFT) as usize + 1, 0.0);
+        if let Some(k) = self.top_k {
+            // Top-k: the bucket where the count from the best reaches k. (Min-p and top-p then
+            // work on the top k's own distribution, so they cannot narrow this.)
+            for &x in dist.values {
+                histogram[bucket(x)] += 1.0;
+            }
+            let mut count = 0.0;
+            for (b, &n) in histogram.iter().enumerate() {
+                count += n;
+                if count >= k as f64 {
+                    return Some(Bound {
+                        distance: edge(b),
+                        nucleus: false,
+                    });
+                }
+            }
+            return None;
+        }
+        let mut bound: Option<Bound> = None;
+        if self.min_p > 0.0 {
+            // p ≥ min_p · p_best  ⟺  max - x ≤ -ln(min_p); a little more, for the rounding.
+            bound = Some(Bound {
+                distance: -self.min_p.ln() * (1.0 + 1e-5) + 1e-5,
+                nucleus: false,
+            });
+        }
+        if self.top_p < 1.0 {
+            for (&x, &w) in dist.values.iter().zip(dist.weights) {
+                histogram[bucket(x)] += f64::from(w);
+            }
+            let mut reached = 0.0;
+            for (b, &m) in histogram.iter().enumerate() {
+                reached += m;
+                if reached >= f64::from(self.top_p) * dist.total {
+                    let nucleus = Bound {
+                        distance: edge(b),
+                        nucleus: true,
+                    };
+                    if bound.is_none_or(|o| nucleus.distance < o.distance) {
+                        bound = Some(nucleus);
+                    }
+                    break;
+                }
+            }
+        }
+        bound
+    }
+
+    /// Fills `cands` with what survives the cuts, as probabilities, in id order: from the
+    /// tokens within `bound` below the best (every finite one where `None`). `false` when
+    /// top-p's nucleus reached past them (only possible where the nucleus set the bound).
+    fn candidates(
+        &self,
+        dist: &Tempered,
+        bound: Option<Bound>,
+        cands: &mut Vec<(u32, f32)>,
+    ) -> bool {
+        cands.clear();
+        let within = bound.map_or(f32::INFINITY, |b| b.distance);
+        let nucleus_bound = bound.is_some_and(|b| b.nucleus);
+        let max = dist.max;
+        cands.extend(
+            dist.values
+                .iter()
+                .enumerate()
+                .filter(|&(_, &x)| x > f32::NEG_INFINITY && max - x <= within)
+                .map(|(t, &x)| (t as u32, x)),
+        );
+        // Probabilities: over the top k where they cut, otherwise over the whole vocabulary.
+        let sum = if let Some(k) = self.top_k {
+            cands.select_nth_unstable_by(k - 1, by_value);
+            cands.truncate(k);
+            cands.sort_unstable_by_key(|c| c.0);
+            for c in cands.iter_mut() {
+                c.1 = dist.weights[c.0 as usize];
+            }
+            mass_of(cands)
+        } else {
+            for c in cands.iter_mut() {
+                c.1 = dist.weights[c.0 as usize];
+            }
+            dist.total
+        };
         let inv = (1.0 / sum) as f32;
         for c in cands.iter_mut() {
             c.1 *= inv;
         }
-        if p.min_p > 0.0 {
+        if self.min_p > 0.0 {
             // The most likely candidate has probability exp(0) * inv.
-            let floor = p.min_p * inv;
+            let floor = self.min_p * inv;
             cands.retain(|c| c.1 >= floor);
         }
-        if p.top_p < 1.0 {
-            top_p_cut(cands, p.top_p, by_value);
+        if self.top_p < 1.0 && !top_p_cut(cands, self.top_p) && nucleus_bound {
+            return false;
         }
-        // Draw over what is left in id order, so that the draw does not depend on how the
-        // selection happened to leave the candidates. Without a cut they are in id order
-        // already, and the sort only checks that: sorting the whole vocabulary by value for
-        // each token (the earlier order) took 15 ms on gemma's 262,144 tokens, more than the
-        // forward pass.
+        // Back to id order (the cut sorts by value).
         cands.sort_unstable_by_key(|c| c.0);
-        let total: f64 = cands.iter().map(|c| f64::from(c.1)).sum();
-        let mut target = self.rng.next_f64() * total;
-        for c in cands.iter() {
-            target -= f64::from(c.1);
-            if target < 0.0 {
-                return c.0;
-            }
-        }
-        cands.last().map_or(0, |c| c.0)
+        true
     }
 }
 
-/// The smallest set of most likely candidates whose probabilities reach `top_p`. Sorting the
-/// whole vocabulary for every token would cost more than the step on a small model, so the
-/// head is selected in growing sizes until it holds enough mass.
-fn top_p_cut(
-    cands: &mut Vec<(u32, f32)>,
-    top_p: f32,
-    by_value: impl Fn(&(u32, f32), &(u32, f32)) -> std::cmp::Ordering + Copy,
-) {
+/// A draw over candidates and their weights, in their order, `total` being the weights' sum.
+fn draw(cands: impl Iterator<Item = (u32, f32)>, total: f64, rng: &mut Rng) -> u32 {
+    let mut target = rng.next_f64() * total;
+    let mut last = 0;
+    for (t, w) in cands {
+        target -= f64::from(w);
+        if target < 0.0 {
+            return t;
+        }
+        if w > 0.0 {
+            last = t;
+        }
+    }
+    last
+}
+
+/// The smallest set of most likely candidates whose probabilities reach `top_p`, sorted by
+/// value; `false` (and every candidate kept) when all of them do not reach it. Sorting the
+/// whole set for every token would cost more than the step on a small model, so the head is
+/// selected in growing sizes until it holds enough mass.
+fn top_p_cut(cands: &mut Vec<(u32, f32)>, top_p: f32) -> bool {
     let mut head = 64usize;
     loop {
         let n = head.min(cands.len());
@@ -181,11 +398,11 @@ fn top_p_cut(
             mass += c.1;
             if mass >= top_p {
                 cands.truncate(i + 1);
-                return;
+                return true;
             }
         }
         if n == cands.len() {
-            return;
+            return false;
         }
         head *= 4;
     }
@@ -229,9 +446,18 @@ fn argmax_by(n: usize, value: impl Fn(u32) -> f32) -> u32 {
 }
 
 /// [`argmax_by`] over a row of logits, at the memory's speed: the maximum in sixteen lanes
-/// (which the compiler vectorizes), then the first index that holds it. One pass of the
-/// plain loop took 0.6 ms over gemma's 262,144 logits, 5% of a decode step; this one 0.1 ms.
+/// (which the compiler vectorizes), then the first index that holds it. The plain loop took
+/// 0.3 to 0.6 ms over gemma's 262,144 logits, up to 5% of a decode step; this one 0.07 ms.
 pub fn argmax(logits: &[f32]) -> u32 {
+    let max = max_of(logits);
+    if max == f32::NEG_INFINITY {
+        return 0;
+    }
+    logits.iter().position(|&v| v == max).unwrap_or(0) as u32
+}
+
+/// The largest value (-inf for none; a NaN never counts), in sixteen lanes.
+fn max_of(logits: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = logits.chunks_exact(LANES);
@@ -250,10 +476,59 @@ pub fn argmax(logits: &[f32]) -> u32 {
             max = v;
         }
     }
-    if max == f32::NEG_INFINITY {
-        return 0;
+    max
+}
+
+/// The passes over the whole vocabulary, compiled for AVX2 as well where the CPU has it
+/// (the crate's baseline is SSE2, four lanes).
+mod wide {
+    use super::{exp_nonpositive, not_nan};
+
+    /// `out[t] = logits[t] / temperature`, a NaN as -inf.
+    pub(super) fn temper(logits: &[f32], temperature: f32, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::has_avx2() {
+            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+            return unsafe { temper_avx2(logits, temperature, out) };
+        }
+        temper_any(logits, temperature, out)
     }
-    logits.iter().position(|&v| v == max).unwrap_or(0) as u32
+
+    /// `out[t] = e^(tempered[t] - max)`.
+    pub(super) fn weigh(tempered: &[f32], max: f32, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::has_avx2() {
+            // SAFETY: as above.
+            return unsafe { weigh_avx2(tempered, max, out) };
+        }
+        weigh_any(tempered, max, out)
+    }
+
+    #[inline(always)]
+    fn temper_any(logits: &[f32], temperature: f32, out: &mut [f32]) {
+        for (o, &v) in out.iter_mut().zip(logits) {
+            *o = not_nan(v / temperature);
+        }
+    }
+
+    #[inline(always)]
+    fn weigh_any(tempered: &[f32], max: f32, out: &mut [f32]) {
+        for (o, &x) in out.iter_mut().zip(tempered) {
+            *o = exp_nonpositive(x - max);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn temper_avx2(logits: &[f32], temperature: f32, out: &mut [f32]) {
+        temper_any(logits, temperature, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weigh_avx2(tempered: &[f32], max: f32, out: &mut [f32]) {
+        weigh_any(tempered, max, out)
+    }
 }
 
 /// e^x for x ≤ 0, within 2 units in the last place, and 0 below -80 (where e^x < 2e-35, nothing
@@ -268,8 +543,14 @@ fn exp_nonpositive(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     // Adding then subtracting 1.5 · 2^23 rounds to the nearest integer, in any vector unit.
     const ROUND: f32 = 12_582_912.0;
-    let clamped = x.max(-80.0);
-    let n = (clamped * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    // Not `clamp`: a NaN comes out as -80 here, a number, where `clamp` would pass it on.
+    #[allow(clippy::manual_clamp)]
+    let clamped = x.max(-80.0).min(0.0);
+    let shifted = clamped * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    // n as an integer from the bits of `shifted` (its low mantissa bits hold n), which, unlike
+    // `n as i32`, vectorizes.
+    let n_bits = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = (clamped - n * LN2_HI) - n * LN2_LO;
     // Taylor to r⁷: the next term is below 5e-9 of the result for |r| ≤ 0.347.
     let p = 1.0
@@ -279,7 +560,7 @@ fn exp_nonpositive(x: f32) -> f32 {
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     // Scale by 2^n in the exponent bits: n ≥ -116, so the result stays a normal number.
-    let scaled = f32::from_bits((p.to_bits() as i32).wrapping_add((n as i32) << 23) as u32);
+    let scaled = f32::from_bits((p.to_bits() as i32).wrapping_add(n_bits << 23) as u32);
     if x < -80.0 {
         0.0
     } else {
@@ -460,6 +741,76 @@ mod tests {
         let adjusted = [(2, 1.0)];
         let value = |t: u32| if t == 2 { 1.0 } else { logits[t as usize] };
         assert_eq!(greedy(&logits, &adjusted, value), 2);
+    }
+
+    #[test]
+    fn the_bounded_cuts_keep_what_the_cuts_over_every_token_keep() {
+        // Rows of several shapes: a few tokens far ahead, a flat spread, a spread with a
+        // plateau of ties, and rows with banned (-inf) and NaN logits.
+        let mut rng = Rng::new(11);
+        let mut rows: Vec<Vec<f32>> = Vec::new();
+        for shape in 0..5 {
+            let row: Vec<f32> = (0..3000)
+                .map(|i| {
+                    let u = rng.next_f64() as f32;
+                    match shape {
+                        0 => u * 6.0 + if i % 97 == 3 { 9.0 } else { 0.0 },
+                        1 => u * 2.0,
+                        2 => (u * 8.0).floor(),
+                        3 if i % 5 == 0 => f32::NEG_INFINITY,
+                        4 if i % 7 == 0 => f32::NAN,
+                        _ => u * 12.0 - 6.0,
+                    }
+                })
+                .collect();
+            rows.push(row);
+        }
+        let mut checked = 0;
+        for row in &rows {
+            for temperature in [0.3f32, 1.0, 1.7] {
+                for top_k in [0u32, 1, 7, 40, 2999, 5000] {
+                    for top_p in [1.0f32, 0.3, 0.9, 0.95, 0.999] {
+                        for min_p in [0.0f32, 0.01, 0.2] {
+                            let p = Sampling {
+                                temperature,
+                                top_k,
+                                top_p,
+                                min_p,
+                                ..Sampling::default()
+                            };
+                            let tempered: Vec<f32> =
+                                row.iter().map(|&v| not_nan(v / temperature)).collect();
+                            let max = tempered.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                            let weights: Vec<f32> =
+                                tempered.iter().map(|&x| exp_nonpositive(x - max)).collect();
+                            let dist = Tempered {
+                                values: &tempered,
+                                weights: &weights,
+                                max,
+                                total: mass(&weights),
+                            };
+                            let cuts = Cuts::new(&p, &tempered);
+                            if cuts.none() {
+                                continue;
+                            }
+                            let (mut fast, mut plain, mut histogram) =
+                                (Vec::new(), Vec::new(), Vec::new());
+                            cuts.survivors(&dist, &mut histogram, &mut fast);
+                            assert!(cuts.candidates(&dist, None, &mut plain));
+                            let bits = |c: &[(u32, f32)]| -> Vec<(u32, u32)> {
+                                c.iter().map(|&(t, v)| (t, v.to_bits())).collect()
+                            };
+                            assert_eq!(bits(&fast), bits(&plain), "{p:?}");
+                            assert!(!fast.is_empty());
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        // Every setting but those without a cut (top-k 0 or past the finite tokens, top-p 1,
+        // min-p 0).
+        assert!(checked > 1300, "{checked}");
     }
 
     #[test]
