@@ -7,7 +7,9 @@
 #   LLAMA_PYTHON=/path/to/venv/bin/python scripts/reference/engine-fixtures.sh
 #
 # The venv needs llama-cpp-python==0.3.36 (built from PyPI: CMAKE_ARGS="-DLLAMA_CURL=OFF",
-# about 5 minutes on 2 cores) and numpy. CI never runs this.
+# about 5 minutes on 2 cores) and numpy. CI never runs this. On a CPU with AMX, that native
+# build crashed in ggml's AMX matrix product (2026-12-06); build it without AMX there, as
+# docs/benchmarks.md ("Rerun after decode streaming") gives the flags.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
