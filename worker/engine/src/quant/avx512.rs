@@ -12,6 +12,8 @@
 //!   with panels of sixteen activation rows, one `vpdpbusd` per weight and four quants of
 //!   each row. Its integers per super-block are exact, as every K-quant kernel's are, and its
 //!   float expression is the scalar kernel's, lane by lane.
+//! - Q4_K's decode kernel ([`rows_k4`]) forms `x86::rows_k`'s exact integers 128 quants per
+//!   instruction and finishes with its float expression.
 //!
 //! So the results are the same bits as the AVX2 kernels' (and for the K-quants the scalar
 //! kernel's; `tests/kernels.rs` checks both), and a token's logits do not depend on which
@@ -20,8 +22,11 @@
 use std::arch::x86_64::*;
 
 use super::blocks::Unpacked;
-use super::x86::{act_rows, block_32, hsum, prefetch_ahead, qh32, read_f16, TILE_BYTES};
-use super::{i16_pair, ActPanel, ActRow, QuantizedActs, Sink, PANEL};
+use super::x86::{
+    act_rows, as_bytes, block_32, hsum, hsum_pair_i32, k4_scales_mins, k_factor_pair,
+    prefetch_ahead, qh32, read_f16, super_block_sum_pair, TILE_BYTES,
+};
+use super::{i16_pair, super_block_sum, ActPanel, ActRow, QuantizedActs, Sink, PANEL};
 
 /// Blocks `b` and `b + 1` of a 32-weight row as one register of 64 quants: Q8_0's as they are;
 /// the others' nibbles (and fifth bits) unpacked, less their offset where they have one.
@@ -743,4 +748,119 @@ fn band_panel<const SUB: usize, const R: usize>(
             out.put(PANEL * p + lane, first + r, v);
         }
     }
+}
+
+/// Q4_K rows against up to four activation rows (decoding): `x86::rows_k`'s integers, 128
+/// quants per instruction. Each 64 bytes of quants unpack to the low nibbles of groups
+/// `2j, 2j + 2` and the high nibbles of `2j + 1, 2j + 3`; a lane shuffle pairs them as groups
+/// `2j, 2j + 1` and `2j + 2, 2j + 3`, so each register meets 64 activations in order.
+/// `vpdpbusd` sums four products per lane (at most 4 · 15 · 127, an i16), and `vpdpwssd`
+/// multiplies each lane, as an i16 pair, by its group's scale held as (scale, 0): the exact
+/// scaled sums. The offsets and the float expression are `rows_k`'s.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn rows_k4<const N: usize>(
+    bytes: &[u8],
+    first: usize,
+    acts: &QuantizedActs,
+    j: usize,
+    out: &Sink,
+) {
+    const SIZE: usize = 144;
+    let supers = acts.k / 256;
+    let rb = supers * SIZE;
+    if rb == 0 {
+        return;
+    }
+    let a = act_rows::<N>(acts, j);
+    for x in &a {
+        assert!(x.qs.len() >= 256 * supers && x.d.len() >= supers && x.bsums.len() >= 16 * supers);
+    }
+    for (i, row) in bytes.chunks_exact(rb).enumerate() {
+        let mut sums = [0f32; N];
+        let mut sb = 0;
+        while sb + 2 <= supers {
+            prefetch_ahead(bytes, i * rb + SIZE * sb, 2 * SIZE);
+            let (b0, b1) = (&row[SIZE * sb..], &row[SIZE * (sb + 1)..]);
+            let (p0, c0) = super_block_k4::<N>(b0, &a, sb);
+            let (p1, c1) = super_block_k4::<N>(b1, &a, sb + 1);
+            let factors = k_factor_pair::<4>(b0, b1);
+            for n in 0..N {
+                let (t0, t1) =
+                    super_block_sum_pair(p0[n], c0[n], p1[n], c1[n], factors, &a[n].d[sb..]);
+                sums[n] += t0;
+                sums[n] += t1;
+            }
+            sb += 2;
+        }
+        if sb < supers {
+            prefetch_ahead(bytes, i * rb + SIZE * sb, SIZE);
+            let blk = &row[SIZE * sb..];
+            let (p, c) = super_block_k4::<N>(blk, &a, sb);
+            let (d, dmin) = (read_f16(blk, 0), read_f16(blk, 2));
+            for n in 0..N {
+                let (s1, s2) = hsum_pair_i32(p[n], c[n]);
+                sums[n] += super_block_sum(a[n].d[sb], d, dmin, s1, s2);
+            }
+        }
+        for (n, &sum) in sums.iter().enumerate() {
+            out.put(j + n, first + i, sum);
+        }
+    }
+}
+
+/// One Q4_K super-block against each activation row: eight lanes whose sum is `s1`, and eight
+/// whose sum is `s2`, as `x86::super_block_k` gives them.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn super_block_k4<const N: usize>(
+    blk: &[u8],
+    a: &[ActRow<'_>; N],
+    sb: usize,
+) -> ([__m256i; N], [__m256i; N]) {
+    let blk = &blk[..144];
+    let sm = k4_scales_mins(blk);
+    // The eight scales and eight mins as sixteen i32 lanes; each pair of groups' scales spread
+    // over a register's halves.
+    let wide = _mm512_cvtepu8_epi32(sm);
+    let spread = |g: i32| {
+        let h = g + 1;
+        _mm512_permutexvar_epi32(
+            _mm512_setr_epi32(g, g, g, g, g, g, g, g, h, h, h, h, h, h, h, h),
+            wide,
+        )
+    };
+    let scales = [spread(0), spread(2), spread(4), spread(6)];
+    let mask = _mm512_set1_epi8(0x0f);
+    let mut quants = [_mm512_setzero_si512(); 4];
+    for half in 0..2 {
+        // SAFETY: 64 bytes at 16 + 64 · half of a 144-byte block.
+        let z = unsafe { _mm512_loadu_si512(blk.as_ptr().add(16 + 64 * half) as *const _) };
+        let lo = _mm512_and_si512(z, mask);
+        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(z), mask);
+        quants[2 * half] = _mm512_shuffle_i64x2::<0b01_00_01_00>(lo, hi);
+        quants[2 * half + 1] = _mm512_shuffle_i64x2::<0b11_10_11_10>(lo, hi);
+    }
+    let mut isum = [_mm256_setzero_si256(); N];
+    let mut corrs = [_mm256_setzero_si256(); N];
+    let corr = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm));
+    for n in 0..N {
+        let x = as_bytes(&a[n].qs[256 * sb..256 * sb + 256]);
+        let mut acc = _mm512_setzero_si512();
+        for (k, (&q, &scale)) in quants.iter().zip(&scales).enumerate() {
+            // SAFETY: 64 bytes at 64k of the super-block's 256 activations.
+            let xk = unsafe { _mm512_loadu_si512(x.as_ptr().add(64 * k) as *const _) };
+            let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xk);
+            acc = _mm512_dpwssd_epi32(acc, products, scale);
+        }
+        isum[n] = _mm256_add_epi32(
+            _mm512_castsi512_si256(acc),
+            _mm512_extracti64x4_epi64::<1>(acc),
+        );
+        let bs = &a[n].bsums[16 * sb..16 * sb + 16];
+        // SAFETY: 16 i16 in `bs`.
+        let bs = unsafe { _mm256_loadu_si256(bs.as_ptr() as *const __m256i) };
+        corrs[n] = _mm256_madd_epi16(corr, bs);
+    }
+    (isum, corrs)
 }

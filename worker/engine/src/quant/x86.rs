@@ -271,6 +271,10 @@ unsafe fn rows_n<const N: usize>(
         WeightFormat::Q4_1 => rows_32_either!(20, 4, 0, 2, 0, false),
         WeightFormat::Q5_0 => rows_32_either!(22, 6, 2, 0, 16, false),
         WeightFormat::Q5_1 => rows_32_either!(24, 8, 4, 2, 0, false),
+        WeightFormat::Q4K if wide => {
+            // SAFETY: the caller's promise for `wide`.
+            unsafe { avx512::rows_k4::<N>(bytes, first, acts, j, out) }
+        }
         WeightFormat::Q4K => rows_k::<N, 4>(bytes, first, acts, j, out),
         WeightFormat::Q5K => rows_k::<N, 5>(bytes, first, acts, j, out),
         WeightFormat::Q6K => rows_k::<N, 6>(bytes, first, acts, j, out),
@@ -615,7 +619,7 @@ fn super_block_k<const N: usize, const BITS: u8>(
 /// (Q6_K's offset is scaled by its `d`).
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn k_factor_pair<const BITS: u8>(b0: &[u8], b1: &[u8]) -> __m128 {
+pub(super) fn k_factor_pair<const BITS: u8>(b0: &[u8], b1: &[u8]) -> __m128 {
     let bits = |b: &[u8]| -> u64 {
         match BITS {
             6 => {
@@ -633,7 +637,7 @@ fn k_factor_pair<const BITS: u8>(b0: &[u8], b1: &[u8]) -> __m128 {
 /// the first. The same float operations, so the same two values.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn super_block_sum_pair(
+pub(super) fn super_block_sum_pair(
     p0: __m256i,
     c0: __m256i,
     p1: __m256i,
@@ -781,7 +785,7 @@ pub unsafe fn quantize_block(x: &[f32], qs: &mut [i8], k_style: bool) -> f32 {
 
 /// Signed bytes as bytes, for loading.
 #[inline]
-fn as_bytes(x: &[i8]) -> &[u8] {
+pub(super) fn as_bytes(x: &[i8]) -> &[u8] {
     // SAFETY: i8 and u8 have the same size, alignment and validity.
     unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, x.len()) }
 }
