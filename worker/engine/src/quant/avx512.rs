@@ -23,10 +23,9 @@ use std::arch::x86_64::*;
 
 use super::blocks::Unpacked;
 use super::x86::{
-    act_rows, as_bytes, block_32, hsum, hsum_pair_i32, k4_scales_mins, k_factor_pair,
-    prefetch_ahead, qh32, read_f16, super_block_sum_pair, TILE_BYTES,
+    act_rows, as_bytes, block_32, hsum, k4_scales_mins, prefetch_ahead, qh32, read_f16, TILE_BYTES,
 };
-use super::{i16_pair, super_block_sum, ActPanel, ActRow, QuantizedActs, Sink, PANEL};
+use super::{i16_pair, ActPanel, ActRow, QuantizedActs, Sink, PANEL};
 
 /// Blocks `b` and `b + 1` of a 32-weight row as one register of 64 quants: Q8_0's as they are;
 /// the others' nibbles (and fifth bits) unpacked, less their offset where they have one.
@@ -766,47 +765,7 @@ pub(super) fn rows_k4<const N: usize>(
     j: usize,
     out: &Sink,
 ) {
-    const SIZE: usize = 144;
-    let supers = acts.k / 256;
-    let rb = supers * SIZE;
-    if rb == 0 {
-        return;
-    }
-    let a = act_rows::<N>(acts, j);
-    for x in &a {
-        assert!(x.qs.len() >= 256 * supers && x.d.len() >= supers && x.bsums.len() >= 16 * supers);
-    }
-    for (i, row) in bytes.chunks_exact(rb).enumerate() {
-        let mut sums = [0f32; N];
-        let mut sb = 0;
-        while sb + 2 <= supers {
-            prefetch_ahead(bytes, i * rb + SIZE * sb, 2 * SIZE);
-            let (b0, b1) = (&row[SIZE * sb..], &row[SIZE * (sb + 1)..]);
-            let (p0, c0) = super_block_k4::<N>(b0, &a, sb);
-            let (p1, c1) = super_block_k4::<N>(b1, &a, sb + 1);
-            let factors = k_factor_pair::<4>(b0, b1);
-            for n in 0..N {
-                let (t0, t1) =
-                    super_block_sum_pair(p0[n], c0[n], p1[n], c1[n], factors, &a[n].d[sb..]);
-                sums[n] += t0;
-                sums[n] += t1;
-            }
-            sb += 2;
-        }
-        if sb < supers {
-            prefetch_ahead(bytes, i * rb + SIZE * sb, SIZE);
-            let blk = &row[SIZE * sb..];
-            let (p, c) = super_block_k4::<N>(blk, &a, sb);
-            let (d, dmin) = (read_f16(blk, 0), read_f16(blk, 2));
-            for n in 0..N {
-                let (s1, s2) = hsum_pair_i32(p[n], c[n]);
-                sums[n] += super_block_sum(a[n].d[sb], d, dmin, s1, s2);
-            }
-        }
-        for (n, &sum) in sums.iter().enumerate() {
-            out.put(j + n, first + i, sum);
-        }
-    }
+    super::x86::k_quant_rows!(N, 4, super_block_k4::<N>, bytes, first, acts, j, out);
 }
 
 /// One Q4_K super-block against each activation row: eight lanes whose sum is `s1`, and eight

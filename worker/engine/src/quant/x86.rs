@@ -454,11 +454,80 @@ pub(super) fn block_32<
     }
 }
 
+/// The row loop of the K-quant decode kernels, for `$n` activation rows of `$bits`-bit
+/// super-blocks, `$super_block(block, rows, sb)` giving a super-block's eight lanes of `s1` and
+/// eight of `s2` for each row: two super-blocks at a time share the lane sums and the float
+/// expression (in the scalar's order), the last odd one goes alone. A macro rather than a
+/// function taking `$super_block`, so that the AVX-512 kernel's super-blocks inline into a
+/// loop compiled with its target features.
+macro_rules! k_quant_rows {
+    ($n:ident, $bits:expr, $super_block:expr, $bytes:expr, $first:expr, $acts:expr, $j:expr, $out:expr) => {{
+        use $crate::quant::x86::{
+            act_rows, hsum_pair_i32, k_block_bytes, k_factor_pair, prefetch_ahead, read_f16,
+            super_block_sum_pair,
+        };
+        let (bytes, acts, j) = ($bytes, $acts, $j);
+        let size = k_block_bytes($bits);
+        let supers = acts.k / 256;
+        let rb = supers * size;
+        if rb != 0 {
+            let a = act_rows::<$n>(acts, j);
+            for x in &a {
+                assert!(
+                    x.qs.len() >= 256 * supers
+                        && x.d.len() >= supers
+                        && x.bsums.len() >= 16 * supers
+                );
+            }
+            for (i, row) in bytes.chunks_exact(rb).enumerate() {
+                let mut sums = [0f32; $n];
+                let mut sb = 0;
+                while sb + 2 <= supers {
+                    prefetch_ahead(bytes, i * rb + size * sb, 2 * size);
+                    let (b0, b1) = (&row[size * sb..], &row[size * (sb + 1)..]);
+                    let (p0, c0) = $super_block(b0, &a, sb);
+                    let (p1, c1) = $super_block(b1, &a, sb + 1);
+                    let factors = k_factor_pair::<{ $bits }>(b0, b1);
+                    for n in 0..$n {
+                        let (t0, t1) = super_block_sum_pair(
+                            p0[n],
+                            c0[n],
+                            p1[n],
+                            c1[n],
+                            factors,
+                            &a[n].d[sb..],
+                        );
+                        sums[n] += t0;
+                        sums[n] += t1;
+                    }
+                    sb += 2;
+                }
+                if sb < supers {
+                    prefetch_ahead(bytes, i * rb + size * sb, size);
+                    let blk = &row[size * sb..];
+                    let (p, c) = $super_block(blk, &a, sb);
+                    let (d, dmin) = match $bits {
+                        6 => (read_f16(blk, 208), read_f16(blk, 208)),
+                        _ => (read_f16(blk, 0), read_f16(blk, 2)),
+                    };
+                    for n in 0..$n {
+                        let (s1, s2) = hsum_pair_i32(p[n], c[n]);
+                        sums[n] += $crate::quant::super_block_sum(a[n].d[sb], d, dmin, s1, s2);
+                    }
+                }
+                for (n, &sum) in sums.iter().enumerate() {
+                    $out.put(j + n, $first + i, sum);
+                }
+            }
+        }
+    }};
+}
+pub(super) use k_quant_rows;
+
 /// Q4_K, Q5_K and Q6_K: per super-block, the quants unpacked in registers two 32-value chunks
 /// at a time and their products scaled per 16 or 32 values, summed to the exact integers of
 /// [`super_block_sum`]; the mins (Q4_K, Q5_K) or the offset of 32 (Q6_K) go through the
-/// activations' sums per 16. Two super-blocks at a time share the lane sums and the float
-/// expression (in the scalar's order), the last odd one goes alone.
+/// activations' sums per 16 ([`k_quant_rows`] has the loop).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn rows_k<const N: usize, const BITS: u8>(
@@ -468,54 +537,20 @@ fn rows_k<const N: usize, const BITS: u8>(
     j: usize,
     out: &Sink,
 ) {
-    let size = k_block_bytes(BITS);
-    let supers = acts.k / 256;
-    let rb = supers * size;
-    if rb == 0 {
-        return;
-    }
-    let a = act_rows::<N>(acts, j);
-    for x in &a {
-        assert!(x.qs.len() >= 256 * supers && x.d.len() >= supers && x.bsums.len() >= 16 * supers);
-    }
-    for (i, row) in bytes.chunks_exact(rb).enumerate() {
-        let mut sums = [0f32; N];
-        let mut sb = 0;
-        while sb + 2 <= supers {
-            prefetch_ahead(bytes, i * rb + size * sb, 2 * size);
-            let (b0, b1) = (&row[size * sb..], &row[size * (sb + 1)..]);
-            let (p0, c0) = super_block_k::<N, BITS>(b0, &a, sb);
-            let (p1, c1) = super_block_k::<N, BITS>(b1, &a, sb + 1);
-            let factors = k_factor_pair::<BITS>(b0, b1);
-            for n in 0..N {
-                let (t0, t1) =
-                    super_block_sum_pair(p0[n], c0[n], p1[n], c1[n], factors, &a[n].d[sb..]);
-                sums[n] += t0;
-                sums[n] += t1;
-            }
-            sb += 2;
-        }
-        if sb < supers {
-            prefetch_ahead(bytes, i * rb + size * sb, size);
-            let blk = &row[size * sb..];
-            let (p, c) = super_block_k::<N, BITS>(blk, &a, sb);
-            let (d, dmin) = match BITS {
-                6 => (read_f16(blk, 208), read_f16(blk, 208)),
-                _ => (read_f16(blk, 0), read_f16(blk, 2)),
-            };
-            for n in 0..N {
-                let (s1, s2) = hsum_pair_i32(p[n], c[n]);
-                sums[n] += super_block_sum(a[n].d[sb], d, dmin, s1, s2);
-            }
-        }
-        for (n, &sum) in sums.iter().enumerate() {
-            out.put(j + n, first + i, sum);
-        }
-    }
+    k_quant_rows!(
+        N,
+        BITS,
+        super_block_k::<N, BITS>,
+        bytes,
+        first,
+        acts,
+        j,
+        out
+    );
 }
 
 /// Bytes of a Q4_K (`BITS` 4), Q5_K (5) or Q6_K (6) super-block.
-const fn k_block_bytes(bits: u8) -> usize {
+pub(super) const fn k_block_bytes(bits: u8) -> usize {
     match bits {
         4 => 144,
         5 => 176,
