@@ -190,7 +190,7 @@ fn mass(weights: &[f32]) -> f64 {
     lanes.iter().sum::<f64>() + rest.iter().map(|&w| f64::from(w)).sum::<f64>()
 }
 
-/// [`mass`] of candidates' probabilities.
+/// The sum of candidates' probabilities, in order (after a cut they are few).
 fn mass_of(cands: &[(u32, f32)]) -> f64 {
     cands.iter().map(|c| f64::from(c.1)).sum()
 }
