@@ -228,10 +228,11 @@ const BUCKET_SHIFT: u32 = 19;
 
 impl Cuts {
     fn new(p: &Sampling, tempered: &[f32]) -> Cuts {
-        let finite = tempered.iter().filter(|&&x| x > f32::NEG_INFINITY).count();
         let k = p.top_k as usize;
+        // Counting the finite tokens is a pass over the vocabulary: only for top-k.
+        let cuts_k = k > 0 && k < tempered.iter().filter(|&&x| x > f32::NEG_INFINITY).count();
         Cuts {
-            top_k: (k > 0 && k < finite).then_some(k),
+            top_k: cuts_k.then_some(k),
             top_p: p.top_p,
             min_p: p.min_p,
         }
