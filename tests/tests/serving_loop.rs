@@ -245,3 +245,68 @@ fn cancel_stop_length_and_refusals_each_end_a_request_once() {
     assert_eq!(outcome.finished[&10].reason, FinishReason::Length);
     assert!(matches!(&outcome.finished[&11].reason, FinishReason::Error(e) if e.contains("busy")));
 }
+
+/// Work that waits for idle time (a new worker's KV cache being faulted in) runs only when no
+/// sequence is busy and no message waits, one step at a time, until it says it is done.
+#[test]
+fn idle_work_waits_for_the_requests_and_stops_when_done() {
+    #[derive(Debug, PartialEq)]
+    enum Event {
+        Token(u64),
+        Finished(u64),
+        Idle,
+    }
+    let mut server = server(2, 256);
+    let (sender, inbox) = std::sync::mpsc::channel();
+    for m in [
+        submit(1, prompt(3), 4, Sampling::default()),
+        submit(2, prompt(5), 3, Sampling::default()),
+    ] {
+        sender.send(m).unwrap();
+    }
+    let events = std::cell::RefCell::new(Vec::new());
+    let mut idle_steps_left = 3;
+    // Dropped when the last request ends, which closes the inbox and ends the loop (a worker
+    // whose host has gone stops at once, whatever it was doing).
+    let sender = std::cell::RefCell::new(Some(sender));
+    let mut send = |m: &Message| match m {
+        Message::Token(t) => events.borrow_mut().push(Event::Token(t.request)),
+        Message::Finished(f) => {
+            events.borrow_mut().push(Event::Finished(f.request));
+            if f.request == 3 {
+                sender.borrow_mut().take();
+            }
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    let mut idle = || {
+        events.borrow_mut().push(Event::Idle);
+        if idle_steps_left == 0 {
+            // A request arrives during the last idle step: it is served next.
+            let last = submit(3, prompt(2), 2, Sampling::default());
+            sender.borrow().as_ref().unwrap().send(last).unwrap();
+        }
+        idle_steps_left -= 1;
+        idle_steps_left >= 0
+    };
+    server.run(&inbox, &mut send, &mut idle);
+    let events = events.into_inner();
+    let first_idle = events.iter().position(|e| *e == Event::Idle).unwrap();
+    assert!(
+        events[..first_idle].contains(&Event::Finished(1))
+            && events[..first_idle].contains(&Event::Finished(2)),
+        "idle work ran before the waiting requests ended: {events:?}"
+    );
+    let idles = events.iter().filter(|e| **e == Event::Idle).count();
+    assert_eq!(idles, 4, "{events:?}");
+    let last_idle = events.iter().rposition(|e| *e == Event::Idle).unwrap();
+    assert_eq!(
+        events[last_idle + 1..]
+            .iter()
+            .filter(|e| **e == Event::Token(3))
+            .count(),
+        2,
+        "{events:?}"
+    );
+    assert_eq!(events.last(), Some(&Event::Finished(3)));
+}

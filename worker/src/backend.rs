@@ -64,4 +64,10 @@ pub trait Backend {
 
     /// Bytes of weights now held for the device (for the CPU: used in place).
     fn weights_bytes(&self) -> u64;
+
+    /// One short step of work that waits until the worker has nothing else to do (the CPU
+    /// backend faults its KV cache in this way); whether more is left.
+    fn idle_step(&mut self) -> bool {
+        false
+    }
 }

@@ -319,10 +319,13 @@ fn run(args: Args) -> Result<(), String> {
             send(&sender, &Message::Ready(attached.stats.clone()));
             // Serve until the reader ends the process; the mappings and the backend's buffers
             // stay alive under the engine.
-            let _keep = (attached, backend);
+            let mut backend = backend;
+            let _keep = attached;
             let mut reply = |m: &Message| send(&sender, m);
             match engine {
-                Some(Ok(engine)) => Server::new(engine).run(&inbox, &mut reply),
+                Some(Ok(engine)) => {
+                    Server::new(engine).run(&inbox, &mut reply, &mut || backend.idle_step())
+                }
                 Some(Err(reason)) => refuse_all(&inbox, &reason, &mut reply),
                 None => refuse_all(&inbox, "no engine", &mut reply),
             }

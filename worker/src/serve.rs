@@ -250,11 +250,32 @@ impl Server {
 
     /// Serves until the inbox closes: messages are handled between steps, and the loop sleeps
     /// on the inbox only while no sequence runs.
-    pub fn run(&mut self, inbox: &Receiver<Message>, send: &mut dyn FnMut(&Message)) {
+    /// Serves until the inbox closes. `idle` is work that waits for the worker to have nothing
+    /// to do: it does one short step and returns whether more is left. It runs only while no
+    /// sequence is busy and no message waits, and the inbox is looked at between its steps.
+    pub fn run(
+        &mut self,
+        inbox: &Receiver<Message>,
+        send: &mut dyn FnMut(&Message),
+        idle: &mut dyn FnMut() -> bool,
+    ) {
         let mut out = Vec::new();
+        let mut idle_left = true;
         loop {
             if !self.busy() {
-                match inbox.recv_timeout(Duration::from_secs(1)) {
+                let next = if idle_left {
+                    match inbox.try_recv() {
+                        Ok(m) => Ok(m),
+                        Err(TryRecvError::Empty) => {
+                            idle_left = idle();
+                            continue;
+                        }
+                        Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                    }
+                } else {
+                    inbox.recv_timeout(Duration::from_secs(1))
+                };
+                match next {
                     Ok(m) => self.handle(m, &mut out),
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => return,
