@@ -249,10 +249,10 @@ impl Server {
     }
 
     /// Serves until the inbox closes: messages are handled between steps, and the loop sleeps
-    /// on the inbox only while no sequence runs.
-    /// Serves until the inbox closes. `idle` is work that waits for the worker to have nothing
-    /// to do: it does one short step and returns whether more is left. It runs only while no
-    /// sequence is busy and no message waits, and the inbox is looked at between its steps.
+    /// on the inbox only while no sequence runs and no idle work is left. `idle` is work that
+    /// waits for the worker to have nothing to do: it does one short step and returns whether
+    /// more is left. It runs only while no sequence is busy and no message waits, and the inbox
+    /// is looked at between its steps.
     pub fn run(
         &mut self,
         inbox: &Receiver<Message>,
