@@ -432,6 +432,17 @@ fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
     let socket = dir.path("control.sock");
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap()); // leaves the file behind
     assert!(socket.exists());
+    // A test beside this one may have forked while the listener was open: its child holds the
+    // listener until it execs, and a connection made meanwhile is reset when it does (CI saw
+    // this once). Wait until nobody listens, as on a socket whose daemon died.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stale socket still listens"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let daemon = Daemon::start(&socket, DaemonOptions::default());
     assert_eq!(get(&daemon.socket, "/healthz").status, 200);
 
