@@ -51,8 +51,9 @@ pub trait Backend {
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), BackendError>;
 
-    /// Allocates the KV cache, zeroed. `progress` receives bytes as they are done: a cache of
-    /// tens of GiB takes seconds to clear.
+    /// Allocates the KV cache, zeroed. `progress` receives bytes as they are done: a device
+    /// cache of tens of GiB takes seconds to clear. (The CPU backend's comes zeroed from the
+    /// allocator and is reported at once; its `idle_step` faults it in later.)
     fn allocate_kv(
         &mut self,
         bytes: u64,
