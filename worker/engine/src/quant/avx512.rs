@@ -23,7 +23,8 @@ use std::arch::x86_64::*;
 
 use super::blocks::Unpacked;
 use super::x86::{
-    act_rows, as_bytes, block_32, hsum, k4_scales_mins, prefetch_ahead, qh32, read_f16, TILE_BYTES,
+    act_rows, as_bytes, block_32, hsum, k4_scales_mins, prefetch_ahead, qh32, read_f16, ActBlocks,
+    TILE_BYTES,
 };
 use super::{i16_pair, ActPanel, ActRow, QuantizedActs, Sink, PANEL};
 
@@ -214,7 +215,18 @@ fn finish_row<
         odd[n] = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[n])));
     }
     if blocks % 2 == 1 {
-        block_32::<SIZE, QS, QH, MIN, OFF, Q8, N>(row, a, blocks - 1, &mut even, mins);
+        let last = &row[SIZE * (blocks - 1)..SIZE * blocks];
+        // SAFETY: `last` is the row's last block, and `ActBlocks::new` checks that each
+        // activation row holds `blocks` blocks.
+        unsafe {
+            block_32::<SIZE, QS, QH, MIN, OFF, Q8, N>(
+                last.as_ptr(),
+                &ActBlocks::new(a, blocks),
+                blocks - 1,
+                &mut even,
+                mins,
+            )
+        };
     }
     let mut sums = [0f32; N];
     for n in 0..N {
