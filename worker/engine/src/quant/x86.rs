@@ -644,6 +644,19 @@ fn super_block_k<const N: usize, const BITS: u8>(
     sb: usize,
 ) -> ([__m256i; N], [__m256i; N]) {
     let blk = &blk[..k_block_bytes(BITS)];
+    // The super-block's quants and sums of each activation row, sliced once at their fixed
+    // sizes: the loads below then need no bounds checks of their own (with `a[n].qs[256·sb..]`
+    // there was one per load).
+    let quants: [&[i8; 256]; N] = std::array::from_fn(|n| {
+        a[n].qs[256 * sb..256 * sb + 256]
+            .try_into()
+            .expect("256 quants")
+    });
+    let sums: [&[i16; 16]; N] = std::array::from_fn(|n| {
+        a[n].bsums[16 * sb..16 * sb + 16]
+            .try_into()
+            .expect("16 sums")
+    });
     let mask4 = _mm256_set1_epi8(0x0f);
     let mask2 = _mm256_set1_epi8(3);
     let one = _mm256_set1_epi8(1);
@@ -709,7 +722,7 @@ fn super_block_k<const N: usize, const BITS: u8>(
             ),
         };
         for n in 0..N {
-            let x = &a[n].qs[256 * sb..];
+            let x = quants[n];
             let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(q0, load32(as_bytes(&x[at0..]))), s0);
             let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(q1, load32(as_bytes(&x[at1..]))), s1);
             isum[n] = _mm256_add_epi32(isum[n], _mm256_add_epi32(p0, p1));
@@ -717,9 +730,8 @@ fn super_block_k<const N: usize, const BITS: u8>(
     }
     let mut corrs = [_mm256_setzero_si256(); N];
     for n in 0..N {
-        let bs = &a[n].bsums[16 * sb..16 * sb + 16];
-        // SAFETY: 16 i16 in `bs`.
-        let bs = unsafe { _mm256_loadu_si256(bs.as_ptr() as *const __m256i) };
+        // SAFETY: 16 i16 in `sums[n]`.
+        let bs = unsafe { _mm256_loadu_si256(sums[n].as_ptr() as *const __m256i) };
         corrs[n] = _mm256_madd_epi16(corr, bs);
     }
     (isum, corrs)
@@ -919,24 +931,20 @@ pub(super) const PREFETCH_BYTES: usize = 2048;
 pub(super) const PREFETCH_FAR_BYTES: usize = 16384;
 
 /// Asks for the cache lines of the `len` bytes [`PREFETCH_BYTES`] after `bytes[at]` into the
-/// L1 cache, and of those [`PREFETCH_FAR_BYTES`] after it into the outer caches (clamped to
-/// `bytes`): a decode kernel about to read `bytes[at..at + len]` calls it.
+/// L1 cache, and of those [`PREFETCH_FAR_BYTES`] after it into the outer caches: a decode
+/// kernel about to read `bytes[at..at + len]` calls it. Near the end of `bytes` it asks for
+/// lines past it, which costs nothing: a prefetch reads nothing into the program and never
+/// faults. (Clamped to `bytes`, the requests for a pair of Q4_K super-blocks were two loops
+/// with their bounds, a tenth of the kernel's instructions.)
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(super) fn prefetch_ahead(bytes: &[u8], at: usize, len: usize) {
-    let near = at + PREFETCH_BYTES;
-    let mut p = near;
-    while p < (near + len).min(bytes.len()) {
-        // SAFETY: p < bytes.len(); a prefetch reads nothing and cannot fault.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(p) as *const i8) };
-        p += 64;
-    }
-    let far = at + PREFETCH_FAR_BYTES;
-    let mut p = far;
-    while p < (far + len).min(bytes.len()) {
-        // SAFETY: as above.
-        unsafe { _mm_prefetch::<_MM_HINT_T2>(bytes.as_ptr().add(p) as *const i8) };
-        p += 64;
+    let base = bytes.as_ptr().wrapping_add(at);
+    let mut line = 0;
+    while line < len {
+        _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH_BYTES + line) as *const i8);
+        _mm_prefetch::<_MM_HINT_T2>(base.wrapping_add(PREFETCH_FAR_BYTES + line) as *const i8);
+        line += 64;
     }
 }
 
