@@ -89,7 +89,7 @@ const ASSUMED_THREADS: u64 = 4;
 /// Scratch the engine (`modelhost-engine`) allocates to run blocks, as it sizes it: f32
 /// activations for one batch of tokens (the residual stream, its normed copy, Q, K, V, the
 /// attention output, a projection, and the feed-forward's gate and up), the batch quantized to
-/// 8 bits for each activation format (and the per-256 one again in panels), per-thread attention and weight-row buffers, and rope
+/// 8 bits for each activation format (and both again in panels), per-thread attention and weight-row buffers, and rope
 /// tables. `worker/tests` holds the engine's real allocation to this within 10%.
 pub(crate) fn block_scratch(manifest: &ModelManifest, options: &PlanOptions, context: u64) -> u64 {
     let h = &manifest.hyper_params;
@@ -109,10 +109,13 @@ pub(crate) fn block_scratch(manifest: &ModelManifest, options: &PlanOptions, con
     // Both 8-bit formats (per 32 and per 256 values), each with factors and sums per 16.
     let quantized =
         batch * (widest + widest / 8 + widest / 8) + batch * (widest + widest / 64 + widest / 8);
-    // For a batch of more than four, the per-256 format again in panels of 16 rows (the
-    // AVX-512 VNNI prompt kernel's layout), with its sums per 16 and per 32 in i16 pairs.
+    // For a batch of more than four, both formats again in panels for the prompt kernels:
+    // the per-256 one in panels of 16 rows (AVX-512 VNNI) with its sums per 16 and per 32 in
+    // i16 pairs, the per-32 one in panels of 8 (AVX2), plain and plus 128, with its sums per
+    // 16 in pairs and its factors.
     let panel = if batch > 4 {
         batch.div_ceil(16) * 16 * (widest + widest / 8 + widest / 16 + widest / 64)
+            + batch.div_ceil(8) * 8 * (2 * widest + widest / 8 + widest / 8)
     } else {
         0
     };

@@ -244,6 +244,52 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A prompt's rows against the 32-weight formats (more than four activation rows: the
+    /// AVX2 panel kernel where AVX2 is the best the CPU has) give the bits each row gets
+    /// alone (one activation row: the register kernel), for odd and even numbers of blocks,
+    /// panels cut short, and Q8_0 quants of any byte.
+    #[test]
+    fn prompt_rows_give_the_bits_of_one_row_alone(
+        seed in any::<u64>(),
+        blocks in 1usize..10,
+        rows in 1usize..7,
+        acts_rows in 5usize..30,
+        which in 0usize..5,
+        raw_q8 in any::<bool>(),
+    ) {
+        let format = [
+            WeightFormat::Q8_0,
+            WeightFormat::Q4_0,
+            WeightFormat::Q4_1,
+            WeightFormat::Q5_0,
+            WeightFormat::Q5_1,
+        ][which];
+        let n = 32 * blocks;
+        let mut rng = Rng(seed);
+        let mut w: Vec<u8> = (0..rows).flat_map(|_| weights(format, n, &mut rng)).collect();
+        if raw_q8 && format == WeightFormat::Q8_0 {
+            for block in w.chunks_exact_mut(34) {
+                block[2..].iter_mut().for_each(|b| *b = rng.next() as u8);
+            }
+        }
+        let x: Vec<f32> = (0..acts_rows * n).map(|_| rng.normal() * 3.0).collect();
+        let mut q = QuantizedActs::new(format.activation());
+        q.quantize(&x, acts_rows, n);
+        let kernels = modelhost_engine::simd::kernels_in_use();
+        let together = all_dots(kernels, format, &w, n, rows, &q);
+        let mut alone = Vec::new();
+        for j in 0..acts_rows {
+            let mut one = QuantizedActs::new(format.activation());
+            one.quantize(&x[j * n..(j + 1) * n], 1, n);
+            alone.extend(all_dots(kernels, format, &w, n, rows, &one));
+        }
+        prop_assert_eq!(together, alone, "{:?} with {:?}, {} blocks, {} rows, {} activation rows", format, kernels, blocks, rows, acts_rows);
+    }
+}
+
 /// Every dot product of `rows` weight rows with `acts_rows` activation rows, by `kernels`.
 fn all_dots(
     kernels: Kernels,

@@ -220,16 +220,21 @@ pub struct QuantizedActs {
     /// with signed weights and take 128·Σw off once per weight block, where the quants
     /// themselves would need the weights' signs moved onto them for every activation row.
     pub biased: Vec<u8>,
-    /// For `Q8x256` with more than [`PANEL_MIN_ROWS`] rows where the AVX-512 VNNI kernels run
-    /// (a prompt against K-quant weights): the rows again, in panels of [`PANEL`] rows laid out
-    /// for `vpdpbusd`, so that one register holds four quants of each of sixteen rows and a
-    /// weight's four bytes, broadcast, multiply all sixteen at once. Rows past the last are
-    /// zeros. Empty otherwise.
+    /// The rows again, in panels of [`ActPanel::lanes`] rows, for more than
+    /// [`PANEL_MIN_ROWS`] rows (a prompt) where a panel kernel runs: `Q8x256` where the
+    /// AVX-512 VNNI kernels run (against K-quant weights; panels of [`PANEL`]), `Q8x32` where
+    /// the AVX2 ones do (against the 32-weight formats; panels of [`PANEL_AVX2`]). One
+    /// register then holds four quants of each of the panel's rows, and a weight's four
+    /// bytes, broadcast, multiply them all at once. Rows past the last are zeros. Empty
+    /// otherwise.
     pub panel: ActPanel,
 }
 
-/// Rows in an activation panel: the lanes of one 512-bit register of i32.
+/// Rows in a `Q8x256` activation panel: the lanes of one 512-bit register of i32.
 pub const PANEL: usize = 16;
+
+/// Rows in a `Q8x32` activation panel: the lanes of one 256-bit register of i32.
+pub const PANEL_AVX2: usize = 8;
 
 /// Decoding (up to four activation rows) takes the register kernels, which need no panel.
 pub const PANEL_MIN_ROWS: usize = 4;
@@ -239,82 +244,130 @@ pub(crate) fn i16_pair(lo: i16, hi: i16) -> i32 {
     i32::from(lo as u16) | (i32::from(hi) << 16)
 }
 
-/// Activation rows in panels of [`PANEL`] (see [`QuantizedActs::panel`]). For panel `p` of
-/// rows `16p..16p + 16`:
-/// - `qs[(p·k/4 + g)·64 + 4·lane + i]` is quant `4g + i` of row `16p + lane`;
-/// - `pairs16[(p·k/32 + j)·16 + lane]` holds that row's sums of quants `32j..32j + 16` (low
+/// Activation rows in panels of `L` rows (see [`QuantizedActs::panel`]; `L` is [`PANEL`] for
+/// `Q8x256`, [`PANEL_AVX2`] for `Q8x32`). For panel `p` of rows `Lp..Lp + L`:
+/// - `qs[(p·k/4 + g)·4L + 4·lane + i]` is quant `4g + i` of row `Lp + lane`;
+/// - `biased` holds the same quants plus 128 as unsigned bytes (`Q8x32` only);
+/// - `pairs16[(p·k/32 + j)·L + lane]` holds that row's sums of quants `32j..32j + 16` (low
 ///   i16) and `32j + 16..32j + 32` (high i16);
-/// - `pairs32[(p·k/64 + j)·16 + lane]` its sums of quants `64j..64j + 32` and
-///   `64j + 32..64j + 64`, likewise;
-/// - `d[(p·k/256 + s)·16 + lane]` is its factor for super-block `s`.
+/// - `pairs32[(p·k/64 + j)·L + lane]` its sums of quants `64j..64j + 32` and
+///   `64j + 32..64j + 64`, likewise (`Q8x256` only);
+/// - `d[(p·k/B + s)·L + lane]` is its factor for block `s`, `B` the format's block (256 or
+///   32).
 ///
-/// The sums go in i16 pairs so that `vpdpwssd` multiplies two groups' sums by their
-/// offsets in one instruction (|sum| ≤ 64 · 127 fits).
 #[derive(Debug, Clone, Default)]
 pub struct ActPanel {
+    /// Rows per panel, as last built.
+    pub lanes: usize,
     pub qs: Vec<i8>,
+    pub biased: Vec<u8>,
     pub pairs16: Vec<i32>,
     pub pairs32: Vec<i32>,
     pub d: Vec<f32>,
 }
 
 impl ActPanel {
-    /// Bytes held for `rows` rows of `k` values.
-    pub fn bytes_for(rows: usize, k: usize) -> usize {
-        if rows <= PANEL_MIN_ROWS {
-            return 0;
+    /// Rows per panel for `format`.
+    pub fn lanes_for(format: ActFormat) -> usize {
+        if format == ActFormat::Q8x32 {
+            PANEL_AVX2
+        } else {
+            PANEL
         }
-        let padded = rows.div_ceil(PANEL) * PANEL;
-        padded * (k + k / 32 * 4 + k / 64 * 4 + k / 256 * 4)
     }
 
-    fn reserve(&mut self, rows: usize, k: usize) {
-        if rows > PANEL_MIN_ROWS {
-            let padded = rows.div_ceil(PANEL) * PANEL;
+    /// Bytes held for `rows` rows of `k` values in `format`.
+    pub fn bytes_for(format: ActFormat, rows: usize, k: usize) -> usize {
+        if rows <= PANEL_MIN_ROWS || format == ActFormat::F32 {
+            return 0;
+        }
+        let lanes = Self::lanes_for(format);
+        let padded = rows.div_ceil(lanes) * lanes;
+        let (biased, per_64) = if format == ActFormat::Q8x32 {
+            (k, 0)
+        } else {
+            (0, 4)
+        };
+        padded * (k + biased + k / 32 * 4 + k / 64 * per_64 + k / format.block() * 4)
+    }
+
+    fn reserve(&mut self, format: ActFormat, rows: usize, k: usize) {
+        if rows > PANEL_MIN_ROWS && format != ActFormat::F32 {
+            let lanes = Self::lanes_for(format);
+            let padded = rows.div_ceil(lanes) * lanes;
             self.qs.reserve_exact(padded * k);
             self.pairs16.reserve_exact(padded * k / 32);
-            self.pairs32.reserve_exact(padded * k / 64);
-            self.d.reserve_exact(padded * k / 256);
+            if format == ActFormat::Q8x256 {
+                self.pairs32.reserve_exact(padded * k / 64);
+            } else {
+                self.biased.reserve_exact(padded * k);
+            }
+            self.d.reserve_exact(padded * k / format.block());
         }
     }
 
     /// Lays out `rows` rows of `k` quants (`qs`), their sums per 16 (in pairs, and per 32 in
-    /// pairs) and factors per 256.
-    fn build(&mut self, qs: &[i8], bsums: &[i16], d: &[f32], rows: usize, k: usize) {
-        let panels = rows.div_ceil(PANEL);
+    /// pairs for `Q8x256`) and factors per block of `format`.
+    fn build(
+        &mut self,
+        format: ActFormat,
+        qs: &[i8],
+        bsums: &[i16],
+        d: &[f32],
+        rows: usize,
+        k: usize,
+    ) {
+        let lanes = Self::lanes_for(format);
+        self.lanes = lanes;
+        let panels = rows.div_ceil(lanes);
+        let block = format.block();
+        let wide_pairs = format == ActFormat::Q8x256;
         self.qs.clear();
-        self.qs.resize(panels * PANEL * k, 0);
+        self.qs.resize(panels * lanes * k, 0);
         self.pairs16.clear();
-        self.pairs16.resize(panels * PANEL * k / 32, 0);
+        self.pairs16.resize(panels * lanes * k / 32, 0);
         self.pairs32.clear();
-        self.pairs32.resize(panels * PANEL * k / 64, 0);
+        if wide_pairs {
+            self.pairs32.resize(panels * lanes * k / 64, 0);
+        }
         self.d.clear();
-        self.d.resize(panels * PANEL * k / 256, 0.0);
+        self.d.resize(panels * lanes * k / block, 0.0);
         for row in 0..rows {
-            let (p, lane) = (row / PANEL, row % PANEL);
+            let (p, lane) = (row / lanes, row % lanes);
             let src = &qs[row * k..(row + 1) * k];
-            let base = p * PANEL * k;
+            let base = p * lanes * k;
             for (g, four) in src.chunks_exact(4).enumerate() {
-                let at = base + 64 * g + 4 * lane;
+                let at = base + 4 * lanes * g + 4 * lane;
                 self.qs[at..at + 4].copy_from_slice(four);
             }
             let sums = &bsums[row * k / 16..(row + 1) * k / 16];
             for (j, two) in sums.chunks_exact(2).enumerate() {
-                self.pairs16[(p * k / 32 + j) * PANEL + lane] = i16_pair(two[0], two[1]);
+                self.pairs16[(p * k / 32 + j) * lanes + lane] = i16_pair(two[0], two[1]);
             }
-            // |a + b| ≤ 32 · 127: no i16 overflows.
-            for (j, four) in sums.chunks_exact(4).enumerate() {
-                self.pairs32[(p * k / 64 + j) * PANEL + lane] =
-                    i16_pair(four[0] + four[1], four[2] + four[3]);
+            if wide_pairs {
+                // |a + b| ≤ 32 · 127: no i16 overflows.
+                for (j, four) in sums.chunks_exact(4).enumerate() {
+                    self.pairs32[(p * k / 64 + j) * lanes + lane] =
+                        i16_pair(four[0] + four[1], four[2] + four[3]);
+                }
             }
-            for (s, &f) in d[row * k / 256..(row + 1) * k / 256].iter().enumerate() {
-                self.d[(p * k / 256 + s) * PANEL + lane] = f;
+            for (s, &f) in d[row * k / block..(row + 1) * k / block].iter().enumerate() {
+                self.d[(p * k / block + s) * lanes + lane] = f;
+            }
+        }
+        self.biased.clear();
+        if !wide_pairs {
+            // A plain loop over two slices of one length, which compiles to vector XORs.
+            self.biased.resize(self.qs.len(), 0);
+            for (b, &q) in self.biased.iter_mut().zip(self.qs.iter()) {
+                *b = (q as u8) ^ 0x80;
             }
         }
     }
 
     fn clear(&mut self) {
         self.qs.clear();
+        self.biased.clear();
         self.pairs16.clear();
         self.pairs32.clear();
         self.d.clear();
@@ -417,9 +470,8 @@ impl QuantizedActs {
                 self.bsums.reserve_exact(rows * k / 16);
                 if f == ActFormat::Q8x32 {
                     self.biased.reserve_exact(rows * k);
-                } else {
-                    self.panel.reserve(rows, k);
                 }
+                self.panel.reserve(f, rows, k);
             }
         }
         Self::bytes_for(self.format, rows, k)
@@ -429,9 +481,13 @@ impl QuantizedActs {
     pub fn bytes_for(format: ActFormat, rows: usize, k: usize) -> usize {
         match format {
             ActFormat::F32 => rows * k * 4,
-            ActFormat::Q8x32 => rows * (2 * k + k / format.block() * 4 + k / 16 * 2),
+            ActFormat::Q8x32 => {
+                rows * (2 * k + k / format.block() * 4 + k / 16 * 2)
+                    + ActPanel::bytes_for(format, rows, k)
+            }
             ActFormat::Q8x256 => {
-                rows * (k + k / format.block() * 4 + k / 16 * 2) + ActPanel::bytes_for(rows, k)
+                rows * (k + k / format.block() * 4 + k / 16 * 2)
+                    + ActPanel::bytes_for(format, rows, k)
             }
         }
     }
@@ -447,12 +503,19 @@ impl QuantizedActs {
 
     /// Builds [`QuantizedActs::panel`] where the kernels in use will read it.
     fn lay_out_panel(&mut self) {
-        let wanted = self.format == ActFormat::Q8x256
-            && self.rows > PANEL_MIN_ROWS
-            && crate::simd::kernels_in_use() >= Kernels::Avx512Vnni;
+        let kernels = crate::simd::kernels_in_use();
+        let wanted = self.rows > PANEL_MIN_ROWS
+            && match self.format {
+                ActFormat::Q8x256 => kernels >= Kernels::Avx512Vnni,
+                // The AVX-512 kernels take the 32-weight formats in tiles of their own.
+                ActFormat::Q8x32 => kernels == Kernels::Avx2,
+                ActFormat::F32 => false,
+            };
         if wanted {
             let (rows, k) = (self.rows, self.k);
-            self.panel.build(&self.qs, &self.bsums, &self.d, rows, k);
+            let format = self.format;
+            self.panel
+                .build(format, &self.qs, &self.bsums, &self.d, rows, k);
         } else {
             self.panel.clear();
         }

@@ -111,6 +111,9 @@ pub unsafe fn rows(
             return true;
         }
     }
+    if acts.rows > 4 && rows_32_panels(format, bytes, first, acts, out) {
+        return true;
+    }
     // With many activation rows (a prompt), the weight rows go in tiles small enough to stay
     // in the L1 cache while every group of activation rows passes over them.
     let tile = if acts.rows > 4 {
@@ -330,6 +333,26 @@ unsafe fn rows_32_tiled_wide(
     true
 }
 
+/// The 32-weight formats against a prompt's panels ([`rows_32_panel`]); `false` for another
+/// format, or where the activations have no panel.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rows_32_panels(
+    format: WeightFormat,
+    bytes: &[u8],
+    first: usize,
+    acts: &super::QuantizedActs,
+    out: &Sink,
+) -> bool {
+    match format {
+        WeightFormat::Q8_0 => rows_32_panel::<34, 2, 0, 0, 0, true>(bytes, first, acts, out),
+        WeightFormat::Q4_0 => rows_32_panel::<18, 2, 0, 0, 8, false>(bytes, first, acts, out),
+        WeightFormat::Q4_1 => rows_32_panel::<20, 4, 0, 2, 0, false>(bytes, first, acts, out),
+        WeightFormat::Q5_0 => rows_32_panel::<22, 6, 2, 0, 16, false>(bytes, first, acts, out),
+        WeightFormat::Q5_1 => rows_32_panel::<24, 8, 4, 2, 0, false>(bytes, first, acts, out),
+        _ => false,
+    }
+}
+
 /// The activation rows `j..j + N`.
 /// Rows `at..at + N` of a tile of activation rows.
 #[inline]
@@ -477,30 +500,13 @@ pub(super) unsafe fn block_32<
 ) {
     // SAFETY (every read of this function): within the block and the activation rows' block
     // `b`, by the caller's promise.
-    let q = if Q8 {
-        unsafe { _mm256_loadu_si256(blk.add(2) as *const __m256i) }
-    } else {
-        let v = unsafe { _mm_loadu_si128(blk.add(QS) as *const __m128i) };
-        let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
-        let q = _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
-        if QH != 0 {
-            let bits = unsafe { (blk.add(QH) as *const u32).read_unaligned() };
-            _mm256_or_si256(q, fifth_bits_32(bits))
-        } else {
-            q
-        }
-    };
+    let q = unsafe { block_quants::<QS, QH, OFF, Q8>(blk) };
     // Signed weights (Q8_0's, and the quants of the formats without a min less their offset)
     // take the sign trick: |w| once per block, the activations' signs flipped by w per row.
     // The formats with a min multiply their unsigned quants directly. (Taking OFF·Σx out of an
     // unsigned product instead costs a vector subtraction and four scalar operations per
     // activation row: measured 20 to 25% slower on prompts, where four rows share a block.)
     let signed = Q8 || OFF != 0;
-    let q = if OFF != 0 {
-        _mm256_sub_epi8(q, _mm256_set1_epi8(OFF))
-    } else {
-        q
-    };
     let wabs = if signed { _mm256_sign_epi8(q, q) } else { q };
     let f16 = |at: usize| unsafe { (blk.add(at) as *const u16).read_unaligned() };
     // The factor in every lane, so that each row's `dw · da` is one vector multiply (the
@@ -527,6 +533,316 @@ pub(super) unsafe fn block_32<
             mins[n] += m * da * (f32::from(s0) + f32::from(s1));
         }
     }
+}
+
+/// The 32 weights of a 32-weight block (`blk` points at it) as bytes: Q8_0's signed quants,
+/// the 4- and 5-bit quants less `OFF` where the format has no min (signed), or as they are
+/// where it has one (unsigned).
+///
+/// # Safety
+/// `blk` points at a whole block of the format.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn block_quants<const QS: usize, const QH: usize, const OFF: i8, const Q8: bool>(
+    blk: *const u8,
+) -> __m256i {
+    // SAFETY (every read): within the block, by the caller's promise.
+    let q = if Q8 {
+        unsafe { _mm256_loadu_si256(blk.add(2) as *const __m256i) }
+    } else {
+        let v = unsafe { _mm_loadu_si128(blk.add(QS) as *const __m128i) };
+        let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
+        let q = _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+        if QH != 0 {
+            let bits = unsafe { (blk.add(QH) as *const u32).read_unaligned() };
+            _mm256_or_si256(q, fifth_bits_32(bits))
+        } else {
+            q
+        }
+    };
+    if OFF != 0 {
+        _mm256_sub_epi8(q, _mm256_set1_epi8(OFF))
+    } else {
+        q
+    }
+}
+
+/// How [`rows_32_panel`] multiplies a format's weights with a panel's activations, in
+/// `vpmaddubsw`'s unsigned-by-signed bytes, to the exact sums of four products.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PanelProducts {
+    /// Q8_0: the weights' magnitudes by the activations with the weights' signs (the sign
+    /// trick of [`block_32`]).
+    Signs,
+    /// Q4_0, Q5_0: the activations plus 128 by the signed weights, less 128 times the four
+    /// weights' sum. `vpsignb` took a third of the kernel's time on a Zen 3; this costs a
+    /// `vpsubd`. (Q8_0's weights are too wide for it: two products can pass an i16.)
+    Biased,
+    /// Q4_1, Q5_1: the unsigned quants by the activations.
+    Unsigned,
+}
+
+impl PanelProducts {
+    const fn of(q8: bool, off: i8) -> PanelProducts {
+        if q8 {
+            PanelProducts::Signs
+        } else if off != 0 {
+            PanelProducts::Biased
+        } else {
+            PanelProducts::Unsigned
+        }
+    }
+}
+
+/// One weight row of a 32-weight format made ready for [`rows_32_panel`], per four weights
+/// `g`: the bytes it multiplies ([`PanelProducts`]: magnitudes, signed weights or unsigned
+/// quants), the weights' signs (`Signs`) or 128 times the four weights' sum (`Biased`); per
+/// block its factor and min as f32.
+#[derive(Default)]
+struct PanelRow32 {
+    weights: Vec<u8>,
+    signs: Vec<i8>,
+    offsets: Vec<i32>,
+    d: Vec<f32>,
+    m: Vec<f32>,
+}
+
+impl PanelRow32 {
+    /// Unpacks `row`, whole blocks of the format, once for every panel it meets.
+    #[target_feature(enable = "avx2,f16c")]
+    fn fill<
+        const SIZE: usize,
+        const QS: usize,
+        const QH: usize,
+        const MIN: usize,
+        const OFF: i8,
+        const Q8: bool,
+    >(
+        &mut self,
+        row: &[u8],
+    ) {
+        let blocks = row.len() / SIZE;
+        let products = PanelProducts::of(Q8, OFF);
+        self.weights.resize(32 * blocks, 0);
+        self.signs.resize(32 * blocks, 0);
+        self.offsets.resize(8 * blocks, 0);
+        self.d.resize(blocks, 0.0);
+        self.m.resize(blocks, 0.0);
+        for (b, blk) in row.chunks_exact(SIZE).enumerate() {
+            // SAFETY: `blk` is a whole block.
+            let q = unsafe { block_quants::<QS, QH, OFF, Q8>(blk.as_ptr()) };
+            let weights = match products {
+                PanelProducts::Signs => _mm256_sign_epi8(q, q),
+                _ => q,
+            };
+            // SAFETY: 32 bytes at 32b of vectors of 32 · blocks.
+            unsafe {
+                _mm256_storeu_si256(
+                    self.weights.as_mut_ptr().add(32 * b) as *mut __m256i,
+                    weights,
+                );
+                _mm256_storeu_si256(self.signs.as_mut_ptr().add(32 * b) as *mut __m256i, q);
+            }
+            if products == PanelProducts::Biased {
+                // 128 · the sum of each four weights, as `vpmaddubsw` then `vpmaddwd` by
+                // ones sum them: the lanes' order is the weights'.
+                let sums = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(_mm256_set1_epi8(1), q),
+                    _mm256_set1_epi16(1),
+                );
+                // SAFETY: 8 i32 at 8b of 8 · blocks.
+                unsafe {
+                    _mm256_storeu_si256(
+                        self.offsets.as_mut_ptr().add(8 * b) as *mut __m256i,
+                        _mm256_slli_epi32::<7>(sums),
+                    )
+                };
+            }
+            self.d[b] = read_f16(blk, 0);
+            self.m[b] = if MIN != 0 { read_f16(blk, MIN) } else { 0.0 };
+        }
+    }
+}
+
+/// Weight rows unpacked together by [`rows_32_panel`], so that each panel's activations,
+/// read once from the L2 cache, serve all of them from L1.
+const BAND_32: usize = 4;
+
+/// The 32-weight formats against a prompt's activation panels (`Q8x32` in
+/// [`QuantizedActs::panel`](super::QuantizedActs::panel)), where the AVX2 kernels run: a band
+/// of weight rows is unpacked once ([`PanelRow32`]), then meets the panels, one register lane
+/// per activation row. For each four weights, broadcast, one `vpmaddubsw` and one
+/// `vpmaddwd` give the four products' sum for eight rows at once, where [`rows_32`] unpacks
+/// a block again for every four rows and takes the same two instructions per row. The
+/// float operations are [`rows_32`]'s, lane by lane and in its order (the even and the odd
+/// blocks' accumulators, their horizontal sum, the mins), so the results are its bits.
+/// `false` where the panel is missing.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rows_32_panel<
+    const SIZE: usize,
+    const QS: usize,
+    const QH: usize,
+    const MIN: usize,
+    const OFF: i8,
+    const Q8: bool,
+>(
+    bytes: &[u8],
+    first: usize,
+    acts: &super::QuantizedActs,
+    out: &Sink,
+) -> bool {
+    let k = acts.k;
+    let blocks = k / 32;
+    let panel = &acts.panel;
+    let lanes = super::PANEL_AVX2;
+    let panels = acts.rows.div_ceil(lanes);
+    let size = panels * lanes * k;
+    if blocks == 0
+        || acts.format != super::ActFormat::Q8x32
+        || panel.lanes != lanes
+        || panel.qs.len() != size
+        || panel.biased.len() != size
+        || panel.d.len() != size / 32
+        || panel.pairs16.len() != size / 32
+    {
+        return false;
+    }
+    let products = PanelProducts::of(Q8, OFF);
+    let x = match products {
+        PanelProducts::Biased => panel.biased.as_ptr(),
+        _ => panel.qs.as_ptr() as *const u8,
+    };
+    let rb = blocks * SIZE;
+    let all = bytes.len() / rb;
+    let mut band: [PanelRow32; BAND_32] = Default::default();
+    let mut r0 = 0;
+    while r0 < all {
+        let n = (all - r0).min(BAND_32);
+        for (t, w) in band.iter_mut().enumerate().take(n) {
+            w.fill::<SIZE, QS, QH, MIN, OFF, Q8>(&bytes[(r0 + t) * rb..(r0 + t + 1) * rb]);
+        }
+        for p in 0..panels {
+            let at = p * lanes * blocks;
+            let rows = (acts.rows - p * lanes).min(lanes);
+            for (t, w) in band.iter().enumerate().take(n) {
+                // SAFETY: the panel holds `panels` panels of `k` quants, `blocks` factors and
+                // pairs of sums (checked above); `w` holds `blocks` blocks.
+                let sums = unsafe {
+                    let (x, d) = (x.add(p * lanes * k), panel.d.as_ptr().add(at));
+                    let even = panel_pass_32(w, x, d, blocks, 0, products);
+                    let odd = panel_pass_32(w, x, d, blocks, 1, products);
+                    let sums = lane_sums(&even, &odd);
+                    if MIN != 0 {
+                        let pairs = panel.pairs16.as_ptr().add(at);
+                        _mm256_add_ps(sums, panel_mins(w, pairs, d, blocks))
+                    } else {
+                        sums
+                    }
+                };
+                let mut values = [0f32; 8];
+                // SAFETY: 8 f32 into `values`.
+                unsafe { _mm256_storeu_ps(values.as_mut_ptr(), sums) };
+                for (lane, &v) in values.iter().enumerate().take(rows) {
+                    out.put(lanes * p + lane, first + r0 + t, v);
+                }
+            }
+        }
+        r0 += n;
+    }
+    true
+}
+
+/// One parity of [`rows_32`]'s accumulators for a panel's eight activation rows: blocks
+/// `start`, `start + 2`, ... of `w` against the panel's quants at `x` (four of each row for
+/// group `g` at `32g`, biased for `Biased` products) with the rows' factors at `d` (block
+/// `b`'s at `8b`). Element `i` holds, for each row, what lane `i` of that row's accumulator
+/// holds in [`rows_32`].
+///
+/// # Safety
+/// `x` and `d` point into a panel of `blocks` blocks as above, and `w` holds `blocks` blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panel_pass_32(
+    w: &PanelRow32,
+    x: *const u8,
+    d: *const f32,
+    blocks: usize,
+    start: usize,
+    products: PanelProducts,
+) -> [__m256; 8] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let (weights, signs, offsets) = (w.weights.as_ptr(), w.signs.as_ptr(), w.offsets.as_ptr());
+    let mut b = start;
+    while b < blocks {
+        // SAFETY (every read): b < blocks, within `w` and the panel by the caller's promise.
+        // Each row's `dw · da`, as in `block_32`.
+        let scale = unsafe { _mm256_mul_ps(_mm256_set1_ps(w.d[b]), _mm256_loadu_ps(d.add(8 * b))) };
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let g = 8 * b + i;
+            let (xv, wv) = unsafe {
+                (
+                    _mm256_loadu_si256(x.add(32 * g) as *const __m256i),
+                    _mm256_set1_epi32((weights.add(4 * g) as *const i32).read_unaligned()),
+                )
+            };
+            let p = match products {
+                PanelProducts::Signs => {
+                    let sign = unsafe { (signs.add(4 * g) as *const i32).read_unaligned() };
+                    let p = _mm256_maddubs_epi16(wv, _mm256_sign_epi8(xv, _mm256_set1_epi32(sign)));
+                    _mm256_madd_epi16(p, ones)
+                }
+                PanelProducts::Biased => {
+                    let offset = _mm256_set1_epi32(unsafe { *offsets.add(g) });
+                    _mm256_sub_epi32(
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(xv, wv), ones),
+                        offset,
+                    )
+                }
+                PanelProducts::Unsigned => _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones),
+            };
+            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), *acc);
+        }
+        b += 2;
+    }
+    acc
+}
+
+/// [`hsum`] of `even[lane] + odd[lane]` over the eight lanes, for each of eight rows at once
+/// (element `i` of each input holds lane `i`): the same additions in the same order.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn lane_sums(even: &[__m256; 8], odd: &[__m256; 8]) -> __m256 {
+    let v: [__m256; 8] = std::array::from_fn(|i| _mm256_add_ps(even[i], odd[i]));
+    let s: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(v[i], v[i + 4]));
+    _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]))
+}
+
+/// [`block_32`]'s mins for a panel's eight rows: over the blocks in order, `m · da · (s0 +
+/// s1)` with the rows' sums per 16 in i16 pairs at `pairs` (block `b`'s at `8b`) and factors
+/// at `d`.
+///
+/// # Safety
+/// As for [`panel_pass_32`], with `pairs` beside `d`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panel_mins(w: &PanelRow32, pairs: *const i32, d: *const f32, blocks: usize) -> __m256 {
+    let mut mins = _mm256_setzero_ps();
+    for b in 0..blocks {
+        // SAFETY: b < blocks, within the panel by the caller's promise.
+        let (pair, da) = unsafe {
+            (
+                _mm256_loadu_si256(pairs.add(8 * b) as *const __m256i),
+                _mm256_loadu_ps(d.add(8 * b)),
+            )
+        };
+        let low = _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(pair));
+        let high = _mm256_srai_epi32::<16>(pair);
+        let sum = _mm256_add_ps(_mm256_cvtepi32_ps(low), _mm256_cvtepi32_ps(high));
+        let t = _mm256_mul_ps(_mm256_set1_ps(w.m[b]), da);
+        mins = _mm256_add_ps(mins, _mm256_mul_ps(t, sum));
+    }
+    mins
 }
 
 /// The row loop of the K-quant decode kernels, for `$n` activation rows of `$bits`-bit
