@@ -198,6 +198,7 @@ proptest! {
         acts_rows in 1usize..40,
         which in 0usize..3,
         extreme in any::<bool>(),
+        same_sign in any::<bool>(),
     ) {
         let format = [WeightFormat::Q4K, WeightFormat::Q5K, WeightFormat::Q6K][which];
         let n = 256 * blocks;
@@ -219,8 +220,10 @@ proptest! {
                 }
             }
         }
+        // Extreme activations of one sign make the largest sums of products a kernel holds
+        // (those that would pass an i16 if summed too long); of both signs, others.
         let x: Vec<f32> = (0..acts_rows * n)
-            .map(|i| if extreme { if i % 3 == 0 { 50.0 } else { -50.0 } } else { rng.normal() * 3.0 })
+            .map(|i| if extreme { if same_sign || i % 3 == 0 { 50.0 } else { -50.0 } } else { rng.normal() * 3.0 })
             .collect();
         let mut q = QuantizedActs::new(format.activation());
         q.quantize(&x, acts_rows, n);

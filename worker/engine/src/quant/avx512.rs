@@ -615,7 +615,11 @@ pub(super) fn rows_k_panel<const SUB: usize>(
     let k = acts.k;
     let panels = acts.rows.div_ceil(PANEL);
     let panel = &acts.panel;
-    if k == 0 || !k.is_multiple_of(256) || panel.qs.len() != panels * PANEL * k {
+    if k == 0
+        || !k.is_multiple_of(256)
+        || panel.lanes != PANEL
+        || panel.qs.len() != panels * PANEL * k
+    {
         return false;
     }
     let rb = format.row_bytes(k);

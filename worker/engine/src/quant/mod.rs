@@ -221,9 +221,9 @@ pub struct QuantizedActs {
     /// themselves would need the weights' signs moved onto them for every activation row.
     pub biased: Vec<u8>,
     /// The rows again, in panels of [`ActPanel::lanes`] rows, for more than
-    /// [`PANEL_MIN_ROWS`] rows (a prompt) where a panel kernel runs: `Q8x256` where the
-    /// AVX-512 VNNI kernels run (against K-quant weights; panels of [`PANEL`]), `Q8x32` where
-    /// the AVX2 ones do (against the 32-weight formats; panels of [`PANEL_AVX2`]). One
+    /// [`PANEL_MIN_ROWS`] rows (a prompt) where a panel kernel runs: `Q8x256` against K-quant
+    /// weights (panels of [`PANEL`] for the AVX-512 VNNI kernels, of [`PANEL_AVX2`] for the
+    /// AVX2 ones), `Q8x32` against the 32-weight formats where the AVX2 kernels run. One
     /// register then holds four quants of each of the panel's rows, and a weight's four
     /// bytes, broadcast, multiply them all at once. Rows past the last are zeros. Empty
     /// otherwise.
@@ -267,12 +267,13 @@ pub struct ActPanel {
 }
 
 impl ActPanel {
-    /// Rows per panel for `format`.
-    pub fn lanes_for(format: ActFormat) -> usize {
-        if format == ActFormat::Q8x32 {
-            PANEL_AVX2
-        } else {
+    /// Rows per panel for `format` where `kernels` run: a register's i32 lanes, 16 for the
+    /// AVX-512 VNNI kernels (`Q8x256` only), 8 for the AVX2 ones.
+    pub fn lanes_for(format: ActFormat, kernels: Kernels) -> usize {
+        if format == ActFormat::Q8x256 && kernels >= Kernels::Avx512Vnni {
             PANEL
+        } else {
+            PANEL_AVX2
         }
     }
 
@@ -281,7 +282,8 @@ impl ActPanel {
         if rows <= PANEL_MIN_ROWS || format == ActFormat::F32 {
             return 0;
         }
-        let lanes = Self::lanes_for(format);
+        // Padded to the widest panel the format may be built in.
+        let lanes = Self::lanes_for(format, Kernels::Avx512Vnni);
         let padded = rows.div_ceil(lanes) * lanes;
         let (biased, per_64) = if format == ActFormat::Q8x32 {
             (k, 0)
@@ -293,7 +295,7 @@ impl ActPanel {
 
     fn reserve(&mut self, format: ActFormat, rows: usize, k: usize) {
         if rows > PANEL_MIN_ROWS && format != ActFormat::F32 {
-            let lanes = Self::lanes_for(format);
+            let lanes = Self::lanes_for(format, Kernels::Avx512Vnni);
             let padded = rows.div_ceil(lanes) * lanes;
             self.qs.reserve_exact(padded * k);
             self.pairs16.reserve_exact(padded * k / 32);
@@ -307,17 +309,18 @@ impl ActPanel {
     }
 
     /// Lays out `rows` rows of `k` quants (`qs`), their sums per 16 (in pairs, and per 32 in
-    /// pairs for `Q8x256`) and factors per block of `format`.
+    /// pairs for `Q8x256`) and factors per block of `format`, in panels of `lanes` rows.
+    #[allow(clippy::too_many_arguments)]
     fn build(
         &mut self,
         format: ActFormat,
+        lanes: usize,
         qs: &[i8],
         bsums: &[i16],
         d: &[f32],
         rows: usize,
         k: usize,
     ) {
-        let lanes = Self::lanes_for(format);
         self.lanes = lanes;
         let panels = rows.div_ceil(lanes);
         let block = format.block();
@@ -506,7 +509,7 @@ impl QuantizedActs {
         let kernels = crate::simd::kernels_in_use();
         let wanted = self.rows > PANEL_MIN_ROWS
             && match self.format {
-                ActFormat::Q8x256 => kernels >= Kernels::Avx512Vnni,
+                ActFormat::Q8x256 => kernels >= Kernels::Avx2,
                 // The AVX-512 kernels take the 32-weight formats in tiles of their own.
                 ActFormat::Q8x32 => kernels == Kernels::Avx2,
                 ActFormat::F32 => false,
@@ -514,8 +517,9 @@ impl QuantizedActs {
         if wanted {
             let (rows, k) = (self.rows, self.k);
             let format = self.format;
+            let lanes = ActPanel::lanes_for(format, kernels);
             self.panel
-                .build(format, &self.qs, &self.bsums, &self.d, rows, k);
+                .build(format, lanes, &self.qs, &self.bsums, &self.d, rows, k);
         } else {
             self.panel.clear();
         }

@@ -101,6 +101,15 @@ pub unsafe fn rows(
             if done {
                 return true;
             }
+        } else {
+            let done = match format {
+                WeightFormat::Q4K => rows_k_panel::<32, 8>(format, bytes, first, acts, out),
+                WeightFormat::Q5K => rows_k_panel::<32, 4>(format, bytes, first, acts, out),
+                _ => rows_k_panel::<16, 2>(format, bytes, first, acts, out),
+            };
+            if done {
+                return true;
+            }
         }
         rows_k_unpacked(format, bytes, first, acts, out);
         return true;
@@ -156,6 +165,184 @@ pub(super) const TILE_BYTES: usize = 16 << 10;
 /// 512 KiB). 128 rather than 32 unpacks each row a quarter as often: the 1 GiB Q4_K model's
 /// prompts +7 to 10% (3 of 3 interleaved pairs).
 const ACT_TILE: usize = 128;
+
+/// Weight rows unpacked together by [`rows_k_panel`]: each load of a panel's activations
+/// serves all of them (four keep their accumulators in the sixteen registers).
+const BAND_K: usize = 4;
+
+/// K-quant rows (Q4_K, Q5_K: `SUB` 32, the span of a scale; Q6_K: 16) against a prompt's
+/// activation panels of eight rows (`Q8x256` in
+/// [`QuantizedActs::panel`](super::QuantizedActs::panel)), where the AVX2 kernels run: a band
+/// of four weight rows is unpacked to a byte per quant, then for each four quants of the
+/// panel's eight rows, one `vpmaddubsw` per weight row multiplies the row's four bytes,
+/// broadcast, with four quants of each activation row. The products' pairs are summed in i16
+/// over `CHUNK` fours (as many as cannot overflow: 8 for Q4_K's 4-bit quants, 4 for Q5_K, 2
+/// for Q6_K), then scaled per group with `vpmaddwd`: the exact integers of each super-block,
+/// and the offsets through the activations' sums as [`rows_k`] takes them. The float
+/// expression is the scalar kernel's, lane by lane: the same bits as every other K-quant
+/// kernel. `false` where the panel is missing or the format has no unpacker.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn rows_k_panel<const SUB: usize, const CHUNK: usize>(
+    format: WeightFormat,
+    bytes: &[u8],
+    first: usize,
+    acts: &super::QuantizedActs,
+    out: &Sink,
+) -> bool {
+    let k = acts.k;
+    let lanes = super::PANEL_AVX2;
+    let panels = acts.rows.div_ceil(lanes);
+    let panel = &acts.panel;
+    let pair_len = if SUB == 16 { k / 32 } else { k / 64 };
+    let pair_sums = if SUB == 16 {
+        &panel.pairs16
+    } else {
+        &panel.pairs32
+    };
+    if k == 0
+        || !k.is_multiple_of(256)
+        || acts.format != super::ActFormat::Q8x256
+        || panel.lanes != lanes
+        || panel.qs.len() != panels * lanes * k
+        || panel.d.len() != panels * lanes * (k / 256)
+        || pair_sums.len() != panels * lanes * pair_len
+    {
+        return false;
+    }
+    let rb = format.row_bytes(k);
+    let all = bytes.len() / rb;
+    let mut band: [Unpacked; BAND_K] = Default::default();
+    // Per band row, its groups' offsets in i16 pairs, for `vpmaddwd` against the panel's
+    // pairs of sums (a group of 32 has its offset at every other 16).
+    let mut offsets = vec![0i32; BAND_K * pair_len];
+    let mut r0 = 0;
+    while r0 < all {
+        let n = (all - r0).min(BAND_K);
+        for (t, u) in band.iter_mut().enumerate().take(n) {
+            u.reset(k, 256);
+            // SAFETY: AVX2 and F16C come with this function's features.
+            if !unsafe { unpack(format, &bytes[(r0 + t) * rb..(r0 + t + 1) * rb], u) } {
+                return false;
+            }
+            let step = SUB / 16;
+            for (j, w) in offsets[t * pair_len..(t + 1) * pair_len]
+                .iter_mut()
+                .enumerate()
+            {
+                let h = 2 * step * j;
+                *w = super::i16_pair(u.offset[h], u.offset[h + step]);
+            }
+        }
+        for p in 0..panels {
+            let rows = (acts.rows - p * lanes).min(lanes);
+            let panel_at = (p, rows, first + r0);
+            match n {
+                1 => band_panel_k::<SUB, CHUNK, 1>(&band, &offsets, panel, k, panel_at, out),
+                2 => band_panel_k::<SUB, CHUNK, 2>(&band, &offsets, panel, k, panel_at, out),
+                3 => band_panel_k::<SUB, CHUNK, 3>(&band, &offsets, panel, k, panel_at, out),
+                _ => band_panel_k::<SUB, CHUNK, 4>(&band, &offsets, panel, k, panel_at, out),
+            }
+        }
+        r0 += n;
+    }
+    true
+}
+
+/// The first `R` unpacked rows of `band` against panel `p` (`at`: the panel, its rows in use,
+/// the first weight row's index) into `out`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn band_panel_k<const SUB: usize, const CHUNK: usize, const R: usize>(
+    band: &[Unpacked; BAND_K],
+    offsets: &[i32],
+    panel: &super::ActPanel,
+    k: usize,
+    at: (usize, usize, usize),
+    out: &Sink,
+) {
+    const LANES: usize = super::PANEL_AVX2;
+    let (p, rows, first) = at;
+    let supers = k / 256;
+    let pair_len = if SUB == 16 { k / 32 } else { k / 64 };
+    let pair_sums = if SUB == 16 {
+        &panel.pairs16[p * LANES * pair_len..(p + 1) * LANES * pair_len]
+    } else {
+        &panel.pairs32[p * LANES * pair_len..(p + 1) * LANES * pair_len]
+    };
+    let (qs, d) = (
+        &panel.qs[p * LANES * k..(p + 1) * LANES * k],
+        &panel.d[p * LANES * supers..(p + 1) * LANES * supers],
+    );
+    for u in &band[..R] {
+        assert!(u.q.len() >= k && u.scale.len() >= k / 16);
+        assert!(u.d.len() >= supers && u.dmin.len() >= supers);
+    }
+    assert!(offsets.len() >= BAND_K * pair_len);
+    // The rows' quants and scales as raw pointers, taken once: the innermost loop then keeps
+    // them in registers rather than reading each row's Vec again.
+    let quants: [*const u8; R] = std::array::from_fn(|r| band[r].q.as_ptr());
+    let scales: [*const i16; R] = std::array::from_fn(|r| band[r].scale.as_ptr());
+    let x = qs.as_ptr() as *const u8;
+    let mut sums = [_mm256_setzero_ps(); R];
+    for sb in 0..supers {
+        let mut s1 = [_mm256_setzero_si256(); R];
+        for group in 0..256 / SUB {
+            for chunk in 0..SUB / (4 * CHUNK) {
+                let mut acc = [_mm256_setzero_si256(); R];
+                for i in 0..CHUNK {
+                    let g = 64 * sb + (SUB / 4) * group + CHUNK * chunk + i;
+                    // SAFETY: 32 bytes at 32g, g < k/4, of the panel's 8k quants; four bytes
+                    // at 4g of each unpacked row's k quants (checked above). Unchecked: the
+                    // innermost loop of a prompt.
+                    unsafe {
+                        let xv = _mm256_loadu_si256(x.add(32 * g) as *const __m256i);
+                        for (r, q) in quants.iter().enumerate() {
+                            let w =
+                                _mm256_set1_epi32((q.add(4 * g) as *const i32).read_unaligned());
+                            acc[r] = _mm256_add_epi16(acc[r], _mm256_maddubs_epi16(w, xv));
+                        }
+                    }
+                }
+                // A group's scale is the same for each of its 16s.
+                let h = 16 * sb + (SUB / 16) * group;
+                for (r, sc) in scales.iter().enumerate() {
+                    // SAFETY: h < k/16 (checked above).
+                    let scale = _mm256_set1_epi16(unsafe { *sc.add(h) });
+                    s1[r] = _mm256_add_epi32(s1[r], _mm256_madd_epi16(acc[r], scale));
+                }
+            }
+        }
+        // The offsets, two groups per `vpmaddwd`.
+        let mut s2 = [_mm256_setzero_si256(); R];
+        let pairs = 128 / SUB;
+        for j in pairs * sb..pairs * (sb + 1) {
+            // SAFETY: 8 i32 at 8j, j < pair_len, of the panel's 8 · pair_len pairs.
+            let sum =
+                unsafe { _mm256_loadu_si256(pair_sums.as_ptr().add(8 * j) as *const __m256i) };
+            for (r, s2) in s2.iter_mut().enumerate() {
+                // SAFETY: j < pair_len, r < BAND_K (asserted above).
+                let offset = _mm256_set1_epi32(unsafe { *offsets.get_unchecked(r * pair_len + j) });
+                *s2 = _mm256_add_epi32(*s2, _mm256_madd_epi16(sum, offset));
+            }
+        }
+        // SAFETY: 8 f32 at 8·sb of the panel's 8·supers factors.
+        let da = unsafe { _mm256_loadu_ps(d.as_ptr().add(LANES * sb)) };
+        for (r, u) in band[..R].iter().enumerate() {
+            // `super_block_sum`, lane by lane: da · (d · s1 − dmin · s2).
+            let t1 = _mm256_mul_ps(_mm256_set1_ps(u.d[sb]), _mm256_cvtepi32_ps(s1[r]));
+            let t2 = _mm256_mul_ps(_mm256_set1_ps(u.dmin[sb]), _mm256_cvtepi32_ps(s2[r]));
+            sums[r] = _mm256_add_ps(sums[r], _mm256_mul_ps(da, _mm256_sub_ps(t1, t2)));
+        }
+    }
+    for (r, sum) in sums.iter().enumerate() {
+        let mut values = [0f32; LANES];
+        // SAFETY: 8 f32 into `values`.
+        unsafe { _mm256_storeu_ps(values.as_mut_ptr(), *sum) };
+        for (lane, &v) in values.iter().enumerate().take(rows) {
+            out.put(LANES * p + lane, first + r, v);
+        }
+    }
+}
 
 /// K-quant rows against many activation rows: each row is unpacked once into a buffer per tile
 /// of activation rows (rather than once per group of four), then each group of four takes its
