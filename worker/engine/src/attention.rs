@@ -1,19 +1,18 @@
 //! Attention of the query heads that share one KV head over a slot's cached keys and values:
 //! causal, limited to the window on sliding-window layers. As in llama.cpp's CPU path without
 //! flash attention, the queries are rounded to the cache's type before the dot products and the
-//! probabilities before they weight the values. Each cached key and value is converted from f16
-//! once for all the heads of its group.
+//! probabilities before they weight the values. Cached f16 keys and values are widened to f32
+//! as the dot products and sums read them (F16C), not copied to f32 first.
 
-use crate::f16::{f16_row_to_f32, round_f16};
+use crate::f16::round_row_f16;
 use crate::kv::{KvRow, KvType, LayerView};
 use crate::ops::softmax;
-use crate::quant::{axpy, dot_f32};
+use crate::quant::{axpy, axpy_f16, dot_f16, dot_f32};
 
 /// Per-thread buffers for attention.
 #[derive(Default)]
 pub struct AttnScratch {
     scores: Vec<f32>,
-    row: Vec<f32>,
     query: Vec<f32>,
 }
 
@@ -21,24 +20,12 @@ impl AttnScratch {
     /// Bytes held for a context of `context`, `group` query heads per KV head and heads of
     /// `width`.
     pub fn bytes_for(context: usize, group: usize, width: usize) -> usize {
-        4 * (group * context + width + group * width)
+        4 * (group * context + group * width)
     }
 
     pub fn reserve(&mut self, context: usize, group: usize, width: usize) {
         self.scores.reserve(group * context);
-        self.row.reserve(width);
         self.query.reserve(group * width);
-    }
-}
-
-fn as_f32<'a>(row: KvRow<'a>, buf: &'a mut Vec<f32>) -> &'a [f32] {
-    match row {
-        KvRow::F32(r) => r,
-        KvRow::F16(r) => {
-            buf.resize(r.len(), 0.0);
-            f16_row_to_f32(r, buf);
-            buf
-        }
     }
 }
 
@@ -62,30 +49,37 @@ pub fn attend(
     let group = q.len() / dk;
     let dv = out.len() / group;
     s.query.clear();
-    match ty {
-        KvType::F16 => s.query.extend(q.iter().map(|&v| round_f16(v))),
-        KvType::F32 => s.query.extend_from_slice(q),
+    s.query.extend_from_slice(q);
+    if ty == KvType::F16 {
+        round_row_f16(&mut s.query);
     }
     s.scores.resize(group * n, 0.0);
     for (j, p) in (first..=pos).enumerate() {
-        let k = as_f32(view.key(slot, p, kv_head), &mut s.row);
+        let k = view.key(slot, p, kv_head);
         for h in 0..group {
-            s.scores[h * n + j] = dot_f32(&s.query[h * dk..(h + 1) * dk], k) * scale;
+            let query = &s.query[h * dk..(h + 1) * dk];
+            let dot = match k {
+                KvRow::F16(k) => dot_f16(query, k),
+                KvRow::F32(k) => dot_f32(query, k),
+            };
+            s.scores[h * n + j] = dot * scale;
         }
     }
     for h in 0..group {
         softmax(&mut s.scores[h * n..(h + 1) * n]);
         if ty == KvType::F16 {
-            for w in &mut s.scores[h * n..(h + 1) * n] {
-                *w = round_f16(*w);
-            }
+            round_row_f16(&mut s.scores[h * n..(h + 1) * n]);
         }
     }
     out.fill(0.0);
     for (j, p) in (first..=pos).enumerate() {
-        let v = as_f32(view.value(slot, p, kv_head), &mut s.row);
+        let v = view.value(slot, p, kv_head);
         for h in 0..group {
-            axpy(s.scores[h * n + j], v, &mut out[h * dv..(h + 1) * dv]);
+            let (w, out) = (s.scores[h * n + j], &mut out[h * dv..(h + 1) * dv]);
+            match v {
+                KvRow::F16(v) => axpy_f16(w, v, out),
+                KvRow::F32(v) => axpy(w, v, out),
+            }
         }
     }
 }

@@ -234,14 +234,17 @@ impl KvCache {
         Ok(())
     }
 
-    fn cell(&self, layer: usize, slot: u32, pos: u32) -> usize {
+    /// Where `slot`'s cells of KV head 0 start in layer `layer`, counted in cells, and the
+    /// cell of `pos` among them (see [`LayerView`] for the layout).
+    fn cell(&self, layer: usize, slot: u32, pos: u32) -> (usize, usize) {
         let cells = self.layout.layers[layer].cells;
         let cell = if self.layout.layers[layer].window.is_some() {
             pos % cells
         } else {
             pos
         };
-        (slot as usize) * cells as usize + cell as usize
+        let heads = self.layout.kv_heads as usize;
+        (slot as usize * heads * cells as usize, cell as usize)
     }
 
     fn store(&mut self, layer: usize) -> Store<'_> {
@@ -273,16 +276,26 @@ impl KvCache {
 
     /// Stores the keys and values (all KV heads) of `slot`'s token at `pos` in layer `layer`.
     pub fn write(&mut self, layer: usize, slot: u32, pos: u32, k: &[f32], v: &[f32]) {
-        let cell = self.cell(layer, slot, pos);
-        let (kw, vw) = (k.len(), v.len());
+        let (base, cell) = self.cell(layer, slot, pos);
+        let cells = self.layout.layers[layer].cells as usize;
+        let (dk, dv) = (
+            self.layout.key_length as usize,
+            self.layout.value_length as usize,
+        );
         match self.store(layer) {
             Store::F16 { k: ks, v: vs } => {
-                f32_row_to_f16(k, &mut ks[cell * kw..(cell + 1) * kw]);
-                f32_row_to_f16(v, &mut vs[cell * vw..(cell + 1) * vw]);
+                for (h, (kh, vh)) in k.chunks_exact(dk).zip(v.chunks_exact(dv)).enumerate() {
+                    let at = base + h * cells + cell;
+                    f32_row_to_f16(kh, &mut ks[at * dk..(at + 1) * dk]);
+                    f32_row_to_f16(vh, &mut vs[at * dv..(at + 1) * dv]);
+                }
             }
             Store::F32 { k: ks, v: vs } => {
-                ks[cell * kw..(cell + 1) * kw].copy_from_slice(k);
-                vs[cell * vw..(cell + 1) * vw].copy_from_slice(v);
+                for (h, (kh, vh)) in k.chunks_exact(dk).zip(v.chunks_exact(dv)).enumerate() {
+                    let at = base + h * cells + cell;
+                    ks[at * dk..(at + 1) * dk].copy_from_slice(kh);
+                    vs[at * dv..(at + 1) * dv].copy_from_slice(vh);
+                }
             }
         }
     }
@@ -320,7 +333,12 @@ impl KvCache {
     }
 }
 
-/// One layer's keys and values.
+/// One layer's keys and values. Each slot holds its cells head by head: KV head `h`'s key
+/// (or value) for cell `c` of slot `s` is row `(s · heads + h) · cells + c`, so that the
+/// keys one query head reads over its context are one contiguous stream. (With the heads of a
+/// cell side by side instead, each key was a row apart by all the heads' width, a new page
+/// every few keys: the hardware prefetcher stopped at each, and decoding the 1 GiB Q4_K
+/// model after a 512-token prompt ran at 5.6 tok/s against 8.0 after 16.)
 pub struct LayerView<'a> {
     keys: KvRow<'a>,
     values: KvRow<'a>,
@@ -336,17 +354,19 @@ impl LayerView<'_> {
         self.key_length
     }
 
-    fn index(&self, slot: u32, pos: u32) -> usize {
+    /// The row of head `head`'s key or value at `slot`, `pos`.
+    fn index(&self, slot: u32, pos: u32, head: usize) -> usize {
+        let cells = self.cells.cells as usize;
         let cell = match self.cells.window {
             Some(_) => pos % self.cells.cells,
             None => pos,
         };
-        slot as usize * self.cells.cells as usize + cell as usize
+        (slot as usize * self.kv_heads + head) * cells + cell as usize
     }
 
     /// The key of head `head` at `slot`, `pos`.
     pub fn key(&self, slot: u32, pos: u32, head: usize) -> KvRow<'_> {
-        let at = (self.index(slot, pos) * self.kv_heads + head) * self.key_length;
+        let at = self.index(slot, pos, head) * self.key_length;
         match self.keys {
             KvRow::F16(k) => KvRow::F16(&k[at..at + self.key_length]),
             KvRow::F32(k) => KvRow::F32(&k[at..at + self.key_length]),
@@ -355,7 +375,7 @@ impl LayerView<'_> {
 
     /// The value of head `head` at `slot`, `pos`.
     pub fn value(&self, slot: u32, pos: u32, head: usize) -> KvRow<'_> {
-        let at = (self.index(slot, pos) * self.kv_heads + head) * self.value_length;
+        let at = self.index(slot, pos, head) * self.value_length;
         match self.values {
             KvRow::F16(v) => KvRow::F16(&v[at..at + self.value_length]),
             KvRow::F32(v) => KvRow::F32(&v[at..at + self.value_length]),

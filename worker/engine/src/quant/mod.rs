@@ -939,6 +939,32 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// [`dot_f32`] of `a` with f16 values `b`, each widened to f32 as it is read: the same
+/// operations on the same values, so the same bits, with no f32 copy of `b`.
+#[inline]
+pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected at run time.
+        return unsafe { x86::dot_f16(a, b) };
+    }
+    a.iter().zip(b).map(|(x, &y)| x * f16_to_f32(y)).sum()
+}
+
+/// [`axpy`] with f16 values `x`, widened as they are read.
+#[inline]
+pub fn axpy_f16(alpha: f32, x: &[u16], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: AVX2, FMA and F16C were detected at run time.
+        unsafe { x86::axpy_f16(alpha, x, y) };
+        return;
+    }
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += alpha * f16_to_f32(xi);
+    }
+}
+
 /// `y += alpha · x`.
 #[inline]
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {

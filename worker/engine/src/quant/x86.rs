@@ -1582,6 +1582,63 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
+/// [`dot_f32`] with f16 values `b`, widened by F16C as they are loaded: its operations in its
+/// order.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
+    let n = a.len().min(b.len());
+    // SAFETY (the loads below): i + 8k + 8 <= n, or i + 8 <= n.
+    let half = |at: usize| unsafe {
+        _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(at) as *const __m128i))
+    };
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, lane) in acc.iter_mut().enumerate() {
+            let x = unsafe { _mm256_loadu_ps(a.as_ptr().add(i + 8 * k)) };
+            *lane = _mm256_fmadd_ps(x, half(i + 8 * k), *lane);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        let x = unsafe { _mm256_loadu_ps(a.as_ptr().add(i)) };
+        acc[0] = _mm256_fmadd_ps(x, half(i), acc[0]);
+        i += 8;
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut sum = hsum(v);
+    for j in i..n {
+        sum += a[j] * crate::f16::f16_to_f32(b[j]);
+    }
+    sum
+}
+
+/// [`axpy`] with f16 values `x`, widened by F16C as they are loaded.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy_f16(alpha: f32, x: &[u16], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let va = _mm256_set1_ps(alpha);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n.
+        unsafe {
+            let xv = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(i) as *const __m128i));
+            let r = _mm256_fmadd_ps(va, xv, _mm256_loadu_ps(y.as_ptr().add(i)));
+            _mm256_storeu_ps(y.as_mut_ptr().add(i), r);
+        }
+        i += 8;
+    }
+    for j in i..n {
+        y[j] += alpha * crate::f16::f16_to_f32(x[j]);
+    }
+}
+
 /// # Safety
 /// The CPU must have AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
