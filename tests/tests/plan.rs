@@ -37,7 +37,8 @@ fn a_24_gib_gpu_takes_the_whole_model_and_the_output() {
 /// it reported 24.00 MiB for the 3 global layers and 120.00 MiB for the 15 windowed ones at ctx
 /// 8192. Its 514.50 MiB CPU compute buffer is mostly the logits of a 512-token batch; the
 /// engine computes logits only where a step asks for them, and the plan sizes scratch as the
-/// engine allocates it (about 21 MiB here; `worker/tests/engine.rs` holds the two within 10%).
+/// engine allocates it (about 25 MiB here, with the prompt kernels' activation panels;
+/// `tests/tests/engine.rs` holds the two within 10%).
 #[test]
 fn swa_full_matches_llama_cpp_python() {
     let p = plan(&["--devices", "cpu", "--ctx", "8192", "--swa-full"]);
@@ -45,14 +46,14 @@ fn swa_full_matches_llama_cpp_python() {
     assert_eq!(replica["cpu_kv_bytes"], 144 << 20);
     let scratch = replica["cpu_scratch_bytes"].as_u64().unwrap();
     assert!(
-        (20 << 20..24 << 20).contains(&scratch),
+        (22 << 20..28 << 20).contains(&scratch),
         "scratch {scratch}: the engine's buffers for a 512-token batch and one sequence's logits"
     );
 }
 
 #[test]
 fn a_small_gpu_takes_the_last_blocks_and_the_cpu_keeps_the_rest() {
-    // 768 MiB of reserve and overhead and 21 MiB of scratch leave 111 MiB: room for some blocks
+    // 768 MiB of reserve and overhead and 25 MiB of scratch leave 107 MiB: room for some blocks
     // of about 3.6 MiB of weights plus 1 or 32 MiB of KV each.
     let p = plan(&["--devices", "cuda:0=900MiB", "--ctx", "32768"]);
     let replica = &p["replicas"][0];
