@@ -360,11 +360,8 @@ impl ActPanel {
         }
         self.biased.clear();
         if !wide_pairs {
-            // A plain loop over two slices of one length, which compiles to vector XORs.
             self.biased.resize(self.qs.len(), 0);
-            for (b, &q) in self.biased.iter_mut().zip(self.qs.iter()) {
-                *b = (q as u8) ^ 0x80;
-            }
+            plus_128(&self.qs, &mut self.biased);
         }
     }
 
@@ -374,6 +371,14 @@ impl ActPanel {
         self.pairs16.clear();
         self.pairs32.clear();
         self.d.clear();
+    }
+}
+
+/// Each quant plus 128, as an unsigned byte, into `biased` (as long as `qs`).
+fn plus_128(qs: &[i8], biased: &mut [u8]) {
+    // A plain loop over two slices of one length, which compiles to vector XORs.
+    for (b, &q) in biased.iter_mut().zip(qs) {
+        *b = (q as u8) ^ 0x80;
     }
 }
 
@@ -440,10 +445,7 @@ impl<'a> QuantizedParts<'a> {
             }
         }
         if !self.biased.is_empty() {
-            // A plain loop over two slices of one length, which compiles to vector XORs.
-            for (b, &q) in self.biased.iter_mut().zip(self.qs.iter()) {
-                *b = (q as u8) ^ 0x80;
-            }
+            plus_128(self.qs, self.biased);
         }
     }
 }

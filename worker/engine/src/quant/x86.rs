@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 use super::avx512;
 use super::blocks::Unpacked;
-use super::{super_block_sum, ActRow, PreparedRow, Sink, WeightFormat};
+use super::{super_block_sum, ActRow, PreparedRow, Sink, WeightFormat, PANEL_MIN_ROWS};
 
 /// The sum of a vector's eight lanes.
 #[inline]
@@ -82,7 +82,7 @@ pub unsafe fn rows(
     if rb == 0 {
         return true;
     }
-    if acts.rows > 4
+    if acts.rows > PANEL_MIN_ROWS
         && matches!(
             format,
             WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K
@@ -114,18 +114,18 @@ pub unsafe fn rows(
         rows_k_unpacked(format, bytes, first, acts, out);
         return true;
     }
-    if wide && acts.rows > 4 {
+    if wide && acts.rows > PANEL_MIN_ROWS {
         // SAFETY: `wide` is true only where AVX-512 F, BW, VL and VNNI were detected.
         if unsafe { rows_32_tiled_wide(format, bytes, first, acts, out) } {
             return true;
         }
     }
-    if acts.rows > 4 && rows_32_panels(format, bytes, first, acts, out) {
+    if acts.rows > PANEL_MIN_ROWS && rows_32_panels(format, bytes, first, acts, out) {
         return true;
     }
     // With many activation rows (a prompt), the weight rows go in tiles small enough to stay
     // in the L1 cache while every group of activation rows passes over them.
-    let tile = if acts.rows > 4 {
+    let tile = if acts.rows > PANEL_MIN_ROWS {
         (TILE_BYTES / rb).max(1)
     } else {
         usize::MAX
@@ -783,8 +783,8 @@ impl PanelProducts {
 
 /// One weight row of a 32-weight format made ready for [`rows_32_panel`], per four weights
 /// `g`: the bytes it multiplies ([`PanelProducts`]: magnitudes, signed weights or unsigned
-/// quants), the weights' signs (`Signs`) or 128 times the four weights' sum (`Biased`); per
-/// block its factor and min as f32.
+/// quants), the weights' signs (`Signs` only) or 128 times the four weights' sum (`Biased`
+/// only; both empty otherwise); per block its factor and min as f32.
 #[derive(Default)]
 struct PanelRow32 {
     weights: Vec<u8>,
@@ -811,8 +811,19 @@ impl PanelRow32 {
         let blocks = row.len() / SIZE;
         let products = PanelProducts::of(Q8, OFF);
         self.weights.resize(32 * blocks, 0);
-        self.signs.resize(32 * blocks, 0);
-        self.offsets.resize(8 * blocks, 0);
+        // Only the products that read them keep the signs or the offsets.
+        let signs = if products == PanelProducts::Signs {
+            32 * blocks
+        } else {
+            0
+        };
+        let offsets = if products == PanelProducts::Biased {
+            8 * blocks
+        } else {
+            0
+        };
+        self.signs.resize(signs, 0);
+        self.offsets.resize(offsets, 0);
         self.d.resize(blocks, 0.0);
         self.m.resize(blocks, 0.0);
         for (b, blk) in row.chunks_exact(SIZE).enumerate() {
@@ -822,13 +833,15 @@ impl PanelRow32 {
                 PanelProducts::Signs => _mm256_sign_epi8(q, q),
                 _ => q,
             };
-            // SAFETY: 32 bytes at 32b of vectors of 32 · blocks.
+            // SAFETY: 32 bytes at 32b of vectors of 32 · blocks (`signs` where they are kept).
             unsafe {
                 _mm256_storeu_si256(
                     self.weights.as_mut_ptr().add(32 * b) as *mut __m256i,
                     weights,
                 );
-                _mm256_storeu_si256(self.signs.as_mut_ptr().add(32 * b) as *mut __m256i, q);
+                if products == PanelProducts::Signs {
+                    _mm256_storeu_si256(self.signs.as_mut_ptr().add(32 * b) as *mut __m256i, q);
+                }
             }
             if products == PanelProducts::Biased {
                 // 128 · the sum of each four weights, as `vpmaddubsw` then `vpmaddwd` by
